@@ -1,0 +1,37 @@
+# The README's two commands: `make demo` and `make test`. Both create .venv
+# from nothing but python3 (3.11+) and what pyproject.toml declares.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo test test-fast lint bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: venv
+	$(BIN)/python examples/demo.py
+
+# The whole suite: unit, integration, slow stress tests and (where the machine
+# can boot a container) the real-systemd tests.
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -x -m 'not slow and not systemd'
+
+lint: venv
+	$(BIN)/ruff check .
+
+bench: venv
+	$(BIN)/python bench/run.py --nodes 10,100,1000 --out docs/performance.md --json bench/results.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

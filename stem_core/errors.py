@@ -1,0 +1,68 @@
+"""Errors as values with context.
+
+A :class:`Problem` names where something is wrong (file, line, column, key)
+and what to do about it (hint). Loaders collect problems instead of stopping
+at the first one, so ``stemd --check`` can list every problem at once; the
+edge of the program (CLI, control server) turns them into messages and exit
+codes in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with the configuration or the environment."""
+
+    message: str
+    file: str | None = None
+    line: int | None = None
+    column: int | None = None
+    key: str | None = None
+    hint: str | None = None
+
+    def __str__(self) -> str:
+        where = ""
+        if self.file is not None:
+            where = self.file
+            if self.line is not None:
+                where += f":{self.line}"
+                if self.column is not None:
+                    where += f":{self.column}"
+            where += ": "
+        key = f"{self.key}: " if self.key else ""
+        text = f"{where}{key}{self.message}"
+        if self.hint:
+            text += f" ({self.hint})"
+        return text
+
+
+class StemError(Exception):
+    """Base of every error stemd raises on purpose."""
+
+
+class ConfigError(StemError):
+    """The configuration cannot be loaded; carries every problem found."""
+
+    def __init__(self, problems: list[Problem] | Problem) -> None:
+        if isinstance(problems, Problem):
+            problems = [problems]
+        self.problems: list[Problem] = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class PidFileError(StemError):
+    """A PID file could not be read or written safely."""
+
+
+class BadValue(ValueError):
+    """A single value is invalid. Raised by the pure parsers (node lists,
+    option selectors, templates); the config loader adds file, line and key
+    and turns it into a :class:`Problem`."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint

@@ -1,0 +1,60 @@
+"""Node states and the transitions allowed between them (a leaf module).
+
+The names are supervisord's, which operators already know. The transition
+table is the single place that says which moves are legal; the node state
+machine in :mod:`stemd.node` asserts every move against it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class NodeState(StrEnum):
+    STOPPED = "STOPPED"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    BACKOFF = "BACKOFF"
+    STOPPING = "STOPPING"
+    EXITED = "EXITED"
+    FATAL = "FATAL"
+
+
+S = NodeState
+
+TRANSITIONS: frozenset[tuple[NodeState, NodeState]] = frozenset(
+    {
+        # start (also clears FATAL)
+        (S.STOPPED, S.STARTING),
+        (S.EXITED, S.STARTING),
+        (S.FATAL, S.STARTING),
+        # start timer: alive for start-secs
+        (S.STARTING, S.RUNNING),
+        # a failed start: retry later, or give up
+        (S.STARTING, S.BACKOFF),
+        (S.STARTING, S.FATAL),
+        # backoff timer: try again; a stop cancels the retry
+        (S.BACKOFF, S.STARTING),
+        (S.BACKOFF, S.STOPPED),
+        # a running node exits: restart now, stay down, or back off (crash loop)
+        (S.RUNNING, S.STARTING),
+        (S.RUNNING, S.EXITED),
+        (S.RUNNING, S.BACKOFF),
+        # stop
+        (S.STARTING, S.STOPPING),
+        (S.RUNNING, S.STOPPING),
+        (S.STOPPING, S.STOPPED),
+        # adoption of a node left running by a previous master
+        (S.STOPPED, S.RUNNING),
+    }
+)
+
+#: states in which the node has a live process
+ALIVE: frozenset[NodeState] = frozenset({S.STARTING, S.RUNNING, S.STOPPING})
+
+#: states a `start` command waits for: the node made it, or gave up
+START_SETTLED: frozenset[NodeState] = frozenset({S.RUNNING, S.FATAL, S.EXITED, S.STOPPED})
+
+
+def can_transition(old: NodeState, new: NodeState) -> bool:
+    return (old, new) in TRANSITIONS
