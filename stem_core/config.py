@@ -1,0 +1,436 @@
+"""Load the configuration (env file or TOML) into the frozen model; dump it.
+
+Precedence, lowest first: key defaults, the file, ``STEMD_*`` variables in
+stemd's own environment, command-line overrides. Every problem is collected
+with its file, line and key, and raised together in one :class:`ConfigError`
+so that ``stemd --check`` can list them all.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import tomli_w
+
+from stem_core import keys as K
+from stem_core.envfile import Assignment, quote_env_value, read_envfile
+from stem_core.errors import BadValue, ConfigError, Problem
+from stem_core.model import Config, MasterSpec, NodeSpec, ProgramSpec
+from stem_core.nodes import expand_opts, parse_node_list
+from stem_core.templates import expand, master_values, node_values
+
+DEFAULT_CONFIG = "/etc/default/stem"
+ENV_PROGRAM = "worker"  # the program of an env file's STEMD_NODES
+SCHEDULER = "scheduler"
+
+
+def config_path(explicit: str | None, environ: Mapping[str, str] | None = None) -> str:
+    """``--config``, else ``STEMD_CONFIG``, else /etc/default/stem."""
+    environ = os.environ if environ is None else environ
+    return explicit or environ.get("STEMD_CONFIG") or DEFAULT_CONFIG
+
+
+@dataclass(frozen=True, slots=True)
+class _Raw:
+    """A value before parsing, and where it came from (for the error)."""
+
+    value: Any
+    file: str | None
+    line: int | None
+    key: str
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.items: list[Problem] = []
+
+    def add(self, message: str, raw: _Raw | None = None, hint: str | None = None,
+            **kw: Any) -> None:
+        if raw is not None:
+            kw.setdefault("file", raw.file)
+            kw.setdefault("line", raw.line)
+            kw.setdefault("key", raw.key)
+        self.items.append(Problem(message, hint=hint, **kw))
+
+    def parse(self, key: K.Key, raw: _Raw | None) -> Any:
+        if raw is None:
+            return key.default
+        try:
+            return key.parse(raw.value)
+        except BadValue as exc:
+            self.add(exc.message, raw, exc.hint)
+            return key.default
+
+
+def load_config(
+    path: str,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> Config:
+    """Load ``path`` (TOML if it ends in ``.toml``, else an env file).
+
+    ``environ`` supplies ``$VAR`` expansion and ``STEMD_*`` overrides;
+    ``overrides`` maps env-file key names to values given on the command line.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    overrides = dict(overrides or {})
+    problems = _Problems()
+    for name in overrides:
+        if name not in K.BY_ENV:
+            problems.add(f"unknown setting {name}", hint=K.suggest(name, K.BY_ENV), key=name,
+                         file="command line")
+    if path.endswith(".toml"):
+        config = _load_toml(path, environ, overrides, problems)
+    else:
+        config = _load_env(path, environ, overrides, problems)
+    if problems.items:
+        raise ConfigError(problems.items)
+    assert config is not None
+    return config
+
+
+# -------------------------------------------------------------- env files
+
+
+def _load_env(path: str, environ: dict[str, str], overrides: dict[str, str],
+              problems: _Problems) -> Config | None:
+    assignments: list[Assignment] = read_envfile(path, environ)  # raises ConfigError
+    raw: dict[str, _Raw] = {}
+    exported: dict[str, str] = {}
+    for a in assignments:
+        if K.is_setting_name(a.name):
+            key = K.BY_ENV.get(a.name)
+            if key is None:
+                if a.name not in K.RESERVED_ENV:
+                    problems.add(f"unknown setting {a.name}", hint=K.suggest(a.name, K.BY_ENV),
+                                 file=path, line=a.line, column=a.column, key=a.name)
+                continue
+            raw[key.env or a.name] = _Raw(a.value, path, a.line, a.name)
+        elif a.exported:
+            exported[a.name] = a.value
+    _apply_overrides(raw, environ, overrides)
+
+    def get(name: str) -> _Raw | None:
+        return raw.get(name)
+
+    master = _master(lambda key: get(key.env) if key.env else None, problems)
+    settings = {key.toml: problems.parse(key, get(key.env))
+                for key in K.PROGRAM_KEYS.values() if key.env}
+    settings["environment"] = tuple(exported.items())
+    scheduler_cmd = problems.parse(K.BY_ENV["STEM_SCHEDULER_COMMAND"],
+                                   get("STEM_SCHEDULER_COMMAND"))
+    programs: list[ProgramSpec] = []
+    nodes_raw = get("STEMD_NODES")
+    command_raw = get("STEMD_COMMAND")
+    if command_raw is not None or nodes_raw is not None or not scheduler_cmd:
+        # A scheduler-only file (for a stem-scheduler service) may omit the
+        # worker command; anything else needs it.
+        if command_raw is None:
+            problems.add("STEMD_COMMAND is required", file=path, key="STEMD_COMMAND",
+                         hint="the command every node runs, e.g. "
+                              "STEMD_COMMAND=\"/usr/local/bin/stem-worker\"")
+        else:
+            names = _node_names(settings["nodes"], ENV_PROGRAM, nodes_raw, problems)
+            programs.append(_program(ENV_PROGRAM, settings, names))
+    if scheduler_cmd:
+        sched = dict(settings, command=scheduler_cmd, opts="")
+        programs.append(_program(SCHEDULER, sched, (SCHEDULER,)))
+    return _finish(path, master, programs, problems, {p.name: None for p in programs})
+
+
+def _apply_overrides(raw: dict[str, _Raw], environ: Mapping[str, str],
+                     overrides: Mapping[str, str]) -> None:
+    """``STEMD_*`` in the process environment, then command-line flags."""
+    for source, values in (("environment", environ), ("command line", overrides)):
+        for name, value in values.items():
+            key = K.BY_ENV.get(name)
+            if key is None or not (name.startswith("STEMD_") or source == "command line"):
+                continue
+            raw[key.env or name] = _Raw(value, source, None, name)
+
+
+def _master(lookup: Any, problems: _Problems) -> MasterSpec:
+    values = {key.toml: problems.parse(key, lookup(key)) for key in K.MASTER_KEYS.values()}
+    return MasterSpec(**values)
+
+
+# ------------------------------------------------------------------- TOML
+
+
+_TOML_LINE = re.compile(r"\(at line (\d+), column (\d+)\)")
+_HEADER = re.compile(r"^\s*\[\s*([^\]]+?)\s*\]")
+_ASSIGN = re.compile(r"^\s*([A-Za-z0-9_\-\"']+)\s*=")
+
+
+def _toml_lines(text: str) -> dict[tuple[str, str], int]:
+    """(table, key) -> line number, so errors about values can name a line
+    (tomllib reports positions only for syntax errors)."""
+    where: dict[tuple[str, str], int] = {}
+    table = ""
+    for number, line in enumerate(text.splitlines(), 1):
+        header = _HEADER.match(line)
+        if header:
+            table = header.group(1).replace('"', "").replace("'", "")
+            where.setdefault((table, ""), number)
+            continue
+        assign = _ASSIGN.match(line)
+        if assign:
+            where.setdefault((table, assign.group(1).strip("\"'")), number)
+    return where
+
+
+def _load_toml(path: str, environ: dict[str, str], overrides: dict[str, str],
+               problems: _Problems) -> Config | None:
+    try:
+        with open(path, "rb") as f:
+            data_bytes = f.read()
+    except OSError as exc:
+        raise ConfigError(Problem(f"cannot read the configuration: {exc.strerror}",
+                                  file=path)) from None
+    text = data_bytes.decode("utf-8", errors="replace")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = _TOML_LINE.search(str(exc))
+        line, column = (int(match.group(1)), int(match.group(2))) if match else (None, None)
+        message = _TOML_LINE.sub("", str(exc)).strip()
+        raise ConfigError(Problem(f"invalid TOML: {message}", file=path, line=line,
+                                  column=column)) from None
+    lines = _toml_lines(text)
+
+    def raw_at(table: str, name: str, value: Any) -> _Raw:
+        return _Raw(value, path, lines.get((table, name)), f"[{table}] {name}")
+
+    env_raw: dict[str, _Raw] = {}
+    _apply_overrides(env_raw, environ, overrides)
+
+    for name in data:
+        if name not in ("stemd", "programs"):
+            problems.add(f"unknown table [{name}]", file=path, line=lines.get((name, "")),
+                         hint=K.suggest(name, ["stemd", "programs"]) or
+                         "use [stemd] and [programs.NAME]")
+    stemd = data.get("stemd", {})
+    if not isinstance(stemd, dict):
+        problems.add("[stemd] must be a table", file=path)
+        stemd = {}
+    for name in stemd:
+        if name not in K.MASTER_KEYS:
+            problems.add(f"unknown key {name!r} in [stemd]", raw_at("stemd", name, None),
+                         K.suggest(name, K.MASTER_KEYS))
+
+    def master_lookup(key: K.Key) -> _Raw | None:
+        if key.env and key.env in env_raw:
+            return env_raw[key.env]
+        if key.toml in stemd:
+            return raw_at("stemd", key.toml, stemd[key.toml])
+        return None
+
+    master = _master(master_lookup, problems)
+    programs_data = data.get("programs", {})
+    if not isinstance(programs_data, dict) or not programs_data:
+        problems.add("no programs: add a [programs.NAME] table with a command", file=path)
+        programs_data = {}
+    programs: list[ProgramSpec] = []
+    for prog_name, table in programs_data.items():
+        section = f"programs.{prog_name}"
+        if not isinstance(table, dict):
+            problems.add(f"[{section}] must be a table", file=path)
+            continue
+        for name in table:
+            if name not in K.PROGRAM_KEYS:
+                problems.add(f"unknown key {name!r} in [{section}]", raw_at(section, name, None),
+                             K.suggest(name, K.PROGRAM_KEYS))
+        settings: dict[str, Any] = {}
+        for key in K.PROGRAM_KEYS.values():
+            raw: _Raw | None = None
+            if key.env and key.env in env_raw and key.toml != "nodes":
+                raw = env_raw[key.env]
+            elif key.toml in table:
+                raw = raw_at(section, key.toml, table[key.toml])
+            elif key.scope is K.Scope.BOTH and key.toml in stemd:
+                raw = raw_at("stemd", key.toml, stemd[key.toml])
+            settings[key.toml] = problems.parse(key, raw)
+        if "command" not in table:
+            problems.add(f"[{section}] needs a command", file=path,
+                         line=lines.get((section, "")), key=f"[{section}] command")
+            continue
+        nodes_raw = raw_at(section, "nodes", table["nodes"]) if "nodes" in table else None
+        if nodes_raw is None:
+            names: tuple[str, ...] = (prog_name,)
+        else:
+            names = _node_names(settings["nodes"], prog_name, nodes_raw, problems)
+        programs.append(_program(prog_name, settings, names))
+    return _finish(path, master, programs, problems, lines)
+
+
+# ------------------------------------------------------- shared expansion
+
+
+def _node_names(value: Any, prefix: str, raw: _Raw | None, problems: _Problems
+                ) -> tuple[str, ...]:
+    try:
+        return parse_node_list(str(value), prefix=prefix)
+    except BadValue as exc:
+        problems.add(exc.message, raw, exc.hint)
+        return ()
+
+
+def _program(name: str, settings: dict[str, Any], nodes: tuple[str, ...]) -> ProgramSpec:
+    values = {k: settings[k] for k in ProgramSpec.__slots__ if k not in ("name", "nodes")}
+    return ProgramSpec(name=name, nodes=nodes, **values)
+
+
+def _finish(path: str, master: MasterSpec, programs: list[ProgramSpec], problems: _Problems,
+            lines: Mapping[Any, Any]) -> Config:
+    host = master_values()
+    master = MasterSpec(**{
+        name: expand(value, host) if isinstance(value, str) and name in (
+            "pid_file", "log_file", "socket") else value
+        for name, value in ((n, getattr(master, n)) for n in MasterSpec.__slots__)
+    })
+    nodes: list[NodeSpec] = []
+    program_names = {p.name for p in programs}
+    seen: dict[str, str] = {}
+    for program in programs:
+        try:
+            tails = expand_opts(program.opts, program.nodes)
+        except BadValue as exc:
+            problems.add(exc.message, file=path, key=f"{program.name}: opts", hint=exc.hint)
+            tails = {n: () for n in program.nodes}
+        try:
+            words = shlex.split(program.command)
+        except ValueError as exc:
+            problems.add(f"cannot split the command: {exc}", file=path,
+                         key=f"{program.name}: command")
+            continue
+        if not words:
+            problems.add("the command is empty", file=path, key=f"{program.name}: command")
+            continue
+        for index, name in enumerate(program.nodes, 1):
+            if name in seen:
+                problems.add(f"node {name!r} is defined twice (programs {seen[name]} and "
+                             f"{program.name})", file=path, hint="node names must be unique")
+                continue
+            if name in program_names and name != program.name:
+                problems.add(f"node {name!r} has the name of another program", file=path,
+                             hint="rename the node or the program")
+            seen[name] = program.name
+            values = node_values(name, program.name, index)
+            argv = tuple(expand(w, values) for w in (*words, *tails.get(name, ())))
+            nodes.append(NodeSpec(
+                name=name, program=program.name, index=index, argv=argv,
+                directory=expand(program.directory, values),
+                environment=program.environment, user=program.user, group=program.group,
+                umask=program.umask,
+                pid_file=expand(program.pid_file, values),
+                log_file=expand(program.log_file, values),
+                stop_signal=program.stop_signal, stop_timeout=program.stop_timeout,
+                restart=program.restart, start_secs=program.start_secs,
+                start_retries=program.start_retries, backoff_max=program.backoff_max,
+                restart_burst=program.restart_burst, restart_window=program.restart_window,
+            ))
+    _check_paths(path, master, nodes, problems)
+    return Config(source=os.path.abspath(path), master=master, programs=tuple(programs),
+                  nodes=tuple(nodes))
+
+
+def _check_paths(path: str, master: MasterSpec, nodes: list[NodeSpec],
+                 problems: _Problems) -> None:
+    """Two nodes writing one PID file would make one of them unsupervisable;
+    relative paths would depend on the master's cwd (which is /)."""
+    owners: dict[str, str] = {master.pid_file: "the master", master.socket: "the master"}
+    for node in nodes:
+        for what, value in (("pid_file", node.pid_file), ("log_file", node.log_file)):
+            if value == "-" and what == "log_file":
+                continue
+            if not os.path.isabs(value):
+                problems.add(f"{what} of node {node.name} is not an absolute path: {value}",
+                             file=path, key=what, hint="start it with /")
+        if node.pid_file in owners:
+            problems.add(f"node {node.name} shares its PID file {node.pid_file} with "
+                         f"{owners[node.pid_file]}", file=path, key="pid_file",
+                         hint="put %n in the PID file template")
+        owners[node.pid_file] = f"node {node.name}"
+    for what in ("pid_file", "log_file", "socket"):
+        value = getattr(master, what)
+        if not os.path.isabs(value):
+            problems.add(f"the master's {what} is not an absolute path: {value}", file=path,
+                         key=what, hint="start it with /")
+
+
+# ------------------------------------------------------------------ dumping
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """The effective configuration as TOML-shaped data (defaults included)."""
+    stemd = {name: getattr(config.master, name) for name in MasterSpec.__slots__}
+    programs: dict[str, Any] = {}
+    for p in config.programs:
+        table: dict[str, Any] = {}
+        for name in ProgramSpec.__slots__:
+            if name == "name":
+                continue
+            value = getattr(p, name)
+            if name == "nodes":
+                value = list(value)
+            elif name == "environment":
+                value = dict(value)
+            elif name == "umask":
+                value = f"{value:03o}"
+            table[name] = value
+        programs[p.name] = table
+    return {"stemd": {k: v for k, v in stemd.items() if v is not None},
+            "programs": {n: {k: v for k, v in t.items() if v is not None}
+                         for n, t in programs.items()}}
+
+
+def dump_toml(config: Config) -> str:
+    return tomli_w.dumps(to_dict(config))
+
+
+def sample_envfile() -> str:
+    """The commented sample ``etc/default/stem``, rendered from the key table."""
+    out = [
+        "# /etc/default/stem: configuration of stemd (one master, many worker nodes).",
+        "# Shell-assignment syntax, parsed by stemd and never run by a shell:",
+        "# KEY=value, KEY=\"value\", export NAME=value (passed to every node), $VAR.",
+        "# STEMD_* variables in stemd's environment override this file; command-line",
+        "# flags override both. Templates in paths and commands: %n node, %p program,",
+        "# %i index, %h host name, %d domain, %% a literal %.",
+        "",
+    ]
+    for key in K.KEYS:
+        if key.env is None:
+            continue
+        out.append(f"# {key.doc}")
+        if key.aliases:
+            out.append(f"# (alias: {', '.join(key.aliases)})")
+        if key.default is not None and key.default_text != "":
+            out.append(f"#{key.env}={quote_env_value(key.default_text)}")
+        else:
+            example = key.example or ""
+            out.append(f"#{key.env}={quote_env_value(example)}")
+        out.append("")
+    out.append("# Variables exported here reach every node, as in /etc/default/celeryd:")
+    out.append("#export DJANGO_SETTINGS_MODULE=app.settings")
+    return "\n".join(out) + "\n"
+
+
+def key_reference_markdown() -> str:
+    """The key table of docs/configuration.md, rendered from the key table."""
+    rows = ["| env file | TOML | section | default | meaning |", "|---|---|---|---|---|"]
+    for key in K.KEYS:
+        env = f"`{key.env}`" + (f" (alias `{'`, `'.join(key.aliases)}`)" if key.aliases else "") \
+            if key.env else "—"
+        toml = f"`{key.toml}`" if key.toml else "—"
+        section = {"master": "`[stemd]`", "program": "`[programs.NAME]`",
+                   "both": "`[stemd]`, `[programs.NAME]`"}[key.scope]
+        default = f"`{key.default_text}`" if key.default_text else "—"
+        rows.append(f"| {env} | {toml} | {section} | {default} | {key.doc.replace('|', '/')} |")
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,299 @@
+"""The one table of every configuration key.
+
+Each :class:`Key` says where it lives (env-file name, TOML name, section),
+how its value is parsed, its default and what it means. The table drives
+validation, the "did you mean" suggestions, the sample ``etc/default/stem``,
+``docs/configuration.md`` and the TOML writer, so none of them can drift from
+the others (tests compare the committed files with what this module renders).
+"""
+
+from __future__ import annotations
+
+import difflib
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from stem_core.errors import BadValue
+
+
+class Scope(StrEnum):
+    """Where a key applies: the master (``[stemd]``), each program
+    (``[programs.NAME]``), or both (a ``[stemd]`` default that programs may
+    override)."""
+
+    MASTER = "master"
+    PROGRAM = "program"
+    BOTH = "both"
+
+
+# --------------------------------------------------------------------------
+# Value parsers: each takes what the file holds (a str from an env file, or a
+# TOML value) and returns the typed value or raises BadValue.
+
+
+def parse_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise BadValue(f"expected a string, got {value!r}")
+    return value
+
+
+def parse_optional_str(value: Any) -> str | None:
+    text = parse_str(value)
+    return text or None
+
+
+def parse_required_str(value: Any) -> str:
+    text = parse_str(value).strip()
+    if not text:
+        raise BadValue("must not be empty")
+    return text
+
+
+_TRUE = {"1", "yes", "true", "on"}
+_FALSE = {"0", "no", "false", "off", ""}
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise BadValue(f"expected a boolean, got {value!r}", hint="use 1 or 0")
+
+
+def _number(value: Any, kind: type) -> Any:
+    if isinstance(value, bool):
+        raise BadValue(f"expected a number, got {value!r}")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str):
+        try:
+            number = kind(value.strip())
+        except ValueError:
+            raise BadValue(f"expected a number, got {value!r}") from None
+    else:
+        raise BadValue(f"expected a number, got {value!r}")
+    if kind is int and number != int(number):
+        raise BadValue(f"expected a whole number, got {value!r}")
+    if number < 0:
+        raise BadValue(f"must not be negative, got {value!r}")
+    return kind(number)
+
+
+def parse_count(value: Any) -> int:
+    return _number(value, int)
+
+
+def parse_seconds(value: Any) -> float:
+    number = _number(value, float)
+    if number != number or number in (float("inf"),):  # NaN, inf
+        raise BadValue(f"expected a finite number of seconds, got {value!r}")
+    return number
+
+
+def parse_umask(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str):
+        try:
+            number = int(value.strip(), 8)
+        except ValueError:
+            raise BadValue(f"expected an octal umask such as 022, got {value!r}") from None
+    else:
+        raise BadValue(f"expected an octal umask such as 022, got {value!r}")
+    if not 0 <= number <= 0o777:
+        raise BadValue(f"umask out of range: {value!r}", hint="between 000 and 777")
+    return number
+
+
+_SIGNALS = {s.name.removeprefix("SIG"): s for s in signal.Signals if not s.name.startswith("SIG_")}
+
+
+def parse_signal(value: Any) -> str:
+    """Accept ``TERM``, ``SIGTERM`` or ``15``; return the short name (``TERM``)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        text = str(value)
+    elif isinstance(value, str):
+        text = value.strip().upper()
+    else:
+        raise BadValue(f"expected a signal name, got {value!r}")
+    if text.isdigit():
+        try:
+            return signal.Signals(int(text)).name.removeprefix("SIG")
+        except ValueError:
+            raise BadValue(f"unknown signal number {text}") from None
+    name = text.removeprefix("SIG")
+    if name not in _SIGNALS:
+        close = difflib.get_close_matches(name, list(_SIGNALS), n=1)
+        hint = f"did you mean {close[0]}?" if close else "use a name such as TERM, INT or QUIT"
+        raise BadValue(f"unknown signal {value!r}", hint=hint)
+    return name
+
+
+def signal_number(name: str) -> int:
+    return int(_SIGNALS[name])
+
+
+RESTART_POLICIES = ("always", "on-failure", "no")
+
+
+def parse_restart(value: Any) -> str:
+    text = parse_str(value).strip().lower()
+    if text in ("false", "0", "never"):
+        text = "no"
+    if text not in RESTART_POLICIES:
+        raise BadValue(f"unknown restart policy {value!r}", hint="use always, on-failure or no")
+    return text
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def parse_log_level(value: Any) -> str:
+    text = parse_str(value).strip().upper()
+    if text == "WARN":
+        text = "WARNING"
+    if text not in LOG_LEVELS:
+        raise BadValue(f"unknown log level {value!r}", hint="use " + ", ".join(LOG_LEVELS))
+    return text
+
+
+def parse_nodes(value: Any) -> str | int:
+    """Kept raw here; :func:`stem_core.nodes.parse_node_list` expands it with
+    the program name as prefix."""
+    if isinstance(value, bool):
+        raise BadValue(f"expected node names or a count, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, list):
+        if not all(isinstance(v, str) for v in value):
+            raise BadValue("node names must be strings")
+        return " ".join(value)
+    return parse_str(value)
+
+
+def parse_environment(value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise BadValue("expected a table of NAME = \"value\"")
+    pairs = []
+    for name, item in value.items():
+        if not isinstance(item, str | int | float) or isinstance(item, bool):
+            raise BadValue(f"environment value of {name} must be a string, got {item!r}")
+        pairs.append((str(name), str(item)))
+    return tuple(pairs)
+
+
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    env: str | None  # name in the env file (None: TOML only)
+    toml: str  # name in the TOML file
+    scope: Scope
+    parse: Callable[[Any], Any]
+    default: Any
+    doc: str
+    aliases: tuple[str, ...] = ()
+    example: str | None = None  # shown in the sample file when there is no default
+
+    @property
+    def default_text(self) -> str:
+        """The default as it would be written in an env file."""
+        if self.default is None:
+            return ""
+        if isinstance(self.default, bool):
+            return "1" if self.default else "0"
+        if self.parse is parse_umask:
+            return f"{self.default:03o}"
+        if isinstance(self.default, float) and self.default.is_integer():
+            return str(int(self.default))
+        return str(self.default)
+
+
+M, P, B = Scope.MASTER, Scope.PROGRAM, Scope.BOTH
+
+KEYS: tuple[Key, ...] = (
+    Key("STEMD_NODES", "nodes", P, parse_nodes, "1",
+        "space-separated node names, or a count N (nodes worker1..workerN)",
+        example="alpha beta"),
+    Key("STEMD_COMMAND", "command", P, parse_required_str, None,
+        "command line of every node, split with shell word rules and run without a shell",
+        aliases=("STEM_WORKER_COMMAND",), example="/usr/local/bin/stem-worker --queues=default"),
+    Key("STEMD_OPTS", "opts", P, parse_str, "",
+        "extra arguments appended to the command; -c:beta 4 applies to node beta only",
+        example="-c 8 -c:beta 4"),
+    Key("STEMD_CHDIR", "directory", P, parse_required_str, "/", "working directory of the nodes"),
+    Key("STEMD_USER", "user", B, parse_optional_str, None,
+        "account the nodes run as (default: the invoking user)", example="stem"),
+    Key("STEMD_GROUP", "group", B, parse_optional_str, None,
+        "group of the nodes and of the control socket (default: the user's group)",
+        example="stem"),
+    Key("STEMD_UMASK", "umask", P, parse_umask, 0o022, "umask of the nodes"),
+    Key("STEMD_PID_FILE", "pid_file", P, parse_required_str, "/var/run/stem/%n.pid",
+        "per-node PID file template"),
+    Key("STEMD_LOG_FILE", "log_file", P, parse_required_str, "/var/log/stem/%n.log",
+        "per-node log file template (stdout and stderr); - sends node output to the "
+        "master's own stdout/stderr"),
+    Key("STEMD_LOG_LEVEL", "log_level", M, parse_log_level, "INFO", "the master's log level"),
+    Key("STEMD_MASTER_PID_FILE", "pid_file", M, parse_required_str, "/var/run/stem/stemd.pid",
+        "the master's PID file (locked while the master runs)"),
+    Key("STEMD_MASTER_LOG_FILE", "log_file", M, parse_required_str, "/var/log/stem/stemd.log",
+        "the master's own log"),
+    Key("STEMD_SOCKET", "socket", M, parse_required_str, "/var/run/stem/stemd.sock",
+        "control socket path"),
+    Key("STEMD_CREATE_DIRS", "create_dirs", M, parse_bool, True,
+        "1: create missing PID, socket and log directories"),
+    Key("STEMD_STOP_SIGNAL", "stop_signal", P, parse_signal, "TERM",
+        "signal a stop sends first (TERM, INT, QUIT, ...)"),
+    Key("STEMD_STOP_TIMEOUT", "stop_timeout", P, parse_seconds, 10.0,
+        "seconds before a stop escalates to SIGKILL of the node's process group"),
+    Key("STEMD_RESTART", "restart", P, parse_restart, "always", "always, on-failure or no"),
+    Key("STEMD_START_SECS", "start_secs", P, parse_seconds, 1.0,
+        "seconds a node must stay up to count as started (RUNNING)"),
+    Key("STEMD_START_RETRIES", "start_retries", P, parse_count, 5,
+        "failed starts in a row before the node is FATAL"),
+    Key("STEMD_BACKOFF_MAX", "backoff_max", P, parse_seconds, 30.0,
+        "cap of the exponential delay between failed starts, seconds"),
+    Key("STEMD_RESTART_BURST", "restart_burst", P, parse_count, 5,
+        "restarts of a RUNNING node allowed within STEMD_RESTART_WINDOW before it backs off"),
+    Key("STEMD_RESTART_WINDOW", "restart_window", P, parse_seconds, 60.0,
+        "crash-loop detection window, seconds"),
+    Key("STEMD_FORCE_ROOT", "force_root", M, parse_bool, False,
+        "1 allows nodes to run as root (otherwise refused)"),
+    Key("STEM_SCHEDULER_COMMAND", "", P, parse_optional_str, None,
+        "if set, adds one node named scheduler (program scheduler) running this command",
+        example="/usr/local/bin/stem-scheduler"),
+    Key(None, "environment", P, parse_environment, (),
+        "TOML only: variables for the nodes (in the env file, use export NAME=value)"),
+)
+
+#: keys that are not settings but whose names stemd itself uses
+RESERVED_ENV = frozenset({"STEMD_CONFIG", "STEMD_NODE", "STEMD_PROGRAM"})
+
+BY_ENV: dict[str, Key] = {}
+for _key in KEYS:
+    if _key.env:
+        BY_ENV[_key.env] = _key
+        for _alias in _key.aliases:
+            BY_ENV[_alias] = _key
+
+MASTER_KEYS: dict[str, Key] = {k.toml: k for k in KEYS if k.scope in (M, B)}
+PROGRAM_KEYS: dict[str, Key] = {k.toml: k for k in KEYS if k.scope in (P, B) and k.toml}
+
+
+def suggest(name: str, candidates: list[str] | dict[str, Any]) -> str | None:
+    """A "did you mean" hint for an unknown name, or None."""
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f"did you mean {close[0]}?" if close else None
+
+
+def is_setting_name(name: str) -> bool:
+    """Names reserved for stemd settings: unknown ones are errors, not
+    variables, so a typo cannot silently fall back to a default."""
+    return name.startswith("STEMD_") or name in BY_ENV

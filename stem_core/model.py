@@ -1,0 +1,145 @@
+"""The frozen configuration model and the reload diff.
+
+Both file formats load into these dataclasses. They are immutable so that a
+reload is simply a comparison of two values: a node whose :class:`NodeSpec`
+is equal in the old and new configuration keeps running untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from stem_core.errors import BadValue
+
+
+@dataclass(frozen=True, slots=True)
+class MasterSpec:
+    """Settings of the master itself (the ``[stemd]`` table)."""
+
+    pid_file: str
+    log_file: str
+    socket: str
+    log_level: str
+    user: str | None
+    group: str | None
+    create_dirs: bool
+    force_root: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramSpec:
+    """One program as written in the configuration, before expansion into
+    nodes. Kept so that ``stemctl config --toml`` can write the file back."""
+
+    name: str
+    command: str
+    nodes: tuple[str, ...]
+    opts: str
+    directory: str
+    environment: tuple[tuple[str, str], ...]
+    user: str | None
+    group: str | None
+    umask: int
+    pid_file: str
+    log_file: str
+    stop_signal: str
+    stop_timeout: float
+    restart: str
+    start_secs: float
+    start_retries: int
+    backoff_max: float
+    restart_burst: int
+    restart_window: float
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSpec:
+    """Everything needed to run one node, fully expanded."""
+
+    name: str
+    program: str
+    index: int  # 1-based, within its program
+    argv: tuple[str, ...]
+    directory: str
+    environment: tuple[tuple[str, str], ...]
+    user: str | None
+    group: str | None
+    umask: int
+    pid_file: str
+    log_file: str  # "-" sends output to the master's own stdout/stderr
+    stop_signal: str
+    stop_timeout: float
+    restart: str
+    start_secs: float
+    start_retries: int
+    backoff_max: float
+    restart_burst: int
+    restart_window: float
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The node's environment: the configured variables plus the two
+        that identify it (also used to recognise it when adopting)."""
+        env = dict(self.environment)
+        env["STEMD_NODE"] = self.name
+        env["STEMD_PROGRAM"] = self.program
+        return env
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: str  # the file it was loaded from
+    master: MasterSpec
+    programs: tuple[ProgramSpec, ...]
+    nodes: tuple[NodeSpec, ...]
+    _by_name: dict[str, NodeSpec] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_name.update({n.name: n for n in self.nodes})
+
+    def node(self, name: str) -> NodeSpec:
+        return self._by_name[name]
+
+    def select(self, names: Iterable[str]) -> list[NodeSpec]:
+        """Nodes named directly or through their program, in config order.
+        No names means every node. Unknown names raise BadValue."""
+        wanted = list(names)
+        if not wanted:
+            return list(self.nodes)
+        programs = {p.name for p in self.programs}
+        unknown = [n for n in wanted if n not in self._by_name and n not in programs]
+        if unknown:
+            known = ", ".join([n.name for n in self.nodes] + sorted(programs))
+            raise BadValue(f"no such node or program: {', '.join(unknown)}", hint=f"known: {known}")
+        chosen = set(wanted)
+        return [n for n in self.nodes if n.name in chosen or n.program in chosen]
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigDiff:
+    added: tuple[NodeSpec, ...]
+    removed: tuple[NodeSpec, ...]
+    changed: tuple[NodeSpec, ...]  # the new specs
+    unchanged: tuple[NodeSpec, ...]
+    master_changed: tuple[str, ...]  # names of master settings that differ
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.removed or self.changed or self.master_changed)
+
+
+def diff(old: Config, new: Config) -> ConfigDiff:
+    """What a reload must do: start added nodes, stop removed ones, restart
+    changed ones, leave the rest alone."""
+    old_nodes = {n.name: n for n in old.nodes}
+    new_nodes = {n.name: n for n in new.nodes}
+    added = tuple(n for n in new.nodes if n.name not in old_nodes)
+    removed = tuple(n for n in old.nodes if n.name not in new_nodes)
+    changed = tuple(n for n in new.nodes if n.name in old_nodes and old_nodes[n.name] != n)
+    unchanged = tuple(n for n in new.nodes if old_nodes.get(n.name) == n)
+    master_changed = tuple(
+        name for name in MasterSpec.__slots__
+        if getattr(old.master, name) != getattr(new.master, name)
+    )
+    return ConfigDiff(added, removed, changed, unchanged, master_changed)

@@ -1,0 +1,132 @@
+"""PID files: records, not truth.
+
+A PID file only says which process a node *was*. Before the master adopts or
+signals the process it names, :func:`check_node_identity` checks that the
+process really is that node (PID reuse is common on busy hosts), and
+:func:`read_pidfile` refuses files it did not write itself (a symlink, a
+file owned by someone else, junk content).
+
+Writes are atomic (temporary file + ``rename`` inside the directory, opened
+with ``O_NOFOLLOW``), so a reader never sees a half-written file and a
+symlink planted at the path is replaced, never followed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from dataclasses import dataclass
+
+import psutil
+
+from stem_core.errors import PidFileError
+
+_MAX_SIZE = 64
+_CREATE_SLACK = 2.0  # seconds: create_time and mtime come from different clocks
+
+
+@dataclass(frozen=True, slots=True)
+class PidRecord:
+    pid: int
+    mtime: float  # when the file was written (wall clock)
+
+
+def write_pidfile(path: str, pid: int, mode: int = 0o644) -> None:
+    """Write ``pid`` atomically. Raises OSError on failure."""
+    directory, name = os.path.split(os.path.abspath(path))
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        tmp = f".{name}.{os.getpid()}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     mode, dir_fd=dir_fd)
+        try:
+            os.write(fd, f"{pid}\n".encode())
+            os.fchmod(fd, mode)  # the umask must not hide it from the node user
+        finally:
+            os.close(fd)
+        # rename() replaces whatever is at the name (a planted symlink too)
+        # without following it.
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_pidfile(path: str, trusted_uids: frozenset[int] | None = None) -> PidRecord | None:
+    """The record in ``path``; None when there is no file.
+
+    Raises :class:`PidFileError` for a file that cannot be trusted: a
+    symlink, not a regular file, owned by a uid outside ``trusted_uids``, or
+    content that is not a PID.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise PidFileError(f"{path} is a symlink; not following it") from None
+        raise PidFileError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PidFileError(f"{path} is not a regular file")
+        if trusted_uids is not None and st.st_uid not in trusted_uids:
+            raise PidFileError(f"{path} is owned by uid {st.st_uid}, not by stemd's user")
+        data = os.read(fd, _MAX_SIZE + 1)
+    finally:
+        os.close(fd)
+    text = data.decode("ascii", errors="replace").strip()
+    if len(data) > _MAX_SIZE or not text.isdigit() or int(text) <= 1:
+        raise PidFileError(f"{path} does not hold a PID: {text[:20]!r}")
+    return PidRecord(int(text), st.st_mtime)
+
+
+def remove_pidfile(path: str, pid: int | None = None) -> bool:
+    """Remove ``path`` (never following a symlink). With ``pid``, only when the
+    file still names that PID, so a newer record is not lost. True if removed."""
+    if pid is not None:
+        try:
+            record = read_pidfile(path)
+        except PidFileError:
+            record = None
+        if record is None or record.pid != pid:
+            return False
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def check_node_identity(
+    record: PidRecord, node: str, program: str, uid: int | None
+) -> str | None:
+    """Why the process in ``record`` is *not* node ``node``, or None if it is.
+
+    A node is a session leader (stemd starts each in its own session) running
+    as the node's user, with ``STEMD_NODE``/``STEMD_PROGRAM`` naming it in its
+    environment, and it started before its PID file was written. A PID that
+    was reused by any other process fails at least one of these.
+    """
+    try:
+        proc = psutil.Process(record.pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return "the process has exited"
+        if os.getsid(record.pid) != record.pid:
+            return "the process is not a session leader"
+        if uid is not None and proc.uids().real != uid:
+            return f"the process runs as uid {proc.uids().real}, not {uid}"
+        if proc.create_time() > record.mtime + _CREATE_SLACK:
+            return "the process started after the PID file was written (PID reused)"
+        env = proc.environ()
+    except (psutil.NoSuchProcess, ProcessLookupError):
+        return "no such process"
+    except psutil.AccessDenied:
+        return "its environment cannot be read"
+    if env.get("STEMD_NODE") != node or env.get("STEMD_PROGRAM") != program:
+        return f"it is not node {node} (STEMD_NODE={env.get('STEMD_NODE')!r})"
+    return None
