@@ -1,0 +1,169 @@
+"""Checks of the configuration against this host, shared by ``stemd --check``,
+``stemctl diagnose`` and the master's start-up (which creates directories).
+
+Every check returns :class:`Problem` values with a hint that says how to fix
+it; nothing here stops at the first problem.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from dataclasses import dataclass
+
+from stem_core.errors import PidFileError, Problem
+from stem_core.model import Config
+from stem_core.pidfile import check_node_identity, read_pidfile
+from stemd.node import SpawnError
+from stemd.spawn import Account, resolve_account
+
+
+@dataclass(frozen=True, slots=True)
+class DirNeed:
+    path: str
+    what: str  # for messages
+    owner: Account | None  # None: the master's user; else the node account (log dirs)
+
+
+def needed_directories(config: Config) -> list[DirNeed]:
+    """Runtime directories (PID files, socket) belong to the master and are
+    never writable by the node user; log directories are writable by it."""
+    needs: dict[str, DirNeed] = {}
+    m = config.master
+    for path, what in ((m.pid_file, "master PID file"), (m.socket, "control socket")):
+        d = os.path.dirname(path)
+        needs.setdefault(d, DirNeed(d, what, None))
+    needs.setdefault(os.path.dirname(m.log_file),
+                     DirNeed(os.path.dirname(m.log_file), "master log", None))
+    for node in config.nodes:
+        d = os.path.dirname(node.pid_file)
+        needs.setdefault(d, DirNeed(d, "node PID files", None))
+    for node in config.nodes:
+        if node.log_file == "-":
+            continue
+        d = os.path.dirname(node.log_file)
+        try:
+            account = resolve_account(node.user, node.group)
+        except SpawnError:
+            account = None
+        if d not in needs or needs[d].what == "master log":
+            needs[d] = DirNeed(d, "node logs", account)
+    return list(needs.values())
+
+
+def create_directories(config: Config) -> list[Problem]:
+    """Create what is missing (``STEMD_CREATE_DIRS=1``); report what cannot be."""
+    problems: list[Problem] = []
+    for need in needed_directories(config):
+        if os.path.isdir(need.path):
+            continue
+        try:
+            os.makedirs(need.path, mode=0o755, exist_ok=True)
+            if need.owner is not None and need.owner.switch:
+                os.chown(need.path, need.owner.uid, need.owner.gid)
+        except OSError as exc:
+            problems.append(Problem(f"cannot create {need.path} ({need.what}): {exc.strerror}",
+                                    hint="create it, or set STEMD_CREATE_DIRS=1 and run as a "
+                                         "user allowed to"))
+    return problems
+
+
+def check_environment(config: Config, *, creating: bool) -> list[Problem]:
+    """What would stop the master or its nodes from working on this host."""
+    problems: list[Problem] = []
+    is_root = os.geteuid() == 0
+    for node in config.nodes:
+        try:
+            account = resolve_account(node.user, node.group)
+        except SpawnError as exc:
+            problems.append(Problem(str(exc), key=f"{node.name}: user/group",
+                                    hint="create the account or fix STEMD_USER/STEMD_GROUP"))
+            continue
+        if account.uid == 0 and not config.master.force_root:
+            problems.append(Problem(
+                f"node {node.name} would run as root", key="STEMD_USER",
+                hint="set STEMD_USER to an unprivileged account, or STEMD_FORCE_ROOT=1"))
+        problems.extend(_check_command(node.name, node.argv[0], node.environment))
+        if not os.path.isdir(node.directory):
+            problems.append(Problem(f"working directory {node.directory} of node {node.name} "
+                                    "does not exist", key="STEMD_CHDIR"))
+    for need in needed_directories(config):
+        if os.path.isdir(need.path):
+            if not os.access(need.path, os.W_OK):
+                problems.append(Problem(f"{need.path} ({need.what}) is not writable by "
+                                        "stemd's user", hint="fix its owner or mode"))
+            elif need.owner is None and need.path != "/":
+                problems.extend(_check_not_node_writable(need.path, config, is_root))
+            continue
+        parent = _existing_parent(need.path)
+        if not creating:
+            problems.append(Problem(f"{need.path} ({need.what}) does not exist",
+                                    hint="create it or set STEMD_CREATE_DIRS=1"))
+        elif not os.access(parent, os.W_OK):
+            problems.append(Problem(f"{need.path} ({need.what}) cannot be created: {parent} "
+                                    "is not writable", hint="create it as root first"))
+    return problems
+
+
+def _check_not_node_writable(path: str, config: Config, is_root: bool) -> list[Problem]:
+    """PID files and the socket must live where the node user cannot write,
+    or a node could plant records the master would act on."""
+    st = os.stat(path)
+    node_uids = set()
+    for node in config.nodes:
+        try:
+            node_uids.add(resolve_account(node.user, node.group).uid)
+        except SpawnError:
+            continue
+    if not is_root or (st.st_mode & stat.S_ISVTX and st.st_uid in (0, os.geteuid())):
+        return []
+    if st.st_uid in node_uids - {0} or st.st_mode & stat.S_IWOTH:
+        return [Problem(f"{path} holds PID files or the socket but is writable by the node "
+                        "user", hint="make it owned by root, mode 0755")]
+    return []
+
+
+def _existing_parent(path: str) -> str:
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path or "/"
+
+
+def _check_command(name: str, program: str, environment: tuple[tuple[str, str], ...]
+                   ) -> list[Problem]:
+    env_path = dict(environment).get("PATH", os.environ.get("PATH", os.defpath))
+    if "/" in program:
+        found = program if os.path.exists(program) else None
+    else:
+        found = shutil.which(program, path=env_path)
+    if not found:
+        return [Problem(f"command {program!r} of node {name} not found", key="STEMD_COMMAND",
+                        hint="use an absolute path")]
+    if not os.access(found, os.X_OK) or os.path.isdir(found):
+        return [Problem(f"command {found} of node {name} is not executable",
+                        key="STEMD_COMMAND", hint=f"chmod +x {found}")]
+    return []
+
+
+def stale_pidfiles(config: Config) -> list[Problem]:
+    """PID files that name no live node (for diagnose; the master removes
+    them itself at start-up and on reload)."""
+    problems = []
+    for node in config.nodes:
+        try:
+            record = read_pidfile(node.pid_file)
+        except PidFileError as exc:
+            problems.append(Problem(str(exc), hint="remove it"))
+            continue
+        if record is None:
+            continue
+        try:
+            uid = resolve_account(node.user, node.group).uid
+        except SpawnError:
+            uid = None
+        why = check_node_identity(record, node.name, node.program, uid)
+        if why:
+            problems.append(Problem(f"stale PID file {node.pid_file} (pid {record.pid}: {why})",
+                                    hint="the master removes it when it starts; or rm it"))
+    return problems

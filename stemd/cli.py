@@ -1,0 +1,159 @@
+"""The ``stemd`` command: check, dry-run, or run the master.
+
+``stemd [--config PATH] [--foreground] [--check] [--dry-run] [overrides...]``
+where an override is ``KEY=VALUE`` (``STEMD_NODES=4``) or the key's flag
+(``--nodes 4``). Exit status: 0 ready / valid, 1 failure, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+from stem_core import keys as K
+from stem_core.config import config_path, load_config
+from stem_core.errors import ConfigError, Problem, StemError
+
+EPILOG = """\
+examples:
+  stemd --config /etc/default/stem            start the daemon (returns once it is ready)
+  stemd --config /etc/stem.toml --foreground  run in front (containers, Type=notify)
+  stemd --check                               validate the configuration and this host
+  stemd --dry-run STEMD_NODES=4               print what would run, with an override
+
+exit status: 0 ready or valid, 1 failure (reason on stderr), 2 usage error.
+"""
+
+
+def _flag(key: K.Key) -> str:
+    assert key.env
+    return "--" + key.env.removeprefix("STEMD_").removeprefix("STEM_").lower().replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stemd", description="Supervise a fleet of worker nodes.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", "-c", metavar="PATH",
+                        help="env file or .toml (default: $STEMD_CONFIG or /etc/default/stem)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--foreground", "-f", action="store_true",
+                      help="do not detach; log to stderr; systemd notify when NOTIFY_SOCKET is set")
+    mode.add_argument("--check", action="store_true",
+                      help="validate the configuration and this host, list every problem, exit")
+    mode.add_argument("--dry-run", action="store_true",
+                      help="print each node's command, PID file and log file, exit")
+    parser.add_argument("--version", action="version", version=f"stemd {_version()}")
+    overrides = parser.add_argument_group("overrides (each key of the configuration)")
+    for key in K.KEYS:
+        if key.env and not key.env.startswith("STEM_"):
+            overrides.add_argument(_flag(key), dest=f"key:{key.env}", metavar="VALUE",
+                                   help=key.doc.replace("%", "%%"))
+    parser.add_argument("assignments", nargs="*", metavar="KEY=VALUE",
+                        help="override a key, e.g. STEMD_NODES=4")
+    return parser
+
+
+def _overrides(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, str]:
+    values = {}
+    for item in args.assignments:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            parser.error(f"expected KEY=VALUE, got {item!r}")
+        values[name] = value
+    for dest, value in vars(args).items():
+        if dest.startswith("key:") and value is not None:
+            values[dest[4:]] = value
+    return values
+
+
+def _print_problems(problems: list[Problem]) -> None:
+    for problem in problems:
+        sys.stderr.write(f"stemd: {problem}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    overrides = _overrides(args, parser)
+    path = config_path(args.config)
+    try:
+        config = load_config(path, os.environ, overrides)
+    except ConfigError as exc:
+        _print_problems(exc.problems)
+        return 1
+    from stemd import checks
+
+    if args.dry_run:
+        for node in config.nodes:
+            print(f"{node.name} ({node.program}): {shlex.join(node.argv)}")
+            print(f"    pid file: {node.pid_file}")
+            print(f"    log file: {node.log_file}")
+        return 0
+    if args.check:
+        problems = checks.check_environment(config, creating=config.master.create_dirs)
+        if problems:
+            _print_problems(problems)
+            sys.stderr.write(f"stemd: {len(problems)} problem(s) in {config.source}\n")
+            return 1
+        print(f"{config.source}: OK ({len(config.nodes)} nodes)")
+        return 0
+    return _run(config, args.foreground, overrides)
+
+
+def _run(config, foreground: bool, overrides: dict[str, str]) -> int:  # type: ignore[no-untyped-def]
+    from stemd import checks, logsetup
+    from stemd.daemon import AlreadyRunning, MasterLock, Readiness, daemonize
+    from stemd.master import Master
+    from stemd.notify import Notifier
+
+    # Problems that would make every node fail are start-up failures, told
+    # to the operator now rather than found later in a log.
+    fatal = [p for p in checks.check_environment(config, creating=config.master.create_dirs)
+             if p.key in ("STEMD_USER",) or (p.key or "").endswith("user/group")]
+    if config.master.create_dirs:
+        fatal += checks.create_directories(config)
+    if fatal:
+        _print_problems(fatal)
+        return 1
+    notifier = Notifier.from_environ()
+    readiness = Readiness(None) if foreground else daemonize(config.master.log_file)
+
+    def fail(reason: str) -> int:
+        readiness.fail(reason)
+        if foreground:
+            sys.stderr.write(f"stemd: {reason}\n")
+        return 1
+
+    try:
+        log = logsetup.configure(config.master.log_level,
+                                 None if foreground else config.master.log_file)
+    except OSError as exc:
+        return fail(f"cannot open the log file {config.master.log_file}: {exc.strerror}")
+    try:
+        lock = MasterLock.acquire(config.master.pid_file)
+    except AlreadyRunning as exc:
+        return fail(str(exc))
+    except OSError as exc:
+        return fail(f"cannot open the master PID file {config.master.pid_file}: {exc.strerror}")
+    master = Master(config, environ=os.environ, overrides=overrides, log=log,
+                    readiness=readiness, notifier=notifier, foreground=foreground)
+    try:
+        return master.run(lock)
+    except StemError as exc:
+        return fail(str(exc))
+    except Exception as exc:
+        log.exception("stemd crashed")
+        return fail(f"internal error: {exc!r}")
+
+
+def _version() -> str:
+    from stem_core import __version__
+
+    return __version__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

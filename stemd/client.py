@@ -1,0 +1,56 @@
+"""The client end of the control socket. Imports only the standard library
+and :mod:`stem_core.protocol`, so ``stemctl`` starts fast."""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any
+
+from stem_core import protocol as P
+
+
+class MasterNotRunning(Exception):
+    pass
+
+
+class AccessDenied(Exception):
+    pass
+
+
+class Client:
+    def __init__(self, path: str, timeout: float | None = None) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    def _connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.path)
+        except OSError as exc:
+            sock.close()
+            if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR):
+                raise MasterNotRunning(self.path) from None
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                raise AccessDenied(self.path) from None
+            raise
+        return sock
+
+    def call(self, cmd: str, hold: bool = False, **args: Any) -> dict[str, Any]:
+        """Send one request, return the response. With ``hold``, also wait
+        until the master closes the connection (it exits: ``shutdown``)."""
+        sock = self._connect()
+        try:
+            sock.sendall(P.encode(P.request(cmd, **args)))
+            reader = sock.makefile("rb")
+            line = reader.readline(P.MAX_RESPONSE)
+            if not line:
+                raise MasterNotRunning(self.path)
+            response = P.decode_response(line)
+            if hold and response.get("ok"):
+                while reader.read(65536):
+                    pass
+            return response
+        finally:
+            sock.close()

@@ -1,0 +1,458 @@
+"""The ``stemctl`` command.
+
+Exit status (SPEC §3): 0 success; 1 the operation failed (``status``: some
+requested node is not RUNNING); 2 usage error (also an unknown node); 3 the
+master is not running (LSB's "not running", so init scripts can return it
+as is); 4 permission denied.
+
+It never imports the master, and imports rich only to draw a table on a
+terminal, so a piped or ``--json`` ``stemctl status`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from stemd.client import AccessDenied, Client, MasterNotRunning
+
+OK, FAILED, USAGE, NOT_RUNNING, DENIED = 0, 1, 2, 3, 4
+DEFAULT_SOCKET = "/var/run/stem/stemd.sock"
+
+_CODES = {"permission_denied": DENIED, "not_found": USAGE, "bad_argument": USAGE,
+          "unknown_command": USAGE}
+
+EPILOG = """\
+examples:
+  stemctl status                      every node, as a table
+  stemctl status worker --json        the nodes of program "worker", as JSON
+  stemctl start alpha                 start a node and wait until it is RUNNING
+  stemctl restart                     rolling restart, one node at a time
+  stemctl kill -s USR1 beta           signal a node's process group
+  stemctl logs alpha -n 50 -f         the end of a node's log, then follow it
+  stemctl --config /etc/default/stem-2 reload
+
+The socket is found from --socket, $STEMD_SOCKET, the config file
+(--config, $STEMD_CONFIG, /etc/default/stem), then /var/run/stem/stemd.sock.
+exit status: 0 ok, 1 failed or not all RUNNING, 2 usage, 3 master not running,
+4 permission denied.
+"""
+
+
+class Ctl:
+    """Resolved options of one stemctl run."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.json: bool = args.json
+        self._config: Any = None
+        self._config_error: Exception | None = None
+
+    # The configuration is read lazily: most commands need only the socket.
+    def config(self, required: bool = False) -> Any:
+        if self._config is None and self._config_error is None:
+            from stem_core.config import config_path, load_config
+            from stem_core.errors import ConfigError
+
+            path = config_path(self.args.config)
+            try:
+                self._config = load_config(path)
+            except ConfigError as exc:
+                self._config_error = exc
+        if required and self._config_error is not None:
+            raise self._config_error
+        return self._config
+
+    def socket_path(self) -> str:
+        if self.args.socket:
+            return self.args.socket
+        if os.environ.get("STEMD_SOCKET"):
+            return os.environ["STEMD_SOCKET"]
+        config = self.config()
+        if config is not None:
+            return config.master.socket
+        return DEFAULT_SOCKET
+
+    def call(self, cmd: str, hold: bool = False, **args: Any) -> dict[str, Any]:
+        return Client(self.socket_path(), timeout=self.args.timeout).call(cmd, hold, **args)
+
+    def out(self, value: Any, human: Callable[[], None]) -> None:
+        if self.json:
+            from stemd.render import print_json
+
+            print_json(value)
+        else:
+            human()
+
+
+def _error(ctl: Ctl, response: dict[str, Any]) -> int:
+    err = response.get("error", {})
+    if ctl.json:
+        from stemd.render import print_json
+
+        print_json(response)
+    else:
+        sys.stderr.write(f"stemctl: {err.get('message', 'failed')}\n")
+        if err.get("hint"):
+            sys.stderr.write(f"  hint: {err['hint']}\n")
+        result = response.get("result")
+        if isinstance(result, list) and result and isinstance(result[0], str):
+            for line in result:
+                sys.stderr.write(f"  {line}\n")
+    return _CODES.get(err.get("code", ""), FAILED)
+
+
+def _nodes_line(nodes: list[dict[str, Any]]) -> None:
+    for n in nodes:
+        pid = f" (pid {n['pid']})" if n.get("pid") else ""
+        print(f"{n['node']}: {n['state']}{pid}")
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_status(ctl: Ctl) -> int:
+    from stemd import render
+
+    tty = sys.stdout.isatty() and not ctl.json
+    response = ctl.call("status", names=ctl.args.names, stats=not ctl.json or ctl.args.stats)
+    if not response["ok"]:
+        return _error(ctl, response)
+    nodes = response["result"]
+    if ctl.json:
+        render.print_json(nodes)
+    else:
+        render.print_status(nodes, tty)
+    return OK if all(n["state"] == "RUNNING" for n in nodes) else FAILED
+
+
+def _simple(cmd: str, **extra: Any) -> Callable[[Ctl], int]:
+    def run(ctl: Ctl) -> int:
+        args = {k: getattr(ctl.args, v) for k, v in extra.items()}
+        response = ctl.call(cmd, names=ctl.args.names, **args)
+        if not response["ok"]:
+            return _error(ctl, response)
+        ctl.out(response["result"], lambda: _nodes_line(response["result"]))
+        return OK
+    return run
+
+
+def cmd_stop(ctl: Ctl) -> int:
+    response = ctl.call("stop", names=ctl.args.names, wait=not ctl.args.no_wait)
+    if not response["ok"]:
+        return _error(ctl, response)
+    ctl.out(response["result"], lambda: _nodes_line(response["result"]))
+    return OK
+
+
+def cmd_kill(ctl: Ctl) -> int:
+    response = ctl.call("kill", names=ctl.args.names, signal=ctl.args.signal)
+    if not response["ok"]:
+        return _error(ctl, response)
+    result = response["result"]
+    ctl.out(result, lambda: print(f"sent SIG{ctl.args.signal.upper().removeprefix('SIG')} to "
+                                  + ", ".join(result["signalled"])))
+    return OK
+
+
+def cmd_reload(ctl: Ctl) -> int:
+    response = ctl.call("reload")
+    if not response["ok"]:
+        return _error(ctl, response)
+    r = response["result"]
+
+    def human() -> None:
+        for what in ("added", "removed", "changed"):
+            if r[what]:
+                print(f"{what}: {', '.join(r[what])}")
+        print(f"unchanged: {len(r['unchanged'])} node(s)")
+        if r["master_changed"]:
+            print(f"master settings changed ({', '.join(r['master_changed'])}): "
+                  "restart stemd to apply them")
+    ctl.out(r, human)
+    return OK
+
+
+def cmd_shutdown(ctl: Ctl) -> int:
+    response = ctl.call("shutdown", hold=True)
+    if not response["ok"]:
+        return _error(ctl, response)
+    ctl.out({"stopped": True, "pid": response["result"]["pid"]},
+            lambda: print(f"stemd (pid {response['result']['pid']}) stopped"))
+    return OK
+
+
+def cmd_logs(ctl: Ctl) -> int:
+    response = ctl.call("logs", names=[ctl.args.name], lines=ctl.args.lines)
+    if not response["ok"]:
+        return _error(ctl, response)
+    r = response["result"]
+    if ctl.json and not ctl.args.follow:
+        ctl.out(r, lambda: None)
+        return OK
+    for line in r["lines"]:
+        print(line)
+    if ctl.args.follow:
+        return _follow(r["path"], r["size"])
+    return OK
+
+
+def _follow(path: str, offset: int) -> int:
+    """Follow a log like ``tail -F``: survive truncation and rotation. The
+    client reads the file itself (it needs read access); a client may poll,
+    the master never does."""
+    sys.stdout.flush()
+    f = None
+    try:
+        while True:
+            if f is None:
+                try:
+                    f = open(path, "rb")  # noqa: SIM115 - kept open across iterations
+                    f.seek(offset)
+                except FileNotFoundError:
+                    time.sleep(0.5)
+                    continue
+            chunk = f.read(65536)
+            if chunk:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.flush()
+                continue
+            st = os.stat(path) if os.path.exists(path) else None
+            if st is None or st.st_ino != os.fstat(f.fileno()).st_ino or st.st_size < f.tell():
+                f.close()
+                f, offset = None, 0  # rotated or truncated: start the new file
+                continue
+            time.sleep(0.25)
+    except KeyboardInterrupt:
+        return OK
+    except PermissionError:
+        sys.stderr.write(f"stemctl: cannot read {path}: permission denied\n")
+        return DENIED
+    finally:
+        if f is not None:
+            f.close()
+
+
+def cmd_healthcheck(ctl: Ctl) -> int:
+    from stemd.daemon import master_alive, read_master_pid
+
+    if ctl.args.pidfile:
+        path = ctl.args.pidfile
+    else:
+        try:
+            path = ctl.config(required=True).master.pid_file
+        except Exception as exc:
+            sys.stderr.write(f"stemctl: {exc}\n")
+            return USAGE
+    alive = master_alive(path)
+    pid = read_master_pid(path)
+    if alive is False and ctl.args.pidfile and pid:
+        alive = _pid_alive(pid)  # a node's PID file: not locked, check the process
+    ok = bool(alive)
+    ctl.out({"alive": ok, "pid": pid if ok else None, "pidfile": path},
+            lambda: print(f"alive (pid {pid})" if ok else f"not running ({path})"))
+    return OK if ok else FAILED
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cmd_diagnose(ctl: Ctl) -> int:
+    from stem_core.errors import ConfigError, Problem
+    from stemd import checks
+    from stemd.control import socket_listening
+    from stemd.daemon import master_alive
+
+    problems: list[Problem] = []
+    notes: list[str] = []
+    try:
+        config = ctl.config(required=True)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        config = None
+    master: dict[str, Any] | None = None
+    if config is not None:
+        alive = master_alive(config.master.pid_file)
+        problems.extend(checks.check_environment(config, creating=config.master.create_dirs))
+        problems.extend(checks.stale_pidfiles(config))
+        sock = ctl.socket_path()
+        exists = os.path.exists(sock)
+        if alive and not exists:
+            problems.append(Problem(f"the master runs but its socket {sock} is missing",
+                                    hint="restart stemd to recreate it"))
+        elif exists and not socket_listening(sock):
+            problems.append(Problem(f"dead socket {sock}: nobody listens",
+                                    hint="start stemd; it replaces the file"))
+        if alive:
+            try:
+                response = ctl.call("diagnose")
+                master = response.get("result")
+            except (MasterNotRunning, AccessDenied, OSError) as exc:
+                problems.append(Problem(f"the master does not answer on {sock}: {exc}"))
+        else:
+            notes.append("the master is not running")
+    result = {"problems": [{"message": p.message, "hint": p.hint, "file": p.file,
+                            "line": p.line, "key": p.key, "text": str(p)} for p in problems],
+              "master": master, "notes": notes}
+
+    def human() -> None:
+        for note in notes:
+            print(f"note: {note}")
+        if master:
+            states = ", ".join(f"{v} {k}" for k, v in sorted(master["states"].items()))
+            print(f"master pid {master['pid']}: {states}")
+        for p in problems:
+            print(f"problem: {p}")
+        if not problems:
+            print("no problems found")
+    ctl.out(result, human)
+    return FAILED if problems else OK
+
+
+def cmd_config(ctl: Ctl) -> int:
+    from stem_core.config import dump_toml, to_dict
+    from stem_core.errors import ConfigError
+
+    try:
+        config = ctl.config(required=True)
+    except ConfigError as exc:
+        for p in exc.problems:
+            sys.stderr.write(f"stemctl: {p}\n")
+        return FAILED
+    if ctl.json:
+        from stemd.render import print_json
+
+        print_json(to_dict(config))
+    elif ctl.args.toml:
+        sys.stdout.write(dump_toml(config))
+    else:
+        import shlex
+
+        print(f"# {config.source}")
+        for name in ("pid_file", "socket", "log_file", "log_level", "user", "group"):
+            print(f"master.{name} = {getattr(config.master, name)}")
+        for node in config.nodes:
+            print(f"{node.name} ({node.program}): {shlex.join(node.argv)}")
+            print(f"    pid file: {node.pid_file}  log file: {node.log_file}  "
+                  f"user: {node.user or '(invoking user)'}")
+    return OK
+
+
+def cmd_version(ctl: Ctl) -> int:
+    from stem_core import __version__
+
+    master: dict[str, Any] | None
+    try:
+        response = ctl.call("version")
+        master = response.get("result") if response.get("ok") else None
+    except (MasterNotRunning, AccessDenied):
+        master = None
+    ctl.out({"stemctl": __version__, "master": master},
+            lambda: print(f"stemctl {__version__}\n"
+                          + (f"stemd {master['version']} (pid {master['pid']}, protocol "
+                             f"{master['protocol']})" if master else "stemd: not running")))
+    return OK
+
+
+# ------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stemctl", description="Control a running stemd master.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--config", "-c", metavar="PATH", help="the master's config file")
+    where.add_argument("--socket", "-S", metavar="PATH", help="the master's control socket")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                        help="give up waiting for the master after this long")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, fn: Callable[[Ctl], int], help: str, example: str,
+            names: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, epilog=f"example:\n  {example}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                       help="machine-readable output")
+        if names:
+            p.add_argument("names", nargs="*", metavar="NAME",
+                           help="nodes or programs (default: all)")
+        p.set_defaults(fn=fn)
+        return p
+
+    p = add("status", cmd_status, "show nodes: state, pid, uptime, restarts, CPU, RSS",
+            "stemctl status alpha beta")
+    p.add_argument("--stats", action="store_true", help="include CPU and RSS in --json")
+    add("start", _simple("start"), "start nodes and wait until each is RUNNING or failed",
+        "stemctl start worker")
+    p = add("stop", cmd_stop, "stop nodes and wait until they are stopped", "stemctl stop beta")
+    p.add_argument("--no-wait", action="store_true", help="return at once")
+    add("restart", _simple("restart"), "rolling restart: one node at a time, each RUNNING "
+        "again before the next", "stemctl restart")
+    p = add("kill", cmd_kill, "send a signal to nodes' process groups", "stemctl kill -s HUP alpha")
+    p.add_argument("-s", "--signal", default="TERM", help="signal name or number (default TERM)")
+    add("reload", cmd_reload, "re-read the configuration and apply only the difference",
+        "stemctl reload", names=False)
+    add("shutdown", cmd_shutdown, "stop every node and the master; wait until it is gone",
+        "stemctl shutdown", names=False)
+    p = add("logs", cmd_logs, "print or follow a node's log", "stemctl logs alpha -n 100 -f",
+            names=False)
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("-n", "--lines", type=int, default=20, help="lines to print (default 20)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p = add("healthcheck", cmd_healthcheck, "exit 0 if the master is alive, 1 otherwise "
+            "(needs no socket)", "stemctl healthcheck --pidfile /run/stem/stemd.pid", names=False)
+    p.add_argument("--pidfile", metavar="PATH", help="check the process in this PID file")
+    add("diagnose", cmd_diagnose, "find missing directories, stale PID files, a dead socket, "
+        "config errors", "stemctl diagnose", names=False)
+    p = add("config", cmd_config, "print the effective configuration (no master needed)",
+            "stemctl config --toml > stem.toml", names=False)
+    p.add_argument("--toml", action="store_true", help="as a TOML file")
+    add("version", cmd_version, "versions of stemctl and of the running master",
+        "stemctl version", names=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    ctl = Ctl(args)
+    try:
+        return args.fn(ctl)
+    except MasterNotRunning as exc:
+        config = args.config or os.environ.get("STEMD_CONFIG") or "/etc/default/stem"
+        message = (f"master not running (no answer on {exc}): start it with "
+                   f"'stemd --config {config}'")
+        if ctl.json:
+            from stemd.render import print_json
+
+            print_json({"v": 1, "ok": False, "error": {"code": "not_running",
+                                                       "message": message}})
+        else:
+            sys.stderr.write(f"stemctl: {message}\n")
+        return NOT_RUNNING
+    except AccessDenied as exc:
+        sys.stderr.write(f"stemctl: permission denied on {exc}: run as root, as stemd's user, "
+                         "or as a member of the socket's group\n")
+        return DENIED
+    except TimeoutError:
+        sys.stderr.write("stemctl: the master did not answer in time\n")
+        return FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

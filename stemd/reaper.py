@@ -1,0 +1,124 @@
+"""Learn of exits the moment they happen, and reap every child.
+
+Each node's process gets a pidfd (``os.pidfd_open``, Linux >= 5.3) watched by
+the event loop: it becomes readable when the process exits, whether it is
+our child or a node adopted from a previous master. For a child we then:
+
+1. look at the exit with ``waitid(P_PIDFD, fd, WEXITED|WNOHANG|WNOWAIT)``,
+   which leaves the zombie in place;
+2. ``SIGKILL`` the node's process group. The zombie leader still pins the
+   group id, so the id cannot have been reused by an unrelated group: this
+   reaches exactly the grandchildren the node left behind (a crashed
+   worker's pool processes), which would otherwise keep consuming jobs next
+   to its replacement;
+3. reap with ``waitid(P_PIDFD, fd, WEXITED)``.
+
+``SIGCHLD`` drains the rest: any child that is not a watched node (orphans
+reparented to us as PID 1 or subreaper) is reaped so no zombie is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from stemd.node import ExitStatus
+
+ExitCallback = Callable[[int, ExitStatus], None]
+
+
+@dataclass(slots=True)
+class _Watch:
+    pid: int
+    fd: int
+    popen: subprocess.Popen[bytes] | None  # None: adopted, not our child
+    callback: ExitCallback
+
+
+class Reaper:
+    def __init__(self, loop: asyncio.AbstractEventLoop, log: logging.Logger) -> None:
+        self.loop = loop
+        self.log = log
+        self._watches: dict[int, _Watch] = {}
+
+    def watch(self, pid: int, popen: subprocess.Popen[bytes] | None,
+              callback: ExitCallback) -> None:
+        """Call ``callback(pid, status)`` once ``pid`` has exited (and, for a
+        child, been reaped). Raises ProcessLookupError if it is already gone
+        and not our child."""
+        fd = os.pidfd_open(pid)
+        self._watches[pid] = _Watch(pid, fd, popen, callback)
+        self.loop.add_reader(fd, self._finish, pid)
+
+    @property
+    def watched(self) -> int:
+        return len(self._watches)
+
+    def on_sigchld(self) -> None:
+        """Reap every exited child; node exits go through :meth:`_finish`."""
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None:
+                return
+            if info.si_pid in self._watches:
+                self._finish(info.si_pid)
+            else:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(info.si_pid, os.WNOHANG)
+                self.log.debug("reaped pid %d (%s)", info.si_pid, _status(info))
+
+    def _finish(self, pid: int) -> None:
+        watch = self._watches.get(pid)
+        if watch is None:
+            return
+        status = ExitStatus()
+        if watch.popen is not None:
+            try:
+                info = os.waitid(os.P_PIDFD, watch.fd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                info = None  # reaped elsewhere: should not happen; status unknown
+            else:
+                if info is None:
+                    return  # spurious wake-up: still running
+                status = _status(info)
+            self._kill_group(pid)
+            with contextlib.suppress(ChildProcessError):
+                os.waitid(os.P_PIDFD, watch.fd, os.WEXITED)
+            # Tell Popen it is done, so its __del__ never queues the PID for
+            # a later waitpid() that could reap an unrelated, reused PID.
+            watch.popen.returncode = status.as_int if status.as_int is not None else -1
+        else:
+            # An adopted node: its parent (init) reaps it. Its group may still
+            # hold grandchildren; they keep the group id pinned, so it cannot
+            # name anyone else.
+            self._kill_group(pid)
+        self.loop.remove_reader(watch.fd)
+        os.close(watch.fd)
+        del self._watches[pid]
+        watch.callback(pid, status)
+
+    @staticmethod
+    def _kill_group(pgid: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+
+    def close(self) -> None:
+        for watch in self._watches.values():
+            self.loop.remove_reader(watch.fd)
+            os.close(watch.fd)
+        self._watches.clear()
+
+
+def _status(info: os.waitid_result) -> ExitStatus:
+    if info.si_code == os.CLD_EXITED:
+        return ExitStatus(code=info.si_status)
+    return ExitStatus(signal=info.si_status)

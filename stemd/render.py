@@ -1,0 +1,79 @@
+"""How ``stemctl`` shows things: a rich table on a terminal, plain aligned
+text when piped (no rich import at all then: it costs ~40 ms), JSON with
+``--json``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+COLUMNS = ("NODE", "PROGRAM", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "CPU%", "RSS")
+STATE_STYLE = {"RUNNING": "green", "STARTING": "cyan", "STOPPING": "yellow", "BACKOFF": "yellow",
+               "STOPPED": "dim", "EXITED": "magenta", "FATAL": "bold red"}
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "K", "M", "G"):
+        if value < 1024 or unit == "G":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{value:.1f}G"  # pragma: no cover
+
+
+def status_rows(nodes: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
+    rows = []
+    for n in nodes:
+        cpu = n.get("cpu_percent")
+        rows.append((n["node"], n["program"], n["state"],
+                     str(n["pid"]) if n["pid"] is not None else "-",
+                     duration(n["uptime"]), str(n["restarts"]), n.get("last_exit") or "-",
+                     f"{cpu:.1f}" if cpu is not None else "-", size(n.get("rss"))))
+    return rows
+
+
+def print_status(nodes: Sequence[dict[str, Any]], tty: bool) -> None:
+    rows = status_rows(nodes)
+    if tty:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        for column in COLUMNS:
+            table.add_column(column, justify="right" if column in (
+                "PID", "RESTARTS", "CPU%", "RSS", "UPTIME") else "left")
+        for row in rows:
+            style = STATE_STYLE.get(row[2], "")
+            table.add_row(*row[:2], f"[{style}]{row[2]}[/]" if style else row[2], *row[3:])
+        Console().print(table)
+        return
+    print_plain([COLUMNS, *rows])
+
+
+def print_plain(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for row in rows:
+        out.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    sys.stdout.write("\n".join(out) + "\n")
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")

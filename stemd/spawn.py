@@ -1,0 +1,130 @@
+"""Start one node's process.
+
+Everything is done with ``subprocess.Popen`` arguments — ``user``, ``group``,
+``extra_groups``, ``umask``, ``start_new_session``, ``cwd``, ``env`` — and no
+``preexec_fn``, which is unsafe after fork in a process with threads and slow.
+The log file is opened by the master (``O_APPEND|O_NOFOLLOW|O_CLOEXEC``) and
+handed to the child as stdout/stderr; the master keeps no pipe, so node
+output never passes through it.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import stat
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from stem_core.model import NodeSpec
+from stemd.node import SpawnError
+
+#: variables of the master's own environment that must not reach nodes
+_PRIVATE_ENV = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "STEMD_CONFIG")
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """Whom a node runs as. ``switch`` is False when the master is not root
+    and the node runs as the master's own user."""
+
+    uid: int
+    gid: int
+    name: str
+    home: str
+    extra_groups: tuple[int, ...]
+    switch: bool
+
+
+def resolve_account(user: str | None, group: str | None) -> Account:
+    """Look up the node account; raises SpawnError naming what is missing.
+
+    Supplementary groups are initialised from the group database, as a login
+    would (``initgroups``), so a node can read files shared with its groups.
+    """
+    try:
+        pw = pwd.getpwnam(user) if user else pwd.getpwuid(os.geteuid())
+    except KeyError:
+        raise SpawnError(f"no such user: {user}") from None
+    try:
+        gid = grp.getgrnam(group).gr_gid if group else pw.pw_gid
+    except KeyError:
+        raise SpawnError(f"no such group: {group}") from None
+    switch = os.geteuid() == 0 and (pw.pw_uid != 0 or gid != os.getegid())
+    extra = tuple(g for g in os.getgrouplist(pw.pw_name, gid)) if switch else ()
+    if os.geteuid() != 0 and pw.pw_uid != os.geteuid():
+        raise SpawnError(f"stemd runs as uid {os.geteuid()} and cannot start nodes as "
+                         f"{pw.pw_name}; run stemd as root or unset STEMD_USER")
+    return Account(pw.pw_uid, gid, pw.pw_name, pw.pw_dir, extra, switch)
+
+
+def open_log(path: str, account: Account) -> int:
+    """Open (create) a node's log for appending, never through a symlink.
+
+    The log directory may be writable by the node user, so the final name is
+    opened with O_NOFOLLOW and must be a regular file with a single link (a
+    hard link to, say, /etc/shadow would otherwise be appended to as root).
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
+    try:
+        fd = os.open(path, flags | os.O_NONBLOCK, 0o640)
+    except OSError as exc:
+        raise SpawnError(f"cannot open log file {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            raise SpawnError(f"log file {path} is not a plain file (special file or hard link)")
+        if account.switch and st.st_uid != account.uid and st.st_uid == os.geteuid():
+            os.fchown(fd, account.uid, account.gid)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def node_environment(spec: NodeSpec, account: Account,
+                     base: Mapping[str, str]) -> dict[str, str]:
+    """The master's environment (as a shell would pass it on), the node's
+    configured variables, and ``STEMD_NODE``/``STEMD_PROGRAM``."""
+    env = {k: v for k, v in base.items() if k not in _PRIVATE_ENV}
+    if account.switch:
+        env.update(HOME=account.home, USER=account.name, LOGNAME=account.name)
+    env.update(spec.env)
+    return env
+
+
+def spawn_node(spec: NodeSpec, base_env: Mapping[str, str], force_root: bool
+               ) -> subprocess.Popen[bytes]:
+    """Start the node's process in its own session. Raises SpawnError."""
+    account = resolve_account(spec.user, spec.group)
+    if account.uid == 0 and not force_root:
+        raise SpawnError("refusing to run a node as root: set STEMD_USER to an unprivileged "
+                         "account, or STEMD_FORCE_ROOT=1 if you really mean it")
+    log_fd = None if spec.log_file == "-" else open_log(spec.log_file, account)
+    kwargs: dict[str, object] = {}
+    if account.switch:
+        kwargs.update(user=account.uid, group=account.gid, extra_groups=list(account.extra_groups))
+    try:
+        return subprocess.Popen(
+            spec.argv,
+            cwd=spec.directory,
+            env=node_environment(spec, account, base_env),
+            stdin=subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=log_fd,
+            close_fds=True,
+            start_new_session=True,
+            umask=spec.umask,
+            **kwargs,  # type: ignore[arg-type]
+        )
+    except OSError as exc:
+        what = exc.filename or spec.argv[0]
+        raise SpawnError(f"{what}: {exc.strerror}") from None
+    except (subprocess.SubprocessError, ValueError) as exc:
+        raise SpawnError(str(exc)) from None
+    finally:
+        if log_fd is not None:
+            os.close(log_fd)
