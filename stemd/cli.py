@@ -27,6 +27,9 @@ exit status: 0 ready or valid, 1 failure (reason on stderr), 2 usage error.
 """
 
 
+STARTUP_FATAL_KEYS = ("STEMD_USER", "STEMD_COMMAND", "STEMD_CHDIR")
+
+
 def _flag(key: K.Key) -> str:
     assert key.env
     return "--" + key.env.removeprefix("STEMD_").removeprefix("STEM_").lower().replace("_", "-")
@@ -109,10 +112,13 @@ def _run(config, foreground: bool, overrides: dict[str, str]) -> int:  # type: i
     from stemd.master import Master
     from stemd.notify import Notifier
 
-    # Problems that would make every node fail are start-up failures, told
-    # to the operator now rather than found later in a log.
+    # Problems that would make a node fail on every start (no such account,
+    # a node as root, no such command or directory) are start-up failures,
+    # told to the operator now: an init script must not report "OK" for a
+    # fleet that can only back off. Unwritable directories are left to
+    # create_directories() and the daemon's own errors.
     fatal = [p for p in checks.check_environment(config, creating=config.master.create_dirs)
-             if p.key in ("STEMD_USER",) or (p.key or "").endswith("user/group")]
+             if p.key in STARTUP_FATAL_KEYS or (p.key or "").endswith("user/group")]
     if config.master.create_dirs:
         fatal += checks.create_directories(config)
     if fatal:

@@ -3,6 +3,7 @@ and :mod:`stem_core.protocol`, so ``stemctl`` starts fast."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 from typing import Any
@@ -42,7 +43,9 @@ class Client:
         until the master closes the connection (it exits: ``shutdown``)."""
         sock = self._connect()
         try:
-            sock.sendall(P.encode(P.request(cmd, **args)))
+            # the master answers a refused peer before reading: read the answer
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(P.encode(P.request(cmd, **args)))
             reader = sock.makefile("rb")
             line = reader.readline(P.MAX_RESPONSE)
             if not line:

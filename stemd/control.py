@@ -166,6 +166,9 @@ class ControlServer:
             await asyncio.wait_for(writer.drain(), P.WRITE_TIMEOUT)
         except (TimeoutError, ConnectionError, OSError):
             hold = False
+            # close() would keep the unsent response (and the fd) until the
+            # client reads it, i.e. forever for a client that never reads.
+            writer.transport.abort()
         except Exception:  # a bug in a handler must not take the master down
             self.log.exception("control: unexpected error")
             hold = False

@@ -75,6 +75,11 @@ class Ctl:
         config = self.config()
         if config is not None:
             return config.master.socket
+        if self._config_error is not None:
+            # The file exists but has errors (say, just edited before a
+            # reload): use the socket it names, never silently another
+            # master's default socket.
+            return _socket_of_broken_config(self.args.config, self._config_error)
         return DEFAULT_SOCKET
 
     def call(self, cmd: str, hold: bool = False, **args: Any) -> dict[str, Any]:
@@ -87,6 +92,37 @@ class Ctl:
             print_json(value)
         else:
             human()
+
+
+def _socket_of_broken_config(explicit: str | None, error: Exception) -> str:
+    """The socket a config file with errors names: its own setting, else the
+    default. Raises ``error`` when even that cannot be read."""
+    from stem_core.config import config_path
+    from stem_core.templates import expand, master_values
+
+    path = config_path(explicit)
+    if not os.path.exists(path):
+        return DEFAULT_SOCKET
+    value: Any = None
+    try:
+        if path.endswith(".toml"):
+            import tomllib
+
+            with open(path, "rb") as f:
+                value = tomllib.load(f).get("stemd", {}).get("socket")
+        else:
+            from stem_core.envfile import read_envfile
+
+            for assignment in read_envfile(path, os.environ):
+                if assignment.name == "STEMD_SOCKET":
+                    value = assignment.value
+    except Exception:
+        raise error from None
+    if value is None:
+        return DEFAULT_SOCKET
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise error
+    return expand(value, master_values())
 
 
 def _error(ctl: Ctl, response: dict[str, Any]) -> int:
@@ -181,9 +217,28 @@ def cmd_shutdown(ctl: Ctl) -> int:
     response = ctl.call("shutdown", hold=True)
     if not response["ok"]:
         return _error(ctl, response)
+    _wait_until_gone(response["result"]["pid"])
     ctl.out({"stopped": True, "pid": response["result"]["pid"]},
             lambda: print(f"stemd (pid {response['result']['pid']}) stopped"))
     return OK
+
+
+def _wait_until_gone(pid: int, timeout: float = 10.0) -> None:
+    """The master closes its end while it exits, a moment before it is
+    gone: wait for that moment, so that "shutdown returned" means "the
+    master is gone" (what init scripts and ExecStop= rely on)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                ours = b"stemd" in f.read()
+        except (OSError, IndexError):
+            return  # gone (or no /proc to ask)
+        if state in (b"Z", b"X") or not ours:
+            return  # exited; a zombie only awaits its parent
+        time.sleep(0.005)
 
 
 def cmd_logs(ctl: Ctl) -> int:
@@ -426,6 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from stem_core.errors import ConfigError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     ctl = Ctl(args)
@@ -443,6 +500,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             sys.stderr.write(f"stemctl: {message}\n")
         return NOT_RUNNING
+    except ConfigError as exc:
+        for problem in getattr(exc, "problems", [exc]):
+            sys.stderr.write(f"stemctl: {problem}\n")
+        return FAILED
     except AccessDenied as exc:
         sys.stderr.write(f"stemctl: permission denied on {exc}: run as root, as stemd's user, "
                          "or as a member of the socket's group\n")

@@ -66,7 +66,9 @@ class MasterLock:
 
     def release(self) -> None:
         """Remove the file, then drop the lock (in that order, so no reader
-        sees an unlocked file that names us)."""
+        sees an unlocked file that names us). Idempotent."""
+        if self.fd < 0:
+            return
         try:
             st = os.fstat(self.fd)
             cur = os.stat(self.path, follow_symlinks=False)
@@ -75,6 +77,7 @@ class MasterLock:
         except OSError:
             pass
         os.close(self.fd)
+        self.fd = -1
 
 
 def master_alive(path: str) -> bool | None:

@@ -92,7 +92,10 @@ class Master:
     # ---------------------------------------------------------------- life
 
     def run(self, lock: MasterLock) -> int:
-        return asyncio.run(self._main(lock))
+        try:
+            return asyncio.run(self._main(lock))
+        finally:
+            lock.release()  # also after an unexpected error (idempotent)
 
     async def _main(self, lock: MasterLock) -> int:
         self.loop = asyncio.get_running_loop()
@@ -109,8 +112,10 @@ class Master:
         except (OSError, StemError) as exc:
             reason = f"cannot bind control socket {self.config.master.socket}: {exc}"
             self.log.error("%s", reason)
-            self.readiness.fail(reason)
+            # Remove the PID file before the verdict: the operator's command
+            # must find nothing left behind the moment it exits.
             lock.release()
+            self.readiness.fail(reason)
             return 1
         self._install_signals()
         adopted = 0
@@ -138,7 +143,7 @@ class Master:
         add = self.loop.add_signal_handler
         add(signal.SIGTERM, self._spawn_task, self.shutdown, "SIGTERM")
         add(signal.SIGINT, self._spawn_task, self.shutdown, "SIGINT")
-        add(signal.SIGHUP, self._spawn_task, self.reload)
+        add(signal.SIGHUP, self._spawn_task, self._reload_on_signal)
         add(signal.SIGUSR1, self._reopen_log)
         add(signal.SIGCHLD, self.reaper.on_sigchld)
         # A reload may run while children exit: catch up on anything that
@@ -149,6 +154,16 @@ class Master:
         task = self.loop.create_task(fn(*args))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _reload_on_signal(self) -> None:
+        """SIGHUP: nobody awaits this task, so its errors end here (an
+        unretrieved task exception would print a traceback to stderr)."""
+        try:
+            await self.reload()
+        except ConfigError:
+            pass  # _reload logged every problem and kept the running config
+        except StemError as exc:
+            self.log.warning("reload (SIGHUP) not done: %s", exc)
 
     def _reopen_log(self) -> None:
         logsetup.reopen(self.log)
@@ -230,15 +245,23 @@ class Master:
             node, lambda n: n.state in (S.RUNNING, S.FATAL, S.EXITED, S.STOPPED))
 
     async def stop_node(self, node: Node, wait: bool = True) -> NodeState:
-        node.stop()
+        """Stop and wait until stopped. Queued behind a start or restart of
+        the same node, so each command sees its own effect through; without
+        ``wait`` (``stop --no-wait``) it acts at once."""
         if not wait:
+            node.stop()
             return node.state
+        async with self.locks[node.name]:
+            return await self._stop_unlocked(node)
+
+    async def _stop_unlocked(self, node: Node) -> NodeState:
+        node.stop()
         return await self.wait_for(node, lambda n: n.state not in ALIVE
                                    and n.state is not S.BACKOFF)
 
     async def restart_node(self, node: Node) -> NodeState:
         async with self.locks[node.name]:
-            await self.stop_node(node)
+            await self._stop_unlocked(node)
             return await self._start_unlocked(node)
 
     # --------------------------------------------------- reload, shutdown
@@ -299,7 +322,9 @@ class Master:
         self.shutting_down = True
         self.log.info("shutting down (%s): stopping %d nodes", why, len(self.nodes))
         self.notifier.send("STOPPING=1", "STATUS=stopping nodes")
-        await asyncio.gather(*(self.stop_node(n) for n in self.nodes.values()))
+        # Pre-empts queued commands: a shutdown must not wait behind a start
+        # that is backing off.
+        await asyncio.gather(*(self._stop_unlocked(n) for n in self.nodes.values()))
         if not self._done.done():
             self._done.set_result(0)
 

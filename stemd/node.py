@@ -142,6 +142,8 @@ class Node:
             self._arm(self.spec.stop_timeout)
             self._signal(signal_number(self.spec.stop_signal))
         elif self.state is S.BACKOFF:
+            # BACKOFF -> STOPPED: cancel the pending retry
+            self._cancel_timer()
             self._set_state(S.STOPPED, "stop requested")
 
     def adopt(self, pid: int, started_wall: float) -> None:

@@ -96,10 +96,11 @@ class Reaper:
             # Tell Popen it is done, so its __del__ never queues the PID for
             # a later waitpid() that could reap an unrelated, reused PID.
             watch.popen.returncode = status.as_int if status.as_int is not None else -1
-        else:
-            # An adopted node: its parent (init) reaps it. Its group may still
-            # hold grandchildren; they keep the group id pinned, so it cannot
-            # name anyone else.
+        elif _group_has_members(pid):
+            # An adopted node: its parent (init) has reaped it, so the leader
+            # no longer pins the group id. Members that are left do pin it
+            # (a pgid is not reused while any process carries it), so it is
+            # killed only when some are seen; an empty group is left alone.
             self._kill_group(pid)
         self.loop.remove_reader(watch.fd)
         os.close(watch.fd)
@@ -116,6 +117,19 @@ class Reaper:
             self.loop.remove_reader(watch.fd)
             os.close(watch.fd)
         self._watches.clear()
+
+
+def _group_has_members(pgid: int) -> bool:
+    """Any live process in group ``pgid``? A scan of /proc, done only when an
+    adopted node dies (rare), never periodically."""
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid:
+                    return True
+            except ProcessLookupError:
+                continue
+    return False
 
 
 def _status(info: os.waitid_result) -> ExitStatus:
