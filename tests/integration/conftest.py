@@ -9,6 +9,7 @@ found. Waits poll a condition against a deadline; no test sleeps blindly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -61,7 +62,8 @@ class Fleet:
     # ------------------------------------------------------------- config
     def write(self, **settings: Any) -> Path:
         """Write the env file: test-friendly defaults, then ``settings``
-        (keys without the STEMD_ prefix are accepted: nodes="a b")."""
+        (keys without the STEMD_ prefix are accepted: nodes="a b"; a value
+        of None leaves the key out of the file, e.g. force_root=None)."""
         base = {
             "STEMD_NODES": "alpha beta",
             "STEMD_COMMAND": "/bin/sleep 1000",
@@ -78,7 +80,7 @@ class Fleet:
         base.update(self.settings)
         for key, value in settings.items():
             name = key if key.startswith("STEM") else "STEMD_" + key.upper()
-            base[name] = str(value)
+            base[name] = None if value is None else str(value)  # type: ignore[assignment]
         self.settings = {k: v for k, v in base.items()}
         from stem_core.envfile import quote_env_value
 
@@ -156,10 +158,8 @@ class Fleet:
             except (psutil.Error, ProcessLookupError):
                 pass
         for pid in self.node_pids():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 @pytest.fixture

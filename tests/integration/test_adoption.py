@@ -1,0 +1,118 @@
+"""Surviving a master crash, and PID files that lie (SPEC §2.2).
+
+A node PID file is a record, not the truth: the master adopts the process it
+names only when that process still is the node, and otherwise removes the
+file without ever signalling what it names.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections import Counter
+
+import psutil
+import pytest
+from conftest import Fleet, pid_alive, wait_until
+
+
+def node_names(fleet: Fleet) -> Counter[str]:
+    """How many live processes claim to be each node (duplicates show)."""
+    names: Counter[str] = Counter()
+    for pid in fleet.node_pids():
+        try:
+            names[psutil.Process(pid).environ().get("STEMD_NODE", "?")] += 1
+        except psutil.NoSuchProcess:
+            continue
+    return names
+
+
+def kill_master(fleet: Fleet) -> int:
+    master = fleet.master_pid()
+    assert master is not None
+    os.kill(master, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(master), 5, what="the master gone")
+    return master
+
+
+def test_kill_9_of_the_master_then_adoption(fleet: Fleet) -> None:
+    fleet.write(nodes="alpha beta")
+    fleet.start()
+    before = {n: i["pid"] for n, i in fleet.wait_state("RUNNING").items()}
+    old_master = kill_master(fleet)
+
+    # the nodes outlive their master
+    assert all(pid_alive(p) for p in before.values())
+    assert sorted(fleet.node_pids()) == sorted(before.values())
+
+    fleet.start()
+    assert fleet.master_pid() != old_master
+    after = fleet.status()
+    assert {n: i["pid"] for n, i in after.items()} == before  # the same processes
+    assert all(i["state"] == "RUNNING" and i["adopted"] for i in after.values())
+    assert node_names(fleet) == Counter({"alpha": 1, "beta": 1})  # no duplicate
+    log = fleet.master_log()
+    assert "2 nodes (2 adopted)" in log
+    assert f"adopted pid {before['alpha']}" in log
+
+    # an adopted node that dies is restarted, and only once
+    os.kill(before["alpha"], signal.SIGKILL)
+    info = wait_until(lambda: (s := fleet.status()["alpha"])["state"] == "RUNNING"
+                      and s["pid"] != before["alpha"] and s, 10, what="alpha restarted")
+    assert not info["adopted"] and info["restarts"] == 1
+    assert node_names(fleet) == Counter({"alpha": 1, "beta": 1})
+    assert fleet.status()["beta"]["pid"] == before["beta"]
+
+    # and the new master can stop the adopted node it never spawned
+    assert fleet.ctl("stop", "beta").returncode == 0
+    assert not pid_alive(before["beta"])
+    assert not (fleet.run_dir / "beta.pid").exists()
+
+
+def test_adopted_node_stopped_by_shutdown(fleet: Fleet) -> None:
+    fleet.write(nodes="alpha",
+                command="/bin/sh -c '/bin/sleep 1000 & wait'")  # a node with a grandchild
+    fleet.start()
+    leader = fleet.wait_state("RUNNING")["alpha"]["pid"]
+    kill_master(fleet)
+    fleet.start()
+    assert fleet.status()["alpha"]["adopted"]
+    assert fleet.ctl("shutdown").returncode == 0
+    wait_until(lambda: not fleet.node_pids(), 5, what="the node and its child gone")
+    assert not pid_alive(leader)
+
+
+@pytest.mark.parametrize("whom", ["the test runner", "a dead process", "an impostor"])
+def test_node_pid_file_naming_another_process_is_stale(fleet: Fleet, whom: str) -> None:
+    fleet.write(nodes="alpha")
+    fleet.run_dir.mkdir()
+    other: subprocess.Popen[bytes] | None = None
+    if whom == "the test runner":
+        pid = os.getpid()
+    elif whom == "a dead process":
+        dead = subprocess.Popen(["/bin/true"])
+        dead.wait()
+        pid = dead.pid
+    else:
+        # It even claims to be the node, but stemd never started it: it is
+        # not a session leader.
+        env = dict(os.environ, STEMD_NODE="alpha", STEMD_PROGRAM="worker",
+                   STEM_TEST_MARK=fleet.mark)
+        other = subprocess.Popen(["/bin/sleep", "1000"], env=env)
+        pid = other.pid
+    (fleet.run_dir / "alpha.pid").write_text(f"{pid}\n")
+    try:
+        fleet.start()
+        info = fleet.wait_state("RUNNING")["alpha"]
+        assert info["pid"] != pid and not info["adopted"]  # a fresh node
+        assert int((fleet.run_dir / "alpha.pid").read_text()) == info["pid"]
+        assert f"alpha: removed stale PID file {fleet.run_dir}/alpha.pid (pid {pid}" \
+            in fleet.master_log()
+        if other is not None:
+            assert other.poll() is None  # never signalled
+            assert psutil.Process(other.pid).status() != psutil.STATUS_ZOMBIE
+    finally:
+        if other is not None:
+            other.kill()
+            other.wait()
