@@ -1,0 +1,711 @@
+"""Every stemctl command end to end: the real stemctl against a real master
+(SPEC §3). Exit codes: 0 ok, 1 failed, 2 usage, 3 no master, 4 denied."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import queue
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import STEMCTL, Fleet, pid_alive, wait_until
+
+from stem_core import protocol as P
+from stem_core.config import load_config
+
+SLOW_TERM = """\
+#!/bin/sh
+# a node that takes its time to stop
+trap 'sleep 0.6; exit 0' TERM
+while :; do sleep 0.05; done
+"""
+
+ARGS_IGNORED = """\
+#!/bin/sh
+exec sleep 1000
+"""
+
+
+def script(fleet: Fleet, name: str, text: str) -> str:
+    path = fleet.root / name
+    path.write_text(text)
+    path.chmod(0o755)
+    return f"/bin/sh {path}"
+
+
+def pids(nodes: dict[str, dict[str, Any]]) -> dict[str, int]:
+    return {name: n["pid"] for name, n in nodes.items()}
+
+
+def run_ctl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """stemctl without the fixture's --config."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("STEMD_")}
+    environ.update(env or {})
+    return subprocess.run([STEMCTL, *args], capture_output=True, text=True, timeout=30,
+                          env=environ, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def running(fleet: Fleet) -> Fleet:
+    fleet.write(nodes="alpha beta")
+    fleet.start()
+    fleet.wait_state("RUNNING")
+    return fleet
+
+
+# ------------------------------------------------------------------ status
+
+
+def test_status_piped_is_a_plain_table(running: Fleet) -> None:
+    result = running.ctl("status")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["NODE", "PROGRAM", "STATE", "PID", "UPTIME", "RESTARTS",
+                                "LAST", "EXIT", "CPU%", "RSS"]
+    assert "\x1b" not in result.stdout
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert set(rows) == {"alpha", "beta"}
+    status = running.status()
+    for name, row in rows.items():
+        assert row[1:4] == ["worker", "RUNNING", str(status[name]["pid"])]
+        assert re.fullmatch(r"\d+(s|m\d\ds)", row[4])
+
+
+def test_status_on_a_terminal_is_a_coloured_table(running: Fleet) -> None:
+    master, slave = pty.openpty()
+    env = running.env() | {"COLUMNS": "160", "TERM": "xterm-256color"}
+    env.pop("NO_COLOR", None)
+    proc = subprocess.Popen([STEMCTL, "--config", str(running.config), "status"], stdout=slave,
+                            stderr=subprocess.PIPE, env=env, stdin=subprocess.DEVNULL)
+    os.close(slave)
+    out = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(master)
+    assert proc.wait(timeout=30) == 0
+    text = out.decode()
+    assert "\x1b[" in text  # coloured
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    assert "NODE" in plain and "RSS" in plain and plain.count("RUNNING") == 2
+
+
+def test_status_json_fields(running: Fleet) -> None:
+    result = running.ctl("status", "--json")
+    assert result.returncode == 0
+    nodes = json.loads(result.stdout)
+    assert [n["node"] for n in nodes] == ["alpha", "beta"]
+    for n in nodes:
+        assert {"node", "program", "state", "pid", "uptime", "restarts", "exit_status"} <= set(n)
+        assert n["program"] == "worker" and n["state"] == "RUNNING"
+        assert isinstance(n["pid"], int) and pid_alive(n["pid"])
+        assert isinstance(n["uptime"], int | float) and n["uptime"] >= 0
+        assert n["restarts"] == 0 and n["exit_status"] is None
+    assert running.ctl("stop", "beta").returncode == 0
+    beta = running.status("beta")["beta"]
+    assert beta["pid"] is None and beta["uptime"] is None
+    assert beta["exit_status"] is not None
+
+
+def test_status_exit_1_when_a_requested_node_is_not_running(running: Fleet) -> None:
+    assert running.ctl("stop", "beta").returncode == 0
+    assert running.ctl("status").returncode == 1
+    assert running.ctl("status", "beta").returncode == 1
+    assert running.ctl("status", "alpha").returncode == 0
+    assert running.ctl("status", "--json", "beta").returncode == 1
+
+
+def test_status_names_may_be_nodes_or_programs(fleet: Fleet, tmp_path: Path) -> None:
+    config = tmp_path / "stem.toml"
+    config.write_text(f"""\
+[stemd]
+socket = "{fleet.run_dir}/stemd.sock"
+pid_file = "{fleet.run_dir}/stemd.pid"
+log_file = "{fleet.log_dir}/stemd.log"
+force_root = true
+
+[programs.worker]
+command = "/bin/sleep 1000"
+nodes = ["alpha", "beta"]
+start_secs = 0.2
+pid_file = "{fleet.run_dir}/%n.pid"
+log_file = "{fleet.log_dir}/%n.log"
+environment = {{ STEM_TEST_MARK = "{fleet.mark}" }}
+
+[programs.scheduler]
+command = "/bin/sleep 1000"
+start_secs = 0.2
+pid_file = "{fleet.run_dir}/%n.pid"
+log_file = "{fleet.log_dir}/%n.log"
+environment = {{ STEM_TEST_MARK = "{fleet.mark}" }}
+""")
+    fleet.config = config
+    fleet.start()
+    fleet.wait_state("RUNNING")
+    assert set(fleet.status("worker")) == {"alpha", "beta"}
+    assert set(fleet.status("scheduler")) == {"scheduler"}
+    assert set(fleet.status("beta", "scheduler")) == {"beta", "scheduler"}
+    assert set(fleet.status()) == {"alpha", "beta", "scheduler"}
+    assert fleet.ctl("stop", "worker").returncode == 0
+    states = {n: v["state"] for n, v in fleet.status().items()}
+    assert states == {"alpha": "STOPPED", "beta": "STOPPED", "scheduler": "RUNNING"}
+
+
+# ------------------------------------------------------------ start / stop
+
+
+def test_start_waits_until_running(fleet: Fleet) -> None:
+    fleet.write(nodes="alpha", start_secs=0.5)
+    fleet.start()
+    fleet.wait_state("RUNNING")
+    assert fleet.ctl("stop", "alpha").returncode == 0
+    t0 = time.monotonic()
+    result = fleet.ctl("start", "alpha")
+    elapsed = time.monotonic() - t0
+    assert result.returncode == 0, result.stderr
+    assert "alpha: RUNNING" in result.stdout
+    assert elapsed >= 0.5
+    assert fleet.status()["alpha"]["state"] == "RUNNING"  # at once, no waiting
+
+
+def test_start_clears_fatal_and_fails_while_the_node_cannot_start(fleet: Fleet) -> None:
+    flag = fleet.root / "may-start"
+    command = script(fleet, "gated.sh", f"#!/bin/sh\ntest -e {flag} || exit 3\n"
+                                        "exec sleep 1000\n")
+    fleet.write(nodes="alpha", command=command, start_retries=2, start_secs=0.2)
+    fleet.start()
+    fleet.wait_state("FATAL")
+    result = fleet.ctl("start", "alpha")
+    assert result.returncode == 1
+    assert "not running: alpha" in result.stderr
+    assert fleet.status()["alpha"]["state"] == "FATAL"
+    flag.touch()
+    result = fleet.ctl("start", "alpha")
+    assert result.returncode == 0, result.stderr
+    assert fleet.status()["alpha"]["state"] == "RUNNING"
+
+
+def test_stop_waits_until_stopped(fleet: Fleet) -> None:
+    fleet.write(nodes="alpha beta", command=script(fleet, "slow.sh", SLOW_TERM))
+    fleet.start()
+    before = pids(fleet.wait_state("RUNNING"))
+    t0 = time.monotonic()
+    result = fleet.ctl("stop", "alpha")
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - t0 >= 0.5  # the node's own 0.6 s
+    assert "alpha: STOPPED" in result.stdout
+    assert not pid_alive(before["alpha"])
+    status = fleet.status()
+    assert status["alpha"]["state"] == "STOPPED"
+    assert status["beta"]["pid"] == before["beta"]
+    assert not (fleet.run_dir / "alpha.pid").exists()
+    # stopping what is stopped is fine
+    assert fleet.ctl("stop", "alpha").returncode == 0
+
+
+def test_stop_no_wait_returns_at_once(fleet: Fleet) -> None:
+    fleet.write(nodes="alpha", command=script(fleet, "slow.sh", SLOW_TERM))
+    fleet.start()
+    pid = fleet.wait_state("RUNNING")["alpha"]["pid"]
+    result = fleet.ctl("stop", "--no-wait", "alpha")
+    assert result.returncode == 0
+    assert "alpha: STOPPING" in result.stdout
+    assert fleet.status()["alpha"]["state"] == "STOPPING"
+    fleet.wait_state("STOPPED", "alpha")
+    assert not pid_alive(pid)
+
+
+# ------------------------------------------------------------------ restart
+
+
+def test_restart_is_rolling(fleet: Fleet) -> None:
+    """Sampled from another thread while it runs: never more than one of
+    four nodes is not RUNNING, and every node got a new PID."""
+    fleet.write(nodes="n1 n2 n3 n4", start_secs=0.3)
+    fleet.start()
+    before = pids(fleet.wait_state("RUNNING"))
+    path = str(fleet.run_dir / "stemd.sock")
+    samples: list[dict[str, str]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(5)
+                s.connect(path)
+                s.sendall(P.encode(P.request("status")))
+                data = s.makefile("rb").readline()
+            samples.append({n["node"]: n["state"] for n in json.loads(data)["result"]})
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        t0 = time.monotonic()
+        result = fleet.ctl("restart")
+        elapsed = time.monotonic() - t0
+    finally:
+        stop.set()
+        sampler.join(10)
+    assert result.returncode == 0, result.stderr
+    assert elapsed >= 4 * 0.3  # one after another, each waited for
+    down = [sum(state != "RUNNING" for state in s.values()) for s in samples]
+    assert len(samples) > 20
+    assert max(down) == 1, [s for s in samples if sum(v != "RUNNING" for v in s.values()) > 1]
+    # every node was seen down at some point, in configuration order
+    order = []
+    for s in samples:
+        for name, state in s.items():
+            if state != "RUNNING" and name not in order:
+                order.append(name)
+    assert order == ["n1", "n2", "n3", "n4"]
+    after = pids(fleet.status())
+    assert all(after[n] != before[n] for n in before)
+    assert not any(pid_alive(p) for p in before.values())
+
+
+def test_restart_of_one_node_leaves_the_others(running: Fleet) -> None:
+    before = pids(running.status())
+    assert running.ctl("restart", "beta").returncode == 0
+    after = pids(running.status())
+    assert after["alpha"] == before["alpha"] and after["beta"] != before["beta"]
+
+
+# --------------------------------------------------------------------- kill
+
+
+def test_kill_signals_the_nodes_process_group(fleet: Fleet) -> None:
+    node = """\
+#!/bin/sh
+sh -c 'trap "echo child-got-usr1" USR1; while :; do sleep 0.05; done' &
+trap 'echo got-usr1' USR1
+while :; do sleep 0.05; done
+"""
+    fleet.write(nodes="alpha beta", command=script(fleet, "trap.sh", node))
+    fleet.start()
+    before = pids(fleet.wait_state("RUNNING"))
+    result = fleet.ctl("kill", "-s", "USR1", "alpha")
+    assert result.returncode == 0, result.stderr
+    assert "sent SIGUSR1 to alpha" in result.stdout
+    log = fleet.log_dir / "alpha.log"
+    wait_until(lambda: "got-usr1" in log.read_text(), 5, what="the node's trap")
+    wait_until(lambda: "child-got-usr1" in log.read_text(), 5, what="the child's trap")
+    assert "usr1" not in (fleet.log_dir / "beta.log").read_text()
+    assert pids(fleet.status()) == before  # trapped: nobody died
+    result = fleet.ctl("kill", "-s", "10", "beta")  # by number
+    assert result.returncode == 0
+    wait_until(lambda: "got-usr1" in (fleet.log_dir / "beta.log").read_text(), 5,
+               what="beta's trap")
+
+
+def test_kill_default_term_and_errors(running: Fleet) -> None:
+    pid = running.status()["alpha"]["pid"]
+    assert running.ctl("kill", "alpha").returncode == 0
+    wait_until(lambda: not pid_alive(pid), 5, what="SIGTERM to end the node")
+    assert running.ctl("kill", "-s", "NOSUCHSIG", "alpha").returncode == 2
+    assert running.ctl("kill", "-s", "USR1", "nosuchnode").returncode == 2
+    assert running.ctl("stop", "beta").returncode == 0
+    result = running.ctl("kill", "-s", "USR1", "beta")
+    assert result.returncode == 1
+    assert "no running node" in result.stderr
+
+
+# ------------------------------------------------------------------- reload
+
+
+def test_reload_applies_only_the_difference(fleet: Fleet) -> None:
+    command = script(fleet, "worker.sh", ARGS_IGNORED)
+    fleet.write(nodes="keep change drop", command=command)
+    fleet.start()
+    before = pids(fleet.wait_state("RUNNING"))
+    fleet.write(nodes="keep change add", opts="--tag:change=v2")
+    result = fleet.ctl("--json", "reload")
+    assert result.returncode == 0, result.stderr
+    diff = json.loads(result.stdout)
+    assert diff["added"] == ["add"]
+    assert diff["removed"] == ["drop"]
+    assert diff["changed"] == ["change"]
+    assert diff["unchanged"] == ["keep"]
+    after = fleet.wait_state("RUNNING")
+    assert set(after) == {"keep", "change", "add"}
+    assert after["keep"]["pid"] == before["keep"]
+    assert after["change"]["pid"] != before["change"]
+    assert not pid_alive(before["drop"]) and not pid_alive(before["change"])
+    assert running_pids_of(fleet) == set(after_pid["pid"] for after_pid in after.values())
+    # human output
+    fleet.write(nodes="keep change")
+    result = fleet.ctl("reload")
+    assert result.returncode == 0
+    assert "removed: add" in result.stdout and "unchanged: 2 node(s)" in result.stdout
+
+
+def running_pids_of(fleet: Fleet) -> set[int]:
+    """The nodes' own PIDs (session leaders) among the fleet's processes."""
+    return {p for p in fleet.node_pids() if os.getsid(p) == p}
+
+
+def test_reload_with_an_invalid_config_keeps_the_running_one(running: Fleet) -> None:
+    before = pids(running.status())
+    text = running.config.read_text()
+    running.config.write_text(text + "STEMD_NODEZ=gamma\nSTEMD_RESTART=sometimes\n")
+    result = running.ctl("reload")
+    assert result.returncode == 1
+    assert "the running one is kept" in result.stderr
+    assert "STEMD_NODEZ" in result.stderr and "STEMD_NODES" in result.stderr  # did you mean
+    assert "STEMD_RESTART" in result.stderr
+    result = running.ctl("--json", "reload")
+    assert result.returncode == 1
+    assert len(json.loads(result.stdout)["result"]) >= 2
+    assert pids(running.wait_state("RUNNING")) == before
+    assert running.master_pid() and pid_alive(running.master_pid() or 0)
+    running.config.write_text(text)
+    assert running.ctl("reload").returncode == 0
+
+
+# ----------------------------------------------------------------- shutdown
+
+
+def test_shutdown_returns_once_the_master_is_gone(fleet: Fleet) -> None:
+    fleet.write(nodes="alpha beta", command=script(fleet, "slow.sh", SLOW_TERM))
+    fleet.start()
+    nodes = pids(fleet.wait_state("RUNNING"))
+    master = fleet.master_pid()
+    assert master is not None
+    t0 = time.monotonic()
+    result = fleet.ctl("shutdown")
+    elapsed = time.monotonic() - t0
+    # checked at once, no waiting: the command returned only after the exit
+    assert not pid_alive(master)
+    assert result.returncode == 0, result.stderr
+    assert f"stemd (pid {master}) stopped" in result.stdout
+    assert elapsed >= 0.5  # the nodes' slow stop was waited for
+    assert not any(pid_alive(p) for p in nodes.values())
+    assert fleet.node_pids() == []
+    assert not (fleet.run_dir / "stemd.sock").exists()
+    assert fleet.ctl("status").returncode == 3
+
+
+def test_shutdown_json(running: Fleet) -> None:
+    master = running.master_pid()
+    result = running.ctl("shutdown", "--json")
+    assert result.returncode == 0
+    assert json.loads(result.stdout) == {"stopped": True, "pid": master}
+    assert not pid_alive(master or 0)
+
+
+# --------------------------------------------------------------------- logs
+
+
+def test_logs_prints_the_last_lines(running: Fleet) -> None:
+    log = running.log_dir / "alpha.log"
+    with log.open("a") as f:
+        f.writelines(f"line {i}\n" for i in range(100))
+    result = running.ctl("logs", "alpha", "-n", "3")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "line 97\nline 98\nline 99\n"
+    result = running.ctl("logs", "alpha")
+    assert result.stdout.splitlines() == [f"line {i}" for i in range(80, 100)]
+    result = running.ctl("logs", "alpha", "-n", "2", "--json")
+    data = json.loads(result.stdout)
+    assert data["lines"] == ["line 98", "line 99"] and data["path"] == str(log)
+    assert running.ctl("logs", "nosuchnode").returncode == 2
+    assert running.ctl("logs", "alpha", "-n", "-1").returncode == 2
+
+
+def test_logs_follow(running: Fleet) -> None:
+    log = running.log_dir / "alpha.log"
+    with log.open("a") as f:
+        f.write("before\n")
+    proc = subprocess.Popen([STEMCTL, "--config", str(running.config), "logs", "alpha", "-f",
+                             "-n", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=running.env(), stdin=subprocess.DEVNULL)
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        assert lines.get(timeout=10) == "before\n"
+        with log.open("a") as f:
+            f.write("after\n")
+        assert lines.get(timeout=10) == "after\n"
+        # what the node itself writes is followed too
+        pid = running.status()["alpha"]["pid"]
+        assert pid is not None
+        with log.open("a") as f:
+            f.write("third\n")
+        assert lines.get(timeout=10) == "third\n"
+        assert proc.poll() is None  # still following
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert code == 0
+
+
+# -------------------------------------------------------------- healthcheck
+
+
+def test_healthcheck(running: Fleet) -> None:
+    pidfile = str(running.run_dir / "stemd.pid")
+    result = running.ctl("healthcheck")
+    assert result.returncode == 0
+    assert f"alive (pid {running.master_pid()})" in result.stdout
+    # no socket needed: a bogus one, then an unreadable one
+    assert run_ctl("--socket", "/nonexistent/stemd.sock", "healthcheck",
+                   "--pidfile", pidfile).returncode == 0
+    sock = running.run_dir / "stemd.sock"
+    sock.chmod(0)
+    try:
+        assert run_ctl("healthcheck", "--pidfile", pidfile).returncode == 0
+    finally:
+        sock.chmod(0o660)
+    result = run_ctl("--json", "healthcheck", "--pidfile", pidfile)
+    assert json.loads(result.stdout)["alive"] is True
+    # a node's PID file works too
+    node_pidfile = str(running.run_dir / "alpha.pid")
+    assert run_ctl("healthcheck", "--pidfile", node_pidfile).returncode == 0
+    assert running.ctl("shutdown").returncode == 0
+    assert running.ctl("healthcheck").returncode == 1
+    assert run_ctl("healthcheck", "--pidfile", pidfile).returncode == 1
+    assert run_ctl("healthcheck", "--pidfile", node_pidfile).returncode == 1
+
+
+def test_healthcheck_of_a_stale_pidfile_is_dead(fleet: Fleet) -> None:
+    fleet.write()
+    fleet.run_dir.mkdir(parents=True)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (fleet.run_dir / "stemd.pid").write_text(f"{gone.pid}\n")
+    assert fleet.ctl("healthcheck").returncode == 1
+
+
+# ----------------------------------------------------------------- diagnose
+
+
+def test_diagnose_clean(running: Fleet) -> None:
+    result = running.ctl("diagnose")
+    assert result.returncode == 0, result.stdout
+    assert "no problems found" in result.stdout
+    assert f"master pid {running.master_pid()}: 2 RUNNING" in result.stdout
+    data = json.loads(running.ctl("diagnose", "--json").stdout)
+    assert data["problems"] == [] and data["master"]["states"] == {"RUNNING": 2}
+
+
+def test_diagnose_clean_without_a_master(fleet: Fleet) -> None:
+    fleet.write()
+    result = fleet.ctl("diagnose")
+    assert result.returncode == 0, result.stdout
+    assert "the master is not running" in result.stdout
+
+
+def test_diagnose_finds_a_stale_pidfile_and_a_dead_socket(fleet: Fleet) -> None:
+    fleet.write()
+    fleet.run_dir.mkdir(parents=True)
+    fleet.log_dir.mkdir(parents=True)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (fleet.run_dir / "alpha.pid").write_text(f"{gone.pid}\n")
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(fleet.run_dir / "stemd.sock"))
+    dead.close()
+    result = fleet.ctl("diagnose")
+    assert result.returncode == 1
+    assert "stale PID file" in result.stdout and str(gone.pid) in result.stdout
+    assert "dead socket" in result.stdout
+    assert "hint" in result.stdout or "start stemd" in result.stdout
+    data = json.loads(fleet.ctl("diagnose", "--json").stdout)
+    messages = " ".join(p["message"] for p in data["problems"])
+    assert "stale PID file" in messages and "dead socket" in messages
+    assert all(p["hint"] for p in data["problems"])
+
+
+def test_diagnose_reports_config_errors(fleet: Fleet) -> None:
+    fleet.write()
+    fleet.config.write_text(fleet.config.read_text() + "STEMD_STOP_TIMEOUT=soon\n")
+    result = fleet.ctl("diagnose")
+    assert result.returncode == 1
+    assert "STEMD_STOP_TIMEOUT" in result.stdout
+
+
+def test_diagnose_reports_an_unwritable_directory(fleet: Fleet) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root writes everywhere")
+    fleet.write(create_dirs=0)
+    fleet.run_dir.mkdir(mode=0o555)
+    result = fleet.ctl("diagnose")
+    assert result.returncode == 1
+
+
+# ------------------------------------------------------------------- config
+
+
+def test_config_needs_no_master(fleet: Fleet) -> None:
+    fleet.write(nodes="alpha beta", opts="-c 4 -c:beta 2")
+    result = fleet.ctl("config")
+    assert result.returncode == 0, result.stderr
+    assert "alpha (worker): /bin/sleep 1000 -c 4" in result.stdout
+    assert "beta (worker): /bin/sleep 1000 -c 2" in result.stdout
+    data = json.loads(fleet.ctl("config", "--json").stdout)
+    assert data["stemd"]["socket"] == str(fleet.run_dir / "stemd.sock")
+
+
+def test_config_toml_loads_back_to_the_same_nodes(fleet: Fleet, tmp_path: Path) -> None:
+    fleet.write(nodes="alpha beta gamma", opts="-c 4 -c:beta 2 --queue:2-3=q",
+                stop_signal="INT", start_secs=0.7)
+    fleet.exports["QUEUE_URL"] = "redis://x"
+    fleet.write()
+    result = fleet.ctl("config", "--toml")
+    assert result.returncode == 0, result.stderr
+    dumped = tmp_path / "dumped.toml"
+    dumped.write_text(result.stdout)
+    original = load_config(str(fleet.config), {})
+    loaded = load_config(str(dumped), {})
+    assert loaded.nodes == original.nodes
+    assert loaded.master == original.master
+
+
+def test_config_with_errors_exits_1(fleet: Fleet) -> None:
+    fleet.write()
+    fleet.config.write_text(fleet.config.read_text() + "STEMD_NODES=$(reboot)\n")
+    result = fleet.ctl("config")
+    assert result.returncode == 1
+    assert "stem.env" in result.stderr
+
+
+# ------------------------------------------------------------------ version
+
+
+def test_version(running: Fleet) -> None:
+    from stem_core import __version__
+
+    result = running.ctl("version")
+    assert result.returncode == 0
+    assert result.stdout.splitlines() == [
+        f"stemctl {__version__}",
+        f"stemd {__version__} (pid {running.master_pid()}, protocol {P.VERSION})"]
+    data = json.loads(running.ctl("--json", "version").stdout)
+    assert data["master"]["pid"] == running.master_pid()
+    running.ctl("shutdown")
+    result = running.ctl("version")
+    assert result.returncode == 0 and "stemd: not running" in result.stdout
+    assert json.loads(running.ctl("version", "--json").stdout)["master"] is None
+
+
+# -------------------------------------------------- --json on every command
+
+
+@pytest.mark.parametrize("args", [
+    ("status",), ("status", "alpha"), ("status", "nosuch"), ("start", "alpha"),
+    ("stop", "beta"), ("restart", "alpha"), ("kill", "-s", "CONT", "alpha"), ("reload",),
+    ("logs", "alpha"), ("healthcheck",), ("diagnose",), ("config",), ("version",),
+    ("shutdown",),
+])
+@pytest.mark.parametrize("where", ["global", "command"])
+def test_json_on_every_command(running: Fleet, args: tuple[str, ...], where: str) -> None:
+    argv = ("--json", *args) if where == "global" else (args[0], "--json", *args[1:])
+    result = running.ctl(*argv)
+    assert result.returncode in (0, 2), result.stderr
+    json.loads(result.stdout)
+    if args == ("status", "nosuch"):
+        assert result.returncode == 2
+        assert json.loads(result.stdout)["error"]["code"] == "not_found"
+
+
+# --------------------------------------------------------------- exit codes
+
+
+@pytest.mark.parametrize("args", [
+    ("status",), ("status", "alpha"), ("start",), ("stop", "alpha"), ("restart",),
+    ("kill", "alpha"), ("reload",), ("shutdown",), ("logs", "alpha"),
+])
+def test_exit_3_when_no_master_runs(fleet: Fleet, args: tuple[str, ...]) -> None:
+    fleet.write()
+    result = fleet.ctl(*args)
+    assert result.returncode == 3, (result.stdout, result.stderr)
+    assert f"start it with 'stemd --config {fleet.config}'" in result.stderr
+    result = fleet.ctl("--json", *args)
+    assert result.returncode == 3
+    assert json.loads(result.stdout)["error"]["code"] == "not_running"
+
+
+def test_exit_3_with_a_dead_socket_file(fleet: Fleet) -> None:
+    fleet.write()
+    fleet.run_dir.mkdir(parents=True)
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(fleet.run_dir / "stemd.sock"))
+    dead.close()
+    assert fleet.ctl("status").returncode == 3
+
+
+@pytest.mark.parametrize("args", [
+    (), ("frobnicate",), ("logs",), ("logs", "alpha", "-n", "many"), ("stop", "--bogus"),
+    ("start", "nosuch"), ("stop", "nosuch"), ("restart", "alpha", "nosuch"),
+    ("kill", "-s", "USR1", "nosuch"), ("logs", "nosuch"), ("status", "nosuch"),
+])
+def test_exit_2_for_usage_errors_and_unknown_names(running: Fleet,
+                                                    args: tuple[str, ...]) -> None:
+    before = pids(running.status())
+    result = running.ctl(*args)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stderr
+    assert pids(running.wait_state("RUNNING")) == before
+
+
+def test_socket_found_from_option_environment_and_config(running: Fleet) -> None:
+    sock = str(running.run_dir / "stemd.sock")
+    assert run_ctl("--socket", sock, "status").returncode == 0
+    assert run_ctl("status", env={"STEMD_SOCKET": sock}).returncode == 0
+    assert run_ctl("status", env={"STEMD_CONFIG": str(running.config)}).returncode == 0
+    # --socket wins over the environment
+    assert run_ctl("--socket", "/nonexistent.sock", "status",
+                   env={"STEMD_SOCKET": sock}).returncode == 3
+
+
+def test_help_teaches(fleet: Fleet) -> None:
+    result = run_ctl("--help")
+    assert result.returncode == 0
+    assert "examples:" in result.stdout and "exit status" in result.stdout
+    for command in ("status", "start", "stop", "restart", "kill", "reload", "shutdown", "logs",
+                    "healthcheck", "diagnose", "config", "version"):
+        assert command in result.stdout
+        sub = run_ctl(command, "--help")
+        assert sub.returncode == 0
+        assert f"stemctl {command}" in sub.stdout and "example" in sub.stdout
+
+
+
+def test_a_config_with_errors_still_names_its_own_socket(running: Fleet) -> None:
+    """Regression: stemctl used to fall back to the default socket (another
+    master's, perhaps) when the config file had an error."""
+    text = running.config.read_text()
+    running.config.write_text(text + "STEMD_RESTART=sometimes\n")
+    assert running.ctl("status").returncode == 0  # its STEMD_SOCKET still found
+    running.config.write_text(text + "STEMD_NODES=$(reboot)\n")  # not even parseable
+    result = running.ctl("stop")
+    assert result.returncode == 1
+    assert "stem.env" in result.stderr
+    running.config.write_text(text)
+    assert running.ctl("status").returncode == 0  # the stop never reached anyone
