@@ -107,9 +107,8 @@ def _load_env(path: str, environ: dict[str, str], overrides: dict[str, str],
         if K.is_setting_name(a.name):
             key = K.BY_ENV.get(a.name)
             if key is None:
-                if a.name not in K.RESERVED_ENV:
-                    problems.add(f"unknown setting {a.name}", hint=K.suggest(a.name, K.BY_ENV),
-                                 file=path, line=a.line, column=a.column, key=a.name)
+                problems.add(f"unknown setting {a.name}", hint=K.suggest(a.name, K.BY_ENV),
+                             file=path, line=a.line, column=a.column, key=a.name)
                 continue
             raw[key.env or a.name] = _Raw(a.value, path, a.line, a.name)
         elif a.exported:

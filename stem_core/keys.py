@@ -227,7 +227,7 @@ KEYS: tuple[Key, ...] = (
         aliases=("STEM_WORKER_COMMAND",), example="/usr/local/bin/stem-worker --queues=default"),
     Key("STEMD_OPTS", "opts", P, parse_str, "",
         "extra arguments appended to the command; -c:beta 4 applies to node beta only",
-        example="-c 8 -c:beta 4"),
+        example="-c 8 -c:worker1 4"),
     Key("STEMD_CHDIR", "directory", P, parse_required_str, "/", "working directory of the nodes"),
     Key("STEMD_USER", "user", B, parse_optional_str, None,
         "account the nodes run as (default: the invoking user)", example="stem"),
@@ -272,9 +272,6 @@ KEYS: tuple[Key, ...] = (
     Key(None, "environment", P, parse_environment, (),
         "TOML only: variables for the nodes (in the env file, use export NAME=value)"),
 )
-
-#: keys that are not settings but whose names stemd itself uses
-RESERVED_ENV = frozenset({"STEMD_CONFIG", "STEMD_NODE", "STEMD_PROGRAM"})
 
 BY_ENV: dict[str, Key] = {}
 for _key in KEYS:

@@ -1,0 +1,102 @@
+"""PID files: atomic writes that never follow symlinks, reads that refuse
+what stemd did not write, and identity checks against real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stem_core.errors import PidFileError
+from stem_core.pidfile import (
+    PidRecord,
+    check_node_identity,
+    read_pidfile,
+    remove_pidfile,
+    write_pidfile,
+)
+
+
+def test_write_read_remove(tmp_path: Path) -> None:
+    path = str(tmp_path / "a.pid")
+    write_pidfile(path, 4242)
+    record = read_pidfile(path)
+    assert record is not None and record.pid == 4242
+    assert os.stat(path).st_mode & 0o777 == 0o644
+    assert not remove_pidfile(path, pid=1234)  # names another pid: kept
+    assert remove_pidfile(path, pid=4242)
+    assert read_pidfile(path) is None
+    assert [p.name for p in tmp_path.iterdir()] == []  # no temp file left
+
+
+def test_symlink_is_replaced_not_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    link = tmp_path / "node.pid"
+    link.symlink_to(victim)
+    with pytest.raises(PidFileError, match="symlink"):
+        read_pidfile(str(link))
+    write_pidfile(str(link), 999)
+    assert victim.read_text() == "precious\n"
+    assert not link.is_symlink() and link.read_text() == "999\n"
+
+
+def test_untrusted_owner_and_junk(tmp_path: Path) -> None:
+    path = tmp_path / "x.pid"
+    path.write_text("123\n")
+    with pytest.raises(PidFileError, match="owned by uid"):
+        read_pidfile(str(path), trusted_uids=frozenset({os.geteuid() + 1}))
+    for junk in ("", "abc", "1", "12 34", "9" * 100):
+        path.write_text(junk)
+        with pytest.raises(PidFileError):
+            read_pidfile(str(path))
+    (tmp_path / "dir.pid").mkdir()
+    with pytest.raises(PidFileError):
+        read_pidfile(str(tmp_path / "dir.pid"))
+
+
+def _node(name: str, program: str = "worker") -> subprocess.Popen[bytes]:
+    env = dict(os.environ, STEMD_NODE=name, STEMD_PROGRAM=program)
+    return subprocess.Popen(["/bin/sleep", "30"], env=env, start_new_session=True)
+
+
+def test_identity_of_a_real_node() -> None:
+    proc = _node("alpha")
+    try:
+        import time
+
+        record = PidRecord(proc.pid, time.time())
+        assert check_node_identity(record, "alpha", "worker", os.getuid()) is None
+        assert "not node beta" in (check_node_identity(record, "beta", "worker", None) or "")
+        assert "uid" in (check_node_identity(record, "alpha", "worker", os.getuid() + 1) or "")
+        # a file written long before the process started: the PID was reused
+        old = PidRecord(proc.pid, time.time() - 3600)
+        assert "reused" in (check_node_identity(old, "alpha", "worker", None) or "")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert check_node_identity(PidRecord(proc.pid, 0), "alpha", "worker", None) is not None
+
+
+def test_identity_of_an_unrelated_process() -> None:
+    """The test runner itself: alive, but no session leader and no STEMD_NODE."""
+    import time
+
+    why = check_node_identity(PidRecord(os.getpid(), time.time()), "alpha", "worker", None)
+    assert why is not None
+
+
+def test_identity_needs_session_leader() -> None:
+    env = dict(os.environ, STEMD_NODE="alpha", STEMD_PROGRAM="worker")
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], env=env)
+    try:
+        import time
+
+        why = check_node_identity(PidRecord(proc.pid, time.time()), "alpha", "worker", None)
+        assert why == "the process is not a session leader"
+    finally:
+        proc.kill()
+        proc.wait()
