@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast lint bench clean
+.PHONY: venv demo test test-fast lint bench generated clean
 
 venv: $(STAMP)
 
@@ -35,3 +35,6 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+generated: venv
+	$(BIN)/python tools/generate.py
