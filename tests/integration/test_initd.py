@@ -1,0 +1,409 @@
+"""contrib/init.d run by dash against a real stemd, as SysV init and operators run them.
+
+Each test gets its own config file (named by STEMD_CONFIG) with every path in a temp dir, and
+points the script at this environment's stemd/stemctl with STEMD_BIN/STEMCTL_BIN. The nodes
+run a sleep with an argument unique to the test, so they can be counted with psutil among
+everything else on the machine. The fixture kills the master and the nodes whatever happens.
+
+etc/logrotate.d/stem is exercised here too (logrotate is a cron job on the same SysV hosts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+INITD = ROOT / "contrib" / "init.d"
+BIN = Path(sys.executable).parent
+STEMD = BIN / "stemd"
+STEMCTL = BIN / "stemctl"
+DASH = shutil.which("dash")
+
+pytestmark = pytest.mark.skipif(DASH is None, reason="dash is not installed (apt-get install dash)")
+
+_unique = itertools.count(1)
+
+
+def alive(pid: int) -> bool:
+    """Not gone and not a zombie: an exited daemon is reparented to PID 1, which in some
+    sandboxes never reaps it."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+@dataclass
+class Fleet:
+    """One stemd instance's files, and the means to look at its processes."""
+
+    dir: Path
+    script: Path
+    config: Path
+    node_argv: list[str]
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def master_pidfile(self) -> Path:
+        return self.dir / "run" / "stemd.pid"
+
+    def write_config(self, **keys: str) -> None:
+        base = {
+            "STEMD_COMMAND": " ".join(self.node_argv),
+            "STEMD_START_SECS": "0.2",
+            "STEMD_STOP_TIMEOUT": "5",
+            "STEMD_FORCE_ROOT": "1" if os.geteuid() == 0 else "",
+            "STEMD_MASTER_PID_FILE": str(self.master_pidfile),
+            "STEMD_SOCKET": str(self.dir / "run" / "stemd.sock"),
+            "STEMD_PID_FILE": str(self.dir / "run" / "%n.pid"),
+            "STEMD_LOG_FILE": str(self.dir / "log" / "%n.log"),
+            "STEMD_MASTER_LOG_FILE": str(self.dir / "log" / "stemd.log"),
+        }
+        base.update(keys)
+        lines = ["# written by tests/integration/test_initd.py"]
+        lines += [f'{k}="{v}"' for k, v in base.items() if v != ""]
+        self.config.write_text("\n".join(lines) + "\n")
+
+    def run(self, action: str, *, shell_flags: tuple[str, ...] = (),
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        full_env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "STEMD_CONFIG": str(self.config),
+            "STEMD_BIN": str(STEMD),
+            "STEMCTL_BIN": str(STEMCTL),
+            **self.extra_env,
+            **(env or {}),
+        }
+        assert DASH is not None
+        return subprocess.run([DASH, *shell_flags, str(self.script), action],
+                              capture_output=True, text=True, env=full_env, timeout=60)
+
+    def master_pid(self) -> int | None:
+        try:
+            return int(self.master_pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def nodes(self) -> dict[int, int]:
+        """pid -> ppid of every live process running this fleet's node command."""
+        found = {}
+        for proc in psutil.process_iter(["cmdline", "ppid", "status"]):
+            if (proc.info["cmdline"] == self.node_argv
+                    and proc.info["status"] != psutil.STATUS_ZOMBIE):
+                found[proc.pid] = proc.info["ppid"]
+        return found
+
+    def kill_everything(self) -> None:
+        pid = self.master_pid()
+        if pid is not None and alive(pid):
+            try:
+                proc = psutil.Process(pid)
+                if "stemd" in " ".join(proc.cmdline()):
+                    proc.kill()
+            except psutil.Error:
+                pass
+        for node in self.nodes():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(node, signal.SIGKILL)
+
+
+def make_fleet(script: str, tag: str) -> Iterator[Fleet]:
+    if not STEMD.exists() or not STEMCTL.exists():
+        pytest.skip(f"stemd/stemctl not installed next to {sys.executable} (make venv)")
+    # A short directory: the socket path must fit in sun_path (108 bytes).
+    d = Path(tempfile.mkdtemp(prefix=f"stem-{tag}-", dir="/tmp"))
+    argv = ["/bin/sleep", f"{900000 + os.getpid() % 10000}.{next(_unique)}"]
+    fleet = Fleet(d, INITD / script, d / "stem.env", argv)
+    fleet.write_config(STEMD_NODES="alpha beta")
+    try:
+        yield fleet
+    finally:
+        fleet.kill_everything()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def worker() -> Iterator[Fleet]:
+    yield from make_fleet("stem-worker", "w")
+
+
+@pytest.fixture
+def scheduler() -> Iterator[Fleet]:
+    yield from make_fleet("stem-scheduler", "s")
+
+
+def ok(result: subprocess.CompletedProcess[str], code: int = 0) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == code, (
+        f"exit {result.returncode}, expected {code}\n"
+        f"stdout: {result.stdout}\nstderr: {result.stderr}")
+    return result
+
+
+def running_nodes(fleet: Fleet, count: int) -> dict[int, int]:
+    nodes = wait_for(lambda: (n := fleet.nodes()) and len(n) >= count and n, 10,
+                     f"{count} nodes")
+    assert len(nodes) == count, nodes
+    return nodes
+
+
+# --- the LSB contract ----------------------------------------------------------------------
+
+def test_full_lifecycle_and_lsb_codes(worker: Fleet) -> None:
+    ok(worker.run("status"), 3)
+    ok(worker.run("stop"))                       # stop of a stopped service succeeds
+    ok(worker.run("reload"), 7)                  # LSB: program is not running
+
+    out = ok(worker.run("start")).stdout
+    assert "Starting" in out
+    master = worker.master_pid()
+    assert master is not None and alive(master)
+    nodes = running_nodes(worker, 2)
+    assert set(nodes.values()) == {master}       # the master's own children
+    assert "running" in ok(worker.run("status")).stdout
+
+    # A second start: success, the same master, no duplicate node.
+    out = ok(worker.run("start")).stdout
+    assert "already running" in out
+    assert worker.master_pid() == master
+    time.sleep(0.3)
+    assert worker.nodes() == nodes
+
+    ok(worker.run("reload"))
+    ok(worker.run("force-reload"))
+    assert worker.master_pid() == master
+    assert worker.nodes() == nodes                # nothing changed: nothing restarted
+
+    ok(worker.run("restart"))
+    new_master = worker.master_pid()
+    assert new_master is not None and new_master != master
+    wait_for(lambda: not alive(master), 2, "the old master to be gone")
+    new_nodes = running_nodes(worker, 2)
+    assert set(new_nodes.values()) == {new_master}
+    assert not set(new_nodes) & set(nodes)
+
+    ok(worker.run("stop"))
+    # `stemctl shutdown` returns when the master closes the connection, on its way out.
+    wait_for(lambda: not alive(new_master), 2, "the master to be gone")
+    assert worker.nodes() == {}
+    assert not worker.master_pidfile.exists()
+    ok(worker.run("status"), 3)
+    ok(worker.run("stop"))
+
+
+def test_reload_applies_the_config(worker: Fleet) -> None:
+    ok(worker.run("start"))
+    running_nodes(worker, 2)
+    worker.write_config(STEMD_NODES="alpha beta gamma")
+    ok(worker.run("reload"))
+    running_nodes(worker, 3)
+    worker.write_config(STEMD_NODES="alpha")
+    ok(worker.run("force-reload"))
+    wait_for(lambda: len(worker.nodes()) == 1, 10, "two nodes to stop")
+    ok(worker.run("stop"))
+    assert worker.nodes() == {}
+
+
+def test_dead_master_with_pid_file_then_start_adopts_the_nodes(worker: Fleet) -> None:
+    ok(worker.run("start"))
+    master = worker.master_pid()
+    assert master is not None
+    nodes = running_nodes(worker, 2)
+
+    os.kill(master, signal.SIGKILL)
+    wait_for(lambda: not alive(master), 5, "the master to die")
+    assert worker.master_pidfile.exists()
+    result = ok(worker.run("status"), 1)          # LSB: dead, PID file remains
+    assert "dead" in result.stdout
+    # The nodes run on, in their own sessions.
+    assert set(worker.nodes()) == set(nodes)
+
+    # stop cannot stop them without a master, but a stopped service is not an error.
+    result = ok(worker.run("stop"))
+    assert "remains" in result.stderr
+    assert set(worker.nodes()) == set(nodes)
+
+    # start: a new master adopts the running nodes instead of starting duplicates.
+    ok(worker.run("start"))
+    new_master = worker.master_pid()
+    assert new_master is not None and new_master != master
+    time.sleep(0.5)
+    assert set(worker.nodes()) == set(nodes), "start after a master crash duplicated nodes"
+    ok(worker.run("status"))
+
+    ok(worker.run("stop"))
+    assert worker.nodes() == {}
+    ok(worker.run("status"), 3)
+
+
+def test_failed_start_is_reported(worker: Fleet) -> None:
+    text = worker.config.read_text().replace('STEMD_NODES="alpha beta"', "STEMD_NODES=$(id -u)")
+    worker.config.write_text(text)
+    result = worker.run("start")
+    assert result.returncode == 1, result
+    assert str(worker.config) in result.stderr    # stemd's reason, not swallowed
+    # With a config stemctl cannot read either, whether the master runs is unknown (LSB 4),
+    # and the reason is shown.
+    result = ok(worker.run("status"), 4)
+    assert str(worker.config) in result.stderr
+
+
+def test_usage_and_missing_pieces(worker: Fleet) -> None:
+    result = worker.run("bogus")
+    assert result.returncode == 2 and "Usage:" in result.stderr
+    result = worker.run("")
+    assert result.returncode == 2
+
+    missing = {"STEMD_CONFIG": str(worker.dir / "absent.env")}
+    ok(worker.run("start", env=missing), 6)
+    ok(worker.run("status", env=missing), 4)
+    ok(worker.run("stop", env=missing))
+
+    nobin = {"STEMD_BIN": str(worker.dir / "no-stemd")}
+    result = ok(worker.run("start", env=nobin), 5)
+    assert "not found" in result.stderr
+    ok(worker.run("status", env=nobin), 4)
+    ok(worker.run("stop", env=nobin))
+
+
+def test_sh_x_shows_what_happens(worker: Fleet) -> None:
+    result = ok(worker.run("start", shell_flags=("-x",)))
+    trace = result.stderr
+    assert re.search(rf"^\+ {re.escape(str(STEMD))} --config {re.escape(str(worker.config))}$",
+                     trace, re.M), trace
+    result = ok(worker.run("status", shell_flags=("-x",)))
+    assert "healthcheck" in result.stderr
+    ok(worker.run("stop", shell_flags=("-x",)))
+
+
+def test_status_finds_the_pid_file_named_in_the_config(worker: Fleet) -> None:
+    """`status` reads STEMD_MASTER_PID_FILE from the file without sourcing it."""
+    odd = worker.dir / "run" / "odd name.pid"
+    text = worker.config.read_text().replace(
+        f'STEMD_MASTER_PID_FILE="{worker.master_pidfile}"',
+        f"export STEMD_MASTER_PID_FILE='{odd}'  # a comment")
+    worker.config.write_text(text)
+    ok(worker.run("start"))
+    master = int(odd.read_text())
+    os.kill(master, signal.SIGKILL)
+    wait_for(lambda: not alive(master), 5, "the master to die")
+    ok(worker.run("status"), 1)
+    odd.unlink()
+    ok(worker.run("status"), 3)
+
+
+# --- stem-scheduler ------------------------------------------------------------------------
+
+def test_scheduler_script_lifecycle(scheduler: Fleet) -> None:
+    text = scheduler.config.read_text()
+    text = re.sub(r'^STEMD_(COMMAND|NODES)=.*\n', "", text, flags=re.M)
+    text += f'STEM_SCHEDULER_COMMAND="{" ".join(scheduler.node_argv)}"\n'
+    scheduler.config.write_text(text)
+
+    ok(scheduler.run("status"), 3)
+    ok(scheduler.run("start"))
+    nodes = running_nodes(scheduler, 1)
+    ok(scheduler.run("start"))
+    assert scheduler.nodes() == nodes
+    ok(scheduler.run("status"))
+    ok(scheduler.run("reload"))
+    ok(scheduler.run("restart"))
+    running_nodes(scheduler, 1)
+    ok(scheduler.run("stop"))
+    assert scheduler.nodes() == {}
+    ok(scheduler.run("status"), 3)
+
+
+def test_scripts_differ_only_in_names() -> None:
+    worker = (INITD / "stem-worker").read_text().splitlines()
+    scheduler = (INITD / "stem-scheduler").read_text().splitlines()
+    assert len(worker) == len(scheduler)
+    differing = [(a, b) for a, b in zip(worker, scheduler, strict=True) if a != b]
+    assert differing, "stem-scheduler must name itself"
+    for a, b in differing:
+        assert a.startswith("#") or a.split("=")[0] in ("NAME", "DESC", "DEFAULT_CONFIG"), (a, b)
+
+
+@pytest.mark.parametrize("script", ["stem-worker", "stem-scheduler"])
+def test_lsb_header_and_syntax(script: str) -> None:
+    path = INITD / script
+    assert os.access(path, os.X_OK)
+    text = path.read_text()
+    assert text.startswith("#!/bin/sh\n")
+    header = re.search(r"^### BEGIN INIT INFO\n(.*?)^### END INIT INFO$", text, re.M | re.S)
+    assert header
+    fields = dict(re.findall(r"^# ([A-Za-z-]+):\s+(.*)$", header.group(1), re.M))
+    assert fields["Provides"] == script
+    assert fields["Default-Start"] == "2 3 4 5"
+    assert fields["Default-Stop"] == "0 1 6"
+    assert "$remote_fs" in fields["Required-Start"]
+    assert f"DEFAULT_CONFIG=/etc/default/{'stem' if script == 'stem-worker' else script}" in text
+    subprocess.run([DASH, "-n", str(path)], check=True)
+    if shutil.which("shellcheck"):
+        result = subprocess.run(["shellcheck", "-s", "sh", str(path)],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout
+
+
+# --- etc/logrotate.d/stem ------------------------------------------------------------------
+
+@pytest.mark.skipif(shutil.which("logrotate") is None,
+                    reason="logrotate is not installed (apt-get install logrotate)")
+def test_logrotate_copytruncate_keeps_every_writer_appending(worker: Fleet) -> None:
+    log = worker.dir / "log"
+    ticker = worker.dir / "ticker.sh"
+    ticker.write_text('while :; do echo "tick $(date +%s%N)"; sleep 0.02; done\n')
+    worker.node_argv = ["/bin/sh", str(ticker), f"{next(_unique)}"]
+    worker.write_config(STEMD_NODES="alpha")
+    ok(worker.run("start"))
+    alpha = log / "alpha.log"
+    wait_for(lambda: alpha.exists() and alpha.stat().st_size > 200, 10, "the node to log")
+
+    conf = (ROOT / "etc/logrotate.d/stem").read_text()
+    assert "copytruncate" in conf
+    conf = conf.replace("/var/log/stem", str(log)).replace("su stem stem", "su root root")
+    (worker.dir / "logrotate.conf").write_text(conf)
+    before = alpha.stat().st_size
+    subprocess.run(["logrotate", "-f", "-s", str(worker.dir / "logrotate.state"),
+                    str(worker.dir / "logrotate.conf")], check=True, timeout=60)
+
+    rotated = sorted(p.name for p in log.iterdir() if p.name.startswith("alpha.log-"))
+    assert len(rotated) == 1, sorted(p.name for p in log.iterdir())
+    assert (log / rotated[0]).stat().st_size >= before
+    assert any(p.name.startswith("stemd.log-") for p in log.iterdir())
+    # The node goes on writing into the truncated file, at its end: no hole of NULs where the
+    # old content was (that is what O_APPEND buys).
+    wait_for(lambda: alpha.stat().st_size > 100, 10, "the node to log after rotation")
+    data = alpha.read_bytes()
+    assert len(data) < before + 100_000
+    assert b"\0" not in data and data.startswith(b"tick ")
+    # The master's log too.
+    ok(worker.run("reload"))
+    ok(worker.run("stop"))
+    master_log = (log / "stemd.log").read_bytes()
+    assert master_log and b"\0" not in master_log
