@@ -168,17 +168,17 @@ def test_utf8_values() -> None:
 def test_one_megabyte_line_is_fast() -> None:
     big = "x" * 1_000_000
     for text in (f"A={big}", f"A='{big}'", f'A="{big}"', f"A={big}#{big} # {big}"):
-        started = time.monotonic()
+        started = time.process_time()  # CPU time: other tests' load does not count
         result = parse_envfile(text, PATH, ENV)
-        assert time.monotonic() - started < 1.0
+        assert time.process_time() - started < 3.0  # quadratic would take minutes
         assert result[0].value.startswith(big)
 
 
 def test_many_expansions_are_linear() -> None:
     text = "A=x\nB=" + "$A" * 200_000
-    started = time.monotonic()
+    started = time.process_time()
     assert parse(text)["B"] == "x" * 200_000
-    assert time.monotonic() - started < 1.0
+    assert time.process_time() - started < 3.0
 
 
 # -- what a shell would run, and other errors ----------------------------
