@@ -21,19 +21,13 @@ import tomli_w
 from stem_core import keys as K
 from stem_core.envfile import Assignment, quote_env_value, read_envfile
 from stem_core.errors import BadValue, ConfigError, Problem
+from stem_core.locate import DEFAULT_CONFIG, config_path  # noqa: F401 - re-exported
 from stem_core.model import Config, MasterSpec, NodeSpec, ProgramSpec
 from stem_core.nodes import expand_opts, parse_node_list
 from stem_core.templates import expand, master_values, node_values
 
-DEFAULT_CONFIG = "/etc/default/stem"
 ENV_PROGRAM = "worker"  # the program of an env file's STEMD_NODES
 SCHEDULER = "scheduler"
-
-
-def config_path(explicit: str | None, environ: Mapping[str, str] | None = None) -> str:
-    """``--config``, else ``STEMD_CONFIG``, else /etc/default/stem."""
-    environ = os.environ if environ is None else environ
-    return explicit or environ.get("STEMD_CONFIG") or DEFAULT_CONFIG
 
 
 @dataclass(frozen=True, slots=True)

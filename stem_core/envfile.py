@@ -49,19 +49,17 @@ would produce a cascade of false errors.
 from __future__ import annotations
 
 import bisect
-import difflib
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from stem_core.errors import BadValue, ConfigError, Problem
 
 __all__ = ["Assignment", "parse_envfile", "quote_env_value", "read_envfile"]
 
 
-@dataclass(frozen=True, slots=True)
-class Assignment:
+class Assignment(NamedTuple):
     """One ``NAME=value`` as the shell would have performed it.
 
     ``exported`` is true for ``export NAME=...``, for ``export NAME`` and --
@@ -552,6 +550,8 @@ class _Lexer:
             return value
         if evaluate and not self.failed:
             known = list(self.values) + [k for k in self.environ if k not in self.values]
+            import difflib  # only for the error hint: stemctl never pays for it
+
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"did you mean ${close[0]}? " if close else ""
             hint += (

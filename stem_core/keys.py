@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from stem_core.errors import BadValue
+from stem_core.locate import DEFAULT_MASTER_PID_FILE, DEFAULT_SOCKET
 
 
 class Scope(StrEnum):
@@ -241,11 +242,11 @@ KEYS: tuple[Key, ...] = (
         "per-node log file template (stdout and stderr); - sends node output to the "
         "master's own stdout/stderr"),
     Key("STEMD_LOG_LEVEL", "log_level", M, parse_log_level, "INFO", "the master's log level"),
-    Key("STEMD_MASTER_PID_FILE", "pid_file", M, parse_required_str, "/var/run/stem/stemd.pid",
+    Key("STEMD_MASTER_PID_FILE", "pid_file", M, parse_required_str, DEFAULT_MASTER_PID_FILE,
         "the master's PID file (locked while the master runs)"),
     Key("STEMD_MASTER_LOG_FILE", "log_file", M, parse_required_str, "/var/log/stem/stemd.log",
         "the master's own log"),
-    Key("STEMD_SOCKET", "socket", M, parse_required_str, "/var/run/stem/stemd.sock",
+    Key("STEMD_SOCKET", "socket", M, parse_required_str, DEFAULT_SOCKET,
         "control socket path"),
     Key("STEMD_CREATE_DIRS", "create_dirs", M, parse_bool, True,
         "1: create missing PID, socket and log directories"),

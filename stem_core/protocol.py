@@ -11,9 +11,8 @@ connection open; the client reads until EOF.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 VERSION = 1
 MAX_REQUEST = 64 * 1024  # bytes, newline included
@@ -32,10 +31,11 @@ class ErrorCode(StrEnum):
     BUSY = "busy"  # the master is shutting down
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(NamedTuple):
+    # A NamedTuple, not a dataclass: importing dataclasses costs stemctl
+    # ~10 ms, a sixth of its budget.
     cmd: str
-    args: dict[str, Any] = field(default_factory=dict)
+    args: dict[str, Any]
 
 
 class ProtocolError(Exception):

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
-
-import psutil
 
 from stem_core import protocol as P
 from stem_core.config import to_dict
@@ -51,7 +48,7 @@ def _refuse_when_stopping(master: Master) -> None:
         raise P.ProtocolError(P.ErrorCode.BUSY, "the master is shutting down")
 
 
-def node_info(node: Node, stats: bool) -> dict[str, Any]:
+def node_info(node: Node, stats: bool, uptime: float = 0.0) -> dict[str, Any]:
     now = node.clock.time()
     alive = node.pid is not None
     info: dict[str, Any] = {
@@ -66,21 +63,32 @@ def node_info(node: Node, stats: bool) -> dict[str, Any]:
         "adopted": node.adopted,
     }
     if stats:
-        info["cpu_percent"], info["rss"] = _usage(node.pid) if alive else (None, None)
+        info["cpu_percent"], info["rss"] = _usage(node.pid, uptime) if alive else (None, None)
     return info
 
 
-def _usage(pid: int | None) -> tuple[float | None, int | None]:
-    """Lifetime-average CPU % (as ps shows it: needs no earlier sample) and RSS."""
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _usage(pid: int | None, uptime: float) -> tuple[float | None, int | None]:
+    """Lifetime-average CPU % (as ps shows it: needs no earlier sample) and
+    RSS, from one read of /proc/PID/stat (psutil takes several reads: 10x
+    slower, and status of 1,000 nodes must stay well under 150 ms)."""
     try:
-        proc = psutil.Process(pid)
-        with proc.oneshot():
-            cpu = proc.cpu_times()
-            rss = proc.memory_info().rss
-            age = max(time.time() - proc.create_time(), 1e-3)
-        return round(100.0 * (cpu.user + cpu.system) / age, 1), rss
-    except (psutil.Error, ValueError):
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
         return None, None
+    # fields[0] is field 3 (state): utime 14, stime 15, starttime 22, rss 24
+    ticks = int(fields[11]) + int(fields[12])
+    age = max(uptime - int(fields[19]) / _CLK_TCK, 1e-3)
+    return round(100.0 * ticks / _CLK_TCK / age, 1), int(fields[21]) * _PAGE
+
+
+def _system_uptime() -> float:
+    with open("/proc/uptime", "rb") as f:
+        return float(f.read().split()[0])
 
 
 def _failed_unless_running(message: str, nodes: list[Node], results: list[Any]) -> list[Any]:
@@ -100,7 +108,8 @@ def table(master: Master) -> dict[str, Handler]:
 
     async def status(args: dict[str, Any]) -> Any:
         stats = bool(args.get("stats", False))
-        return [node_info(n, stats) for n in _select(master, args)]
+        uptime = _system_uptime() if stats else 0.0
+        return [node_info(n, stats, uptime) for n in _select(master, args)]
 
     async def start(args: dict[str, Any]) -> Any:
         _refuse_when_stopping(master)

@@ -76,4 +76,8 @@ def print_plain(rows: Sequence[Sequence[str]]) -> None:
 
 
 def print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+    """Indented for a person on a terminal; compact otherwise, which is what
+    scripts read and what json's C encoder does (indent forces the slow
+    pure-Python one: ~10 ms for 1,000 nodes)."""
+    indent = 2 if sys.stdout.isatty() else None
+    sys.stdout.write(json.dumps(value, indent=indent, default=str) + "\n")
