@@ -488,9 +488,12 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(f"stemctl: {message}\n")
         return NOT_RUNNING
     except ConfigError as exc:
+        # The file named cannot even be lexed, so which master it means is
+        # unknown: a usage error (2), not "failed" (1), which init scripts and
+        # healthchecks would read as "not running".
         for problem in getattr(exc, "problems", [exc]):
             sys.stderr.write(f"stemctl: {problem}\n")
-        return FAILED
+        return USAGE
     except AccessDenied as exc:
         sys.stderr.write(f"stemctl: permission denied on {exc}: run as root, as stemd's user, "
                          "or as a member of the socket's group\n")

@@ -200,7 +200,7 @@ def test_second_master_on_a_live_socket_fails_and_leaves_it_alone(fleet: Fleet,
     finally:
         other.cleanup()
     assert os.lstat(path).st_ino == inode
-    assert fleet.ctl("status").returncode == 0
+    fleet.wait_state("RUNNING")  # the first master still answers (its nodes may be STARTING)
 
 
 def test_a_file_that_is_not_a_socket_is_never_replaced(fleet: Fleet) -> None:
@@ -396,7 +396,7 @@ def test_a_client_that_never_reads_is_dropped_after_the_write_timeout(fleet: Fle
                 received += chunk
     assert len(received) < full
     assert not received.endswith(b"\n")
-    assert fleet.ctl("status").returncode == 0
+    fleet.wait_state("RUNNING")  # and the master still serves others
 
 
 # ------------------------------------------------------------ who is served
