@@ -25,6 +25,7 @@ from stem_core.model import Config, NodeSpec, diff
 from stem_core.pidfile import check_node_identity, read_pidfile, remove_pidfile, write_pidfile
 from stem_core.states import ALIVE, NodeState
 from stemd import handlers, logsetup
+from stemd.checks import create_directories, needed_directories
 from stemd.control import ControlServer, socket_gid
 from stemd.daemon import MasterLock, Readiness
 from stemd.node import ExitStatus, Node, SpawnError
@@ -47,15 +48,42 @@ class _Ops:
 
     def spawn(self, node: Node) -> int:
         m = self.master
-        popen: subprocess.Popen[bytes] = spawn_node(node.spec, m.base_env,
-                                                    m.config.master.force_root)
+        try:
+            popen = self._spawn(node)
+        except SpawnError:
+            # A directory removed while we run (a careless cleanup of
+            # /var/log) must not turn into a fleet of FATAL nodes.
+            if not self._recreate_directories():
+                raise
+            popen = self._spawn(node)
         try:
             write_pidfile(node.spec.pid_file, popen.pid)
-        except OSError as exc:
-            m.log.error("%s: cannot write PID file %s: %s", node.name, node.spec.pid_file,
-                        exc.strerror)
+        except OSError:
+            try:
+                self._recreate_directories()
+                write_pidfile(node.spec.pid_file, popen.pid)
+            except OSError as exc:
+                m.log.error("%s: cannot write PID file %s: %s", node.name,
+                            node.spec.pid_file, exc.strerror)
         m.reaper.watch(popen.pid, popen, m.exit_callback(node))
         return popen.pid
+
+    def _spawn(self, node: Node) -> subprocess.Popen[bytes]:
+        return spawn_node(node.spec, self.master.base_env, self.master.config.master.force_root)
+
+    def _recreate_directories(self) -> bool:
+        """Create missing directories (STEMD_CREATE_DIRS=1); True if any was."""
+        m = self.master
+        if not m.config.master.create_dirs:
+            return False
+        missing = [d.path for d in needed_directories(m.config) if not os.path.isdir(d.path)]
+        if not missing:
+            return False
+        for problem in create_directories(m.config):
+            m.log.error("%s", problem)
+        logsetup.reopen(m.log)  # its directory may have been among them
+        m.log.warning("recreated missing directories: %s", ", ".join(missing))
+        return True
 
     def signal_group(self, node: Node, sig: int) -> None:
         if node.pid is not None:

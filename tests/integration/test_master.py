@@ -322,3 +322,22 @@ def test_invalid_config_on_sighup_keeps_the_old_one(fleet: Fleet) -> None:
     wait_until(lambda: "c" in fleet.status(), 5, what="node c added")
     assert {n: p for n, p in pids(fleet).items() if n != "c"} == before
     assert fleet.master_pid() == master
+
+
+def test_directories_removed_at_runtime_are_recreated(fleet: Fleet) -> None:
+    """A cleanup that deletes the log and PID directories must not leave the
+    fleet FATAL: the next respawn recreates them (STEMD_CREATE_DIRS=1)."""
+    import shutil
+
+    fleet.write(nodes="alpha")
+    fleet.start()
+    old = fleet.wait_state("RUNNING")["alpha"]["pid"]
+    shutil.rmtree(fleet.log_dir)
+    (fleet.run_dir / "alpha.pid").unlink()
+    os.kill(old, signal.SIGKILL)
+    new = wait_until(lambda: (p := fleet.status()["alpha"]["pid"]) not in (None, old) and p,
+                     what="a respawn")
+    assert (fleet.log_dir / "alpha.log").exists()
+    wait_until(lambda: "recreated missing directories" in fleet.master_log(), what="a log line")
+    assert int((fleet.run_dir / "alpha.pid").read_text()) == new
+    fleet.wait_state("RUNNING")
