@@ -51,16 +51,17 @@ from __future__ import annotations
 import bisect
 import os
 import re
+from collections import namedtuple
 from collections.abc import Mapping
-from typing import NamedTuple
 
 from stem_core.errors import BadValue, ConfigError, Problem
 
 __all__ = ["Assignment", "parse_envfile", "quote_env_value", "read_envfile"]
 
 
-class Assignment(NamedTuple):
-    """One ``NAME=value`` as the shell would have performed it.
+class Assignment(namedtuple("Assignment", "name value exported line column")):
+    """One ``NAME=value`` as the shell would have performed it (a named
+    tuple, like :class:`~stem_core.errors.Problem`, for stemctl's start-up).
 
     ``exported`` is true for ``export NAME=...``, for ``export NAME`` and --
     as in sh, where the export attribute sticks to the variable -- for any
@@ -68,6 +69,7 @@ class Assignment(NamedTuple):
     last assignment of a name wins" gives the right value *and* flag.
     """
 
+    __slots__ = ()
     name: str
     value: str
     exported: bool

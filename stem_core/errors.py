@@ -9,23 +9,29 @@ codes in one place.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections import namedtuple
 
 
-class Problem(NamedTuple):
+class Problem(namedtuple("Problem", "message file line column key hint",
+                           defaults=(None, None, None, None, None))):
     """One thing wrong with the configuration or the environment.
 
-    A NamedTuple rather than a frozen dataclass (as are the other value
+    A named tuple rather than a frozen dataclass (as are the other value
     records on stemctl's path, Assignment and Request): both are immutable
-    values, but importing dataclasses costs every stemctl run ~9 ms.
+    values, but importing dataclasses costs every stemctl run ~9 ms, and
+    typing (for typing.NamedTuple) ~5 ms more. The annotations below are
+    for readers only: the fields and their defaults (None for all but
+    ``message``) are the namedtuple's, and a ``= None`` here would replace a
+    field's accessor with a class attribute.
     """
 
+    __slots__ = ()
     message: str
-    file: str | None = None
-    line: int | None = None
-    column: int | None = None
-    key: str | None = None
-    hint: str | None = None
+    file: str | None
+    line: int | None
+    column: int | None
+    key: str | None
+    hint: str | None
 
     def __str__(self) -> str:
         where = ""
