@@ -33,6 +33,7 @@ lint: venv
 	$(BIN)/ruff check .
 
 bench: venv
+	$(BIN)/python -m compileall -q stem_core stemd  # stemctl must not compile at each run
 	$(BIN)/python bench/run.py --nodes 10,100,1000 --out docs/performance.md --json bench/results.json
 
 clean:

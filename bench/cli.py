@@ -1,0 +1,403 @@
+"""The benchmark's command line: which supervisors, which sizes, how long.
+
+Trials are interleaved (trial k runs stemd, supervisord and circus in an
+order rotated by k) so that a burst of noise on this shared machine does not
+land on one supervisor only. A supervisor that fails at some size is
+recorded as skipped there, with the reason, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+from bench import procs, report
+from bench.adapters import ADAPTERS, Supervisor, run_cli
+from bench.peers import ensure_peers, peers_ready
+from bench.scenarios import (
+    SETTLE_SECS,
+    BenchError,
+    Samples,
+    TrialPlan,
+    run_flood,
+    run_storm,
+    run_trial,
+)
+from bench.stats import summarize
+from bench.workloads import Settings, Workload, flood_workload, sleep_workload, storm_workload
+
+ROOT = Path(__file__).resolve().parent.parent
+PEER_NAMES = ("supervisord", "circus")
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    sizes: tuple[int, ...]
+    trials: int
+    supervisors: tuple[str, ...]
+    explicit_supervisors: bool
+    plan: TrialPlan
+    storm_nodes: int
+    storm_secs: float
+    storm_start_secs: int
+    flood_mb: int
+    flood_trials: int
+    out: Path | None
+    json_path: Path | None
+    stemd_bin: Path
+    peers_venv: Path
+    install_peers: bool
+    keep: bool
+    command: str
+
+
+def parse_args(argv: list[str]) -> Options:
+    p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__)
+    p.add_argument("--nodes", default="10,100,1000", help="fleet sizes, e.g. 10,100 ('' for none)")
+    p.add_argument("--trials", type=int, default=5)
+    p.add_argument("--supervisors", help="comma list of stemd,supervisord,circus")
+    p.add_argument("--quick", action="store_true", help="smoke mode: N=10, 2 short trials")
+    p.add_argument("--idle-secs", type=float, default=20.0)
+    p.add_argument("--storm-nodes", type=int, default=100, help="0 skips the crash storm")
+    p.add_argument("--storm-secs", type=float, default=10.0)
+    p.add_argument(
+        "--storm-start-secs",
+        type=int,
+        default=Settings().start_secs,
+        help="start-secs during the storm only (0: every exit is a restart of a RUNNING node)",
+    )
+    p.add_argument("--flood-mb", type=int, default=200, help="0 skips the stdout flood")
+    p.add_argument("--flood-trials", type=int, default=3)
+    p.add_argument("--out", type=Path, help="Markdown file (section between bench markers)")
+    p.add_argument("--json", type=Path, dest="json_path")
+    p.add_argument("--stemd-bin", type=Path, default=ROOT / ".venv" / "bin")
+    p.add_argument("--peers-venv", type=Path, default=ROOT / "bench" / ".venv-peers")
+    p.add_argument("--no-install", action="store_true", help="never create the peers' venv")
+    p.add_argument("--keep", action="store_true", help="keep the run directories")
+    a = p.parse_args(argv)
+    plan = TrialPlan(idle_secs=a.idle_secs)
+    sizes = tuple(int(n) for n in a.nodes.split(",") if n.strip())
+    trials, storm_nodes, storm_secs = a.trials, a.storm_nodes, a.storm_secs
+    flood_mb, flood_trials = a.flood_mb, a.flood_trials
+    if a.quick:
+        sizes, trials = (10,), min(trials, 2)
+        plan = TrialPlan(status_calls=3, respawn_kills=2, idle_secs=min(a.idle_secs, 3.0))
+        storm_nodes, storm_secs = 10, 3.0
+        flood_mb, flood_trials = min(flood_mb, 20), 1
+    names = tuple(a.supervisors.split(",")) if a.supervisors else tuple(ADAPTERS)
+    unknown = set(names) - set(ADAPTERS)
+    if unknown:
+        p.error(f"unknown supervisor(s): {', '.join(sorted(unknown))}")
+    return Options(
+        sizes=sizes,
+        trials=trials,
+        supervisors=names,
+        explicit_supervisors=a.supervisors is not None,
+        plan=plan,
+        storm_nodes=storm_nodes,
+        storm_secs=storm_secs,
+        storm_start_secs=a.storm_start_secs,
+        flood_mb=flood_mb,
+        flood_trials=flood_trials,
+        out=a.out,
+        json_path=a.json_path,
+        stemd_bin=a.stemd_bin,
+        peers_venv=a.peers_venv,
+        install_peers=not a.no_install and not a.quick,
+        keep=a.keep,
+        command=shlex.join(["python", "bench/run.py", *argv]),
+    )
+
+
+def _exit_on_term(signum: int, frame: object) -> NoReturn:
+    """Turn SIGTERM/SIGHUP into an exception so that ``finally`` kills every
+    process this run started."""
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(sys.argv[1:] if argv is None else argv)
+    procs.become_subreaper()
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit_on_term)
+    work_dir = Path(tempfile.mkdtemp(prefix="stemd-bench-"))
+    try:
+        results = run(opts, work_dir)
+    finally:
+        procs.kill_descendants()
+        if not opts.keep:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    markdown = report.render(results)
+    if opts.json_path:
+        report.write_json(results, opts.json_path)
+    if opts.out:
+        report.write_markdown(markdown, opts.out)
+    print(markdown)
+    return 0
+
+
+def run(opts: Options, work_dir: Path) -> dict[str, Any]:
+    supervisors = check_supervisors(opts)
+    active = [name for name, info in supervisors.items() if info["available"]]
+    settings = Settings()
+    results: dict[str, Any] = {
+        "meta": meta(opts, settings),
+        "supervisors": supervisors,
+        "sizes": {},
+        "storm": {},
+        "flood": {},
+        "skipped": [],
+    }
+    log(f"settings: {asdict(settings)}; sizes {list(opts.sizes)}, {opts.trials} trial(s)")
+    for name, info in supervisors.items():
+        log(f"{name}: {info.get('version') or 'unavailable'} {info.get('note', '')}".rstrip())
+    runner = Runner(opts, settings, work_dir, results["skipped"])
+    for size in opts.sizes:
+        results["sizes"][str(size)] = summarize_all(runner.sizes(active, size))
+    if opts.storm_nodes > 0 and opts.storm_secs > 0:
+        results["storm"] = runner.storms(active)
+    if opts.flood_mb > 0 and opts.flood_trials > 0:
+        results["flood"] = summarize_all(runner.floods(active))
+    results["targets"] = targets(results)
+    results["meta"]["machine"]["loadavg_at_end"] = os.getloadavg()[0]
+    return results
+
+
+def check_supervisors(opts: Options) -> dict[str, dict[str, Any]]:
+    """Availability, version and notes of each requested supervisor. Peers
+    are installed on demand, except in quick mode, where they are used only
+    if their venv already exists or they were asked for by name."""
+    wanted_peers = [n for n in opts.supervisors if n in PEER_NAMES]
+    if wanted_peers and (opts.install_peers or opts.explicit_supervisors):
+        try:
+            ensure_peers(opts.peers_venv)
+        except (OSError, subprocess.SubprocessError) as exc:
+            log(f"could not install the peers: {exc}")
+    info: dict[str, dict[str, Any]] = {}
+    for name in opts.supervisors:
+        info[name] = stemd_info(opts) if name == "stemd" else peer_info(opts, name)
+    return info
+
+
+def stemd_info(opts: Options) -> dict[str, Any]:
+    python = opts.stemd_bin / "python"
+    code = "import stemd.cli, stemd.ctl, stemd; print(stemd.__version__)"
+    probe = run_cli([str(python), "-c", code])
+    if not probe.ok:
+        return {"available": False, "version": None, "note": f"not runnable: {probe.describe()}"}
+    return {"available": True, "version": probe.stdout.strip(), "bin": str(opts.stemd_bin)}
+
+
+def peer_info(opts: Options, name: str) -> dict[str, Any]:
+    bin_dir = opts.peers_venv / "bin"
+    if not peers_ready(opts.peers_venv):
+        return {"available": False, "version": None, "note": f"no peers venv at {opts.peers_venv}"}
+    launcher = "supervisord" if name == "supervisord" else "circusd"
+    probe = run_cli([str(bin_dir / launcher), "--version"])
+    if not probe.ok:
+        return {"available": False, "version": None, "note": f"cannot run: {probe.describe()}"}
+    return {"available": True, "version": probe.stdout.strip(), "bin": str(bin_dir)}
+
+
+def meta(opts: Options, settings: Settings) -> dict[str, Any]:
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": {
+            "cores": os.cpu_count(),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+            "loadavg_at_start": os.getloadavg()[0],
+        },
+        "settings": asdict(settings),
+        "trials": opts.trials,
+        "plan": asdict(opts.plan),
+        "idle_secs": opts.plan.idle_secs,
+        "settle_secs": SETTLE_SECS,
+        "storm_nodes": opts.storm_nodes,
+        "storm_secs": opts.storm_secs,
+        "storm_start_secs": opts.storm_start_secs,
+        "flood_mb": opts.flood_mb,
+        "flood_trials": opts.flood_trials,
+        "command": opts.command,
+    }
+
+
+class Runner:
+    """Runs the scenarios for a list of supervisors, recording skips."""
+
+    def __init__(self, opts: Options, settings: Settings, work_dir: Path, skipped: list) -> None:
+        self.opts = opts
+        self.settings = settings
+        self.work_dir = work_dir
+        self.skipped: list[dict[str, Any]] = skipped
+
+    def make(
+        self, name: str, workload: Workload, tag: str, settings: Settings | None = None
+    ) -> Supervisor:
+        run_dir = self.work_dir / f"{name}-{tag}"
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        bin_dir = self.opts.stemd_bin if name == "stemd" else self.opts.peers_venv / "bin"
+        return ADAPTERS[name](bin_dir, run_dir, workload, settings or self.settings)
+
+    def finish(self, sup: Supervisor) -> None:
+        if not self.opts.keep:
+            shutil.rmtree(sup.run_dir, ignore_errors=True)
+
+    def skip(self, name: str, nodes: int, phase: str, exc: Exception) -> None:
+        log(f"{name} n={nodes} {phase}: skipped: {exc}")
+        entry = {"supervisor": name, "nodes": nodes, "phase": phase, "reason": str(exc)}
+        self.skipped.append(entry)
+
+    def sizes(self, names: list[str], size: int) -> dict[str, Samples]:
+        samples: dict[str, Samples] = {name: {} for name in names}
+        failed: set[str] = set()
+        for trial in range(self.opts.trials):
+            # idle is measured once per size: it is long and varies little
+            plan = self.opts.plan if trial == 0 else replace(self.opts.plan, idle_secs=0)
+            for name in rotated(names, trial):
+                if name in failed:
+                    continue
+                sup = self.make(name, sleep_workload(size), f"n{size}-t{trial}")
+                try:
+                    merge(samples[name], run_trial(sup, plan))
+                except BenchError as exc:
+                    failed.add(name)
+                    self.skip(name, size, f"trial {trial + 1}", exc)
+                finally:
+                    self.finish(sup)
+                log_trial(name, size, trial, samples[name])
+        return {name: s for name, s in samples.items() if s}
+
+    def storms(self, names: list[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in names:
+            run_dir = self.work_dir / f"{name}-storm"
+            workload = storm_workload(self.opts.storm_nodes, str(run_dir / "spawns.log"))
+            settings = replace(self.settings, start_secs=self.opts.storm_start_secs)
+            sup = self.make(name, workload, "storm", settings)
+            try:
+                result = run_storm(sup, self.opts.storm_secs, run_dir / "spawns.log")
+                out[name] = {
+                    "spawns": result.spawns,
+                    "master_cpu_s": result.master_cpu_s,
+                    "status_failures": result.status_failures,
+                    "zombies_at_end": result.zombies,
+                    "start_secs": sup.settings.start_secs,
+                    "status_failure_details": sorted(set(result.failure_details))[:5],
+                    "status_wall": summarize(result.status_walls),
+                }
+                log(f"{name} storm: {result.spawns} spawns, cpu {result.master_cpu_s:.2f} s")
+            except BenchError as exc:
+                self.skip(name, self.opts.storm_nodes, "storm", exc)
+                out[name] = {"error": str(exc)}
+            finally:
+                self.finish(sup)
+        return out
+
+    def floods(self, names: list[str]) -> dict[str, Samples]:
+        samples: dict[str, Samples] = {name: {} for name in names}
+        failed: set[str] = set()
+        for trial in range(self.opts.flood_trials):
+            for name in rotated(names, trial):
+                if name in failed:
+                    continue
+                sup = self.make(name, flood_workload(self.opts.flood_mb), f"flood-t{trial}")
+                try:
+                    result = run_flood(sup, self.opts.flood_mb)
+                    merge(samples[name], {k: [v] for k, v in result.items()})
+                    log(f"{name} flood: {result['flood_seconds']:.2f} s")
+                except BenchError as exc:
+                    failed.add(name)
+                    self.skip(name, 1, "flood", exc)
+                finally:
+                    self.finish(sup)
+        return {name: s for name, s in samples.items() if s}
+
+
+def rotated(names: list[str], k: int) -> list[str]:
+    k %= max(1, len(names))
+    return names[k:] + names[:k]
+
+
+def merge(into: Samples, new: Samples) -> None:
+    for key, values in new.items():
+        into.setdefault(key, []).extend(values)
+
+
+def summarize_all(by_sup: dict[str, Samples]) -> dict[str, dict[str, Any]]:
+    return {
+        name: {key: summarize(values) for key, values in samples.items() if values}
+        for name, samples in by_sup.items()
+    }
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 6's targets for stemd, judged on medians."""
+
+    def median(size: int, name: str, key: str) -> float | None:
+        summary = results["sizes"].get(str(size), {}).get(name, {}).get(key)
+        return None if summary is None else summary["median"]
+
+    checks: list[tuple[int, str, str, float | None, float]] = [
+        (100, "respawn median ≤ 5 ms", "respawn", 1000, 5),
+        (100, "stemctl status ≤ 60 ms", "status_wall", 1000, 60),
+        (100, "zero idle wake-ups", "idle_wakeups_per_s", 1, 0),
+        (100, "stop-all ≤ 0.3 s", "stop_all", 1000, 300),
+        (100, "master RSS ≤ 20 MiB", "idle_rss_mib", 1, 20),
+        (1000, "stemctl status ≤ 150 ms", "status_wall", 1000, 150),
+        (1000, "respawn ≤ 10 ms", "respawn", 1000, 10),
+    ]
+    measured = {int(size) for size in results["sizes"]}
+    out = []
+    for size, label, key, scale, limit in checks:
+        if size not in measured:
+            continue
+        value = median(size, "stemd", key)
+        out.append(
+            {
+                "nodes": size,
+                "target": label,
+                "value": "n/a" if value is None else f"{value * scale:.2f}",
+                "met": None if value is None else value * scale <= limit,
+            }
+        )
+    ours, theirs = median(100, "stemd", "status_wall"), median(100, "supervisord", "status_wall")
+    if 100 not in measured:
+        return out
+    out.append(
+        {
+            "nodes": 100,
+            "target": "stemctl status faster than supervisorctl",
+            "value": "n/a"
+            if ours is None or theirs is None
+            else f"{ours * 1000:.0f} vs {theirs * 1000:.0f} ms",
+            "met": None if ours is None or theirs is None else ours < theirs,
+        }
+    )
+    return out
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def log_trial(name: str, size: int, trial: int, samples: Samples) -> None:
+    parts = []
+    for key in ("alive_after_return", "running_after_return", "status_wall", "respawn"):
+        if samples.get(key):
+            parts.append(f"{key} {samples[key][-1] * 1000:.1f} ms")
+    log(f"{name} n={size} trial {trial + 1}: " + ", ".join(parts))
