@@ -503,7 +503,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(ctl)
     except MasterNotRunning as exc:
-        config = args.config or os.environ.get("STEMD_CONFIG") or "/etc/default/stem"
+        from stem_core.locate import config_path
+
+        config = config_path(args.config)
         message = (f"master not running (no answer on {exc}): start it with "
                    f"'stemd --config {config}'")
         if ctl.json:

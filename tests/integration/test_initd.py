@@ -26,6 +26,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 INITD = ROOT / "contrib" / "init.d"
@@ -47,16 +48,6 @@ def alive(pid: int) -> bool:
     except psutil.NoSuchProcess:
         return False
 
-
-def wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 @dataclass
@@ -166,8 +157,8 @@ def ok(result: subprocess.CompletedProcess[str], code: int = 0) -> subprocess.Co
 
 
 def running_nodes(fleet: Fleet, count: int) -> dict[int, int]:
-    nodes = wait_for(lambda: (n := fleet.nodes()) and len(n) >= count and n, 10,
-                     f"{count} nodes")
+    nodes = wait_until(lambda: (n := fleet.nodes()) and len(n) >= count and n, 10,
+                       what=f"{count} nodes")
     assert len(nodes) == count, nodes
     return nodes
 
@@ -202,14 +193,14 @@ def test_full_lifecycle_and_lsb_codes(worker: Fleet) -> None:
     ok(worker.run("restart"))
     new_master = worker.master_pid()
     assert new_master is not None and new_master != master
-    wait_for(lambda: not alive(master), 2, "the old master to be gone")
+    wait_until(lambda: not alive(master), 2, what="the old master to be gone")
     new_nodes = running_nodes(worker, 2)
     assert set(new_nodes.values()) == {new_master}
     assert not set(new_nodes) & set(nodes)
 
     ok(worker.run("stop"))
     # `stemctl shutdown` returns when the master closes the connection, on its way out.
-    wait_for(lambda: not alive(new_master), 2, "the master to be gone")
+    wait_until(lambda: not alive(new_master), 2, what="the master to be gone")
     assert worker.nodes() == {}
     assert not worker.master_pidfile.exists()
     ok(worker.run("status"), 3)
@@ -224,7 +215,7 @@ def test_reload_applies_the_config(worker: Fleet) -> None:
     running_nodes(worker, 3)
     worker.write_config(STEMD_NODES="alpha")
     ok(worker.run("force-reload"))
-    wait_for(lambda: len(worker.nodes()) == 1, 10, "two nodes to stop")
+    wait_until(lambda: len(worker.nodes()) == 1, 10, what="two nodes to stop")
     ok(worker.run("stop"))
     assert worker.nodes() == {}
 
@@ -236,7 +227,7 @@ def test_dead_master_with_pid_file_then_start_adopts_the_nodes(worker: Fleet) ->
     nodes = running_nodes(worker, 2)
 
     os.kill(master, signal.SIGKILL)
-    wait_for(lambda: not alive(master), 5, "the master to die")
+    wait_until(lambda: not alive(master), 5, what="the master to die")
     assert worker.master_pidfile.exists()
     result = ok(worker.run("status"), 1)          # LSB: dead, PID file remains
     assert "dead" in result.stdout
@@ -311,7 +302,7 @@ def test_status_finds_the_pid_file_named_in_the_config(worker: Fleet) -> None:
     ok(worker.run("start"))
     master = int(odd.read_text())
     os.kill(master, signal.SIGKILL)
-    wait_for(lambda: not alive(master), 5, "the master to die")
+    wait_until(lambda: not alive(master), 5, what="the master to die")
     ok(worker.run("status"), 1)
     odd.unlink()
     ok(worker.run("status"), 3)
@@ -382,7 +373,7 @@ def test_logrotate_copytruncate_keeps_every_writer_appending(worker: Fleet) -> N
     worker.write_config(STEMD_NODES="alpha")
     ok(worker.run("start"))
     alpha = log / "alpha.log"
-    wait_for(lambda: alpha.exists() and alpha.stat().st_size > 200, 10, "the node to log")
+    wait_until(lambda: alpha.exists() and alpha.stat().st_size > 200, 10, what="the node to log")
 
     conf = (ROOT / "etc/logrotate.d/stem").read_text()
     assert "copytruncate" in conf
@@ -398,7 +389,7 @@ def test_logrotate_copytruncate_keeps_every_writer_appending(worker: Fleet) -> N
     assert any(p.name.startswith("stemd.log-") for p in log.iterdir())
     # The node goes on writing into the truncated file, at its end: no hole of NULs where the
     # old content was (that is what O_APPEND buys).
-    wait_for(lambda: alpha.stat().st_size > 100, 10, "the node to log after rotation")
+    wait_until(lambda: alpha.stat().st_size > 100, 10, what="the node to log after rotation")
     data = alpha.read_bytes()
     assert len(data) < before + 100_000
     assert b"\0" not in data and data.startswith(b"tick ")

@@ -33,12 +33,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+from conftest import wait_until
 
 pytestmark = [pytest.mark.systemd, pytest.mark.timeout(900)]
 
@@ -55,16 +55,6 @@ def cannot(reason: str) -> None:
         pytest.fail(f"STEMD_REQUIRE_SYSTEMD_TESTS=1 but: {reason}")
     pytest.skip(reason)
 
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 # --- the payload: the project as an operator would install it -----------------------------
@@ -176,8 +166,10 @@ class Container:
                 start_new_session=True,
             )
         try:
-            self.init_pid = wait_for(self._find_init, 20, "the container's init")
-            state = wait_for(self._booted, 60, "is-system-running to say running/degraded")
+            self.init_pid = wait_until(self._find_init, 20, interval=0.05,
+                                       what="the container's init")
+            state = wait_until(self._booted, 60, interval=0.05,
+                               what="is-system-running to say running/degraded")
         except AssertionError as exc:
             tail = self.log.read_text(errors="replace")[-3000:]
             self.shutdown()
@@ -353,7 +345,7 @@ def running_nodes(box: Container, stemctl_args: str, nodes: set[str]) -> dict[st
             return {r["node"]: r["pid"] for r in rows}
         return None
     try:
-        return wait_for(check, 10, f"{sorted(nodes)} RUNNING", interval=0.1)
+        return wait_until(check, 10, what=f"{sorted(nodes)} RUNNING", interval=0.1)
     except AssertionError:
         raise AssertionError(f"{box.status(stemctl_args)}") from None
 
@@ -417,8 +409,8 @@ def test_forking_unit_survives_a_shutdown_by_hand(box: Container) -> None:
     unit = "stem-worker.service"
     box.systemctl(f"start {unit}")
     box.run("stemctl shutdown")
-    wait_for(lambda: box.show(unit, "ActiveState") in ("inactive", "failed"), 10,
-             "the unit to notice")
+    wait_until(lambda: box.show(unit, "ActiveState") in ("inactive", "failed"), 10,
+               what="the unit to notice")
     assert box.show(unit, "ActiveState") == "inactive", box.journal(unit)
     assert box.processes_of("stem") == {}
 
@@ -434,8 +426,8 @@ def test_forking_unit_restarts_a_crashed_master(box: Container) -> None:
     box.systemctl(f"start {unit}")
     old = assert_fleet(box, unit, "/run/stem/stemd.pid", {"alpha", "beta"})
     box.run(f"kill -KILL {old}")
-    wait_for(lambda: box.show(unit, "NRestarts") == "1" and box.show(unit, "ActiveState")
-             == "active", 20, "systemd to restart the master", interval=0.2)
+    wait_until(lambda: box.show(unit, "NRestarts") == "1" and box.show(unit, "ActiveState")
+               == "active", 20, what="systemd to restart the master", interval=0.2)
     new = assert_fleet(box, unit, "/run/stem/stemd.pid", {"alpha", "beta"}, adopted=True)
     assert new != old
     box.systemctl(f"stop {unit}")
