@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import Any
 
 import psutil
@@ -31,6 +32,7 @@ from stemd.daemon import MasterLock, Readiness
 from stemd.node import ExitStatus, Node, SpawnError
 from stemd.notify import Notifier
 from stemd.reaper import Reaper
+from stemd.signals import SignalPipe
 from stemd.spawn import resolve_account, spawn_node
 
 S = NodeState
@@ -111,6 +113,7 @@ class Master:
         self.shutting_down = False
         self.loop: asyncio.AbstractEventLoop
         self.reaper: Reaper
+        self.signals: SignalPipe
         self.server: ControlServer
         self.ops = _Ops(self)
         self._done: asyncio.Future[int]
@@ -161,6 +164,7 @@ class Master:
         self.notifier.send("READY=1", f"MAINPID={os.getpid()}", self._status_line())
         code = await self._done
         self.server.close()
+        self.signals.close()
         self.reaper.close()
         self.log.info("stemd stopped")
         lock.release()
@@ -168,12 +172,15 @@ class Master:
         return code
 
     def _install_signals(self) -> None:
-        add = self.loop.add_signal_handler
-        add(signal.SIGTERM, self._spawn_task, self.shutdown, "SIGTERM")
-        add(signal.SIGINT, self._spawn_task, self.shutdown, "SIGINT")
-        add(signal.SIGHUP, self._spawn_task, self._reload_on_signal)
-        add(signal.SIGUSR1, self._reopen_log)
-        add(signal.SIGCHLD, self.reaper.on_sigchld)
+        # Not loop.add_signal_handler(): see stemd/signals.py for the storm
+        # of SIGCHLDs that drops signals from asyncio's self-pipe.
+        self.signals = SignalPipe(self.loop, {
+            signal.SIGTERM: partial(self._spawn_task, self.shutdown, "SIGTERM"),
+            signal.SIGINT: partial(self._spawn_task, self.shutdown, "SIGINT"),
+            signal.SIGHUP: partial(self._spawn_task, self._reload_on_signal),
+            signal.SIGUSR1: self._reopen_log,
+            signal.SIGCHLD: self.reaper.on_sigchld,
+        })
         # A reload may run while children exit: catch up on anything that
         # exited before the handler was installed.
         self.reaper.on_sigchld()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import Fleet, pid_alive, wait_until
+from conftest import STEMD, Fleet, pid_alive, wait_until
 
 
 def node_pid(fleet: Fleet, name: str) -> int:
@@ -341,3 +341,33 @@ def test_directories_removed_at_runtime_are_recreated(fleet: Fleet) -> None:
     wait_until(lambda: "recreated missing directories" in fleet.master_log(), what="a log line")
     assert int((fleet.run_dir / "alpha.pid").read_text()) == new
     fleet.wait_state("RUNNING")
+
+
+@pytest.mark.slow
+def test_a_storm_of_exits_drops_no_signal(fleet: Fleet, tmp_path: Path) -> None:
+    """Regression: 1,000 nodes stopping at once sent hundreds of SIGCHLDs
+    into asyncio's self-pipe, which filled; every later signal was dropped
+    with an "Exception ignored" traceback on stderr, and the master once hung.
+    Here a SIGTERM lands in the middle of such a storm and must be obeyed."""
+    fleet.write(nodes="1000", start_secs="0.2")
+    with open(tmp_path / "fg.err", "w") as err:
+        proc = subprocess.Popen([STEMD, "--config", str(fleet.config), "--foreground"],
+                                env=fleet.env(), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        wait_until(lambda: fleet.master_pid() == proc.pid, 30, what="the master")
+        fleet.wait_state("RUNNING", timeout=60)
+        assert fleet.ctl("stop", timeout=60).returncode == 0
+        assert fleet.ctl("start", timeout=60).returncode == 0
+        fleet.wait_state("RUNNING", timeout=60)
+        assert fleet.ctl("stop", "--no-wait").returncode == 0
+        proc.send_signal(signal.SIGTERM)  # while a thousand exits pour in
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = (tmp_path / "fg.err").read_text()
+    assert "Exception ignored" not in stderr and "Traceback" not in stderr
+    assert "SIGTERM" in stderr  # the shutdown was the signal's doing
+    assert fleet.node_pids() == []
