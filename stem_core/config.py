@@ -324,6 +324,7 @@ def _finish(path: str, master: MasterSpec, programs: list[ProgramSpec], problems
                 pid_file=expand(program.pid_file, values),
                 log_file=expand(program.log_file, values),
                 stop_signal=program.stop_signal, stop_timeout=program.stop_timeout,
+                kill_mode=program.kill_mode,
                 restart=program.restart, start_secs=program.start_secs,
                 start_retries=program.start_retries, backoff_max=program.backoff_max,
                 restart_burst=program.restart_burst, restart_window=program.restart_window,

@@ -155,6 +155,16 @@ def parse_restart(value: Any) -> str:
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
+KILL_MODES = ("mixed", "control-group")
+
+
+def parse_kill_mode(value: Any) -> str:
+    text = parse_str(value).strip().lower()
+    if text not in KILL_MODES:
+        raise BadValue(f"unknown kill mode {value!r}", hint="use mixed or control-group")
+    return text
+
+
 def parse_log_level(value: Any) -> str:
     text = parse_str(value).strip().upper()
     if text == "WARN":
@@ -254,6 +264,10 @@ KEYS: tuple[Key, ...] = (
         "signal a stop sends first (TERM, INT, QUIT, ...)"),
     Key("STEMD_STOP_TIMEOUT", "stop_timeout", P, parse_seconds, 10.0,
         "seconds before a stop escalates to SIGKILL of the node's process group"),
+    Key("STEMD_KILL_MODE", "kill_mode", P, parse_kill_mode, "mixed",
+        "mixed: the stop signal to the main process only (a prefork worker's warm shutdown), "
+        "SIGKILL to what is left of its process group once it exits or the stop timeout "
+        "passes; control-group: the stop signal to the whole group (as systemd's KillMode=)"),
     Key("STEMD_RESTART", "restart", P, parse_restart, "always", "always, on-failure or no"),
     Key("STEMD_START_SECS", "start_secs", P, parse_seconds, 1.0,
         "seconds a node must stay up to count as started (RUNNING)"),

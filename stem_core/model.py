@@ -45,6 +45,7 @@ class ProgramSpec:
     log_file: str
     stop_signal: str
     stop_timeout: float
+    kill_mode: str  # "mixed" or "control-group"
     restart: str
     start_secs: float
     start_retries: int
@@ -70,6 +71,7 @@ class NodeSpec:
     log_file: str  # "-" sends output to the master's own stdout/stderr
     stop_signal: str
     stop_timeout: float
+    kill_mode: str  # "mixed" or "control-group"
     restart: str
     start_secs: float
     start_retries: int

@@ -97,7 +97,8 @@ class FakeOps:
 SPEC = NodeSpec(
     name="alpha", program="worker", index=1, argv=("/bin/true",), directory="/",
     environment=(), user=None, group=None, umask=0o022, pid_file="/nonexistent/alpha.pid",
-    log_file="-", stop_signal="TERM", stop_timeout=10.0, restart="always", start_secs=1.0,
+    log_file="-", stop_signal="TERM", stop_timeout=10.0, kill_mode="mixed", restart="always",
+    start_secs=1.0,
     start_retries=5, backoff_max=30.0, restart_burst=5, restart_window=60.0,
 )
 

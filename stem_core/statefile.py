@@ -1,0 +1,135 @@
+"""The master's state file: what a master that dies must leave to the next one.
+
+PID files say which processes the nodes were; this file says what the
+operator and the restart policy meant for them, so that a master started
+after a ``kill -9`` takes up where the old one left instead of starting
+over: which nodes the operator stopped (they stay stopped), restart
+counters, the last exit and the last error, and nodes that a reload removed
+but that were not yet stopped when the master died (they are stopped, not
+forgotten). It also lets ``stemctl shutdown`` and the init script find the
+nodes of a dead master whose configuration has since changed.
+
+It lives beside the master PID file (``stemd.pid`` -> ``stemd.state``), in
+the run directory that only the master's user can write. It is written
+atomically (temporary file + ``rename``, never through a symlink) after
+every change of intent, and removed by a clean shutdown: a clean stop
+followed by a start begins fresh.
+
+The file is a record, never an order: a process it names is adopted or
+signalled only after :func:`stem_core.pidfile.check_node_identity` says it
+is that node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import stat
+from dataclasses import asdict, dataclass, field
+
+from stem_core.errors import PidFileError
+
+VERSION = 1
+MAX_SIZE = 16 * 1024 * 1024  # ~100 bytes a node: far more than any fleet
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    name: str
+    program: str
+    pid_file: str
+    pid: int | None = None
+    wanted: bool = True  # the operator's intent: up (True) or stopped (False)
+    restarts: int = 0
+    exit_status: int | None = None  # Popen's convention: code, or -signal
+    last_exit: str | None = None
+    last_error: str | None = None
+    removed: bool = False  # dropped by a reload, not yet stopped
+
+
+@dataclass(frozen=True, slots=True)
+class MasterState:
+    pid: int
+    nodes: dict[str, NodeRecord] = field(default_factory=dict)
+
+
+def state_path(master_pid_file: str) -> str:
+    """The state file that goes with a master PID file."""
+    base, ext = os.path.splitext(master_pid_file)
+    return (base if ext == ".pid" else master_pid_file) + ".state"
+
+
+def write_state(path: str, state: MasterState) -> None:
+    """Write ``state`` atomically. Raises OSError."""
+    data = json.dumps({"version": VERSION, "pid": state.pid,
+                       "nodes": [asdict(r) for r in state.nodes.values()]},
+                      separators=(",", ":")).encode()
+    directory, name = os.path.split(os.path.abspath(path))
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        tmp = f".{name}.{os.getpid()}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o644, dir_fd=dir_fd)
+        try:
+            os.write(fd, data)
+            os.fchmod(fd, 0o644)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_state(path: str, trusted_uids: frozenset[int] | None = None) -> MasterState | None:
+    """The state in ``path``; None when there is none.
+
+    Raises :class:`PidFileError` for a file that cannot be trusted or read
+    (a symlink, a special file, another owner, too large, not our format).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise PidFileError(f"{path} is a symlink; not following it") from None
+        raise PidFileError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PidFileError(f"{path} is not a regular file")
+        if trusted_uids is not None and st.st_uid not in trusted_uids:
+            raise PidFileError(f"{path} is owned by uid {st.st_uid}, not by stemd's user")
+        if st.st_size > MAX_SIZE:
+            raise PidFileError(f"{path} is too large ({st.st_size} bytes)")
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+            if sum(map(len, chunks)) > MAX_SIZE:
+                raise PidFileError(f"{path} is too large")
+    finally:
+        os.close(fd)
+    try:
+        doc = json.loads(b"".join(chunks))
+        if doc.get("version") != VERSION:
+            raise ValueError(f"version {doc.get('version')!r}")
+        nodes = {}
+        for item in doc["nodes"]:
+            record = NodeRecord(**item)
+            if not isinstance(record.name, str) or not isinstance(record.pid_file, str):
+                raise ValueError("bad node record")
+            if record.pid is not None and (not isinstance(record.pid, int) or record.pid <= 1):
+                raise ValueError("bad pid")
+            nodes[record.name] = record
+        return MasterState(int(doc["pid"]), nodes)
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        raise PidFileError(f"{path} is not a stemd state file: {exc}") from None
+
+
+def remove_state(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

@@ -1,0 +1,78 @@
+"""The master's state file: atomic, never followed through a symlink, and
+refused when it is not ours."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from stem_core.errors import PidFileError
+from stem_core.statefile import (
+    MasterState,
+    NodeRecord,
+    read_state,
+    remove_state,
+    state_path,
+    write_state,
+)
+
+
+def test_state_path_sits_beside_the_master_pid_file() -> None:
+    assert state_path("/run/stem/stemd.pid") == "/run/stem/stemd.state"
+    assert state_path("/run/stem/master") == "/run/stem/master.state"
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    path = str(tmp_path / "stemd.state")
+    state = MasterState(1234, {
+        "a": NodeRecord("a", "worker", "/run/a.pid", pid=77, wanted=False, restarts=3,
+                        exit_status=-9, last_exit="killed by SIGKILL",
+                        last_error="cannot start: /x: No such file or directory"),
+        "b": NodeRecord("b", "worker", "/run/b.pid", removed=True),
+    })
+    write_state(path, state)
+    assert read_state(path, frozenset({os.geteuid()})) == state
+    assert oct(os.stat(path).st_mode & 0o777) == "0o644"
+    remove_state(path)
+    assert read_state(path) is None
+    remove_state(path)  # idempotent
+
+
+def test_a_planted_symlink_is_replaced_not_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    path = tmp_path / "stemd.state"
+    path.symlink_to(victim)
+    with pytest.raises(PidFileError, match="symlink"):
+        read_state(str(path))
+    write_state(str(path), MasterState(1))
+    assert victim.read_text() == "precious"
+    assert not path.is_symlink()
+
+
+@pytest.mark.parametrize("content", [b"", b"{", b'{"version": 99, "pid": 1, "nodes": []}',
+                                     b'{"version": 1, "pid": 1, "nodes": [{"x": 1}]}',
+                                     b'{"version": 1, "pid": 1, "nodes": [{"name": "a", '
+                                     b'"program": "p", "pid_file": "/a", "pid": 1}]}',
+                                     b"[" * 100_000])
+def test_junk_is_refused_with_a_reason(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "stemd.state"
+    path.write_bytes(content)
+    with pytest.raises(PidFileError, match="not a stemd state file"):
+        read_state(str(path))
+
+
+def test_a_file_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "stemd.state"
+    write_state(str(path), MasterState(1))
+    with pytest.raises(PidFileError, match="owned by uid"):
+        read_state(str(path), frozenset({os.geteuid() + 1}))
+
+
+def test_a_fifo_does_not_block_the_reader(tmp_path: Path) -> None:
+    path = tmp_path / "stemd.state"
+    os.mkfifo(path)
+    with pytest.raises(PidFileError, match="not a regular file"):
+        read_state(str(path))
