@@ -17,7 +17,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,13 +197,11 @@ def test_a_sticky_run_directory_cannot_let_nobody_hold_the_master_lock(
     pid_file = fleet.run_dir / "stemd.pid"
     nobody = _nobody()
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import fcntl, os, sys, time\n"
-         "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)\n"
-         "os.write(fd, b'1\\n'); fcntl.flock(fd, fcntl.LOCK_EX)\n"
-         "print('locked', flush=True); time.sleep(1000)\n", str(pid_file)],
+        ["/bin/sh", "-c",
+         'echo 1 > "$1" && exec flock "$1" /bin/sh -c "echo locked; exec sleep 1000"',
+         "sh", str(pid_file)],
         user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[], cwd="/",
-        stdout=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         for args in (("--check",), ()):
@@ -215,7 +212,7 @@ def test_a_sticky_run_directory_cannot_let_nobody_hold_the_master_lock(
                 result.stderr
             assert "chmod 0755" in result.stderr, result.stderr
     finally:
-        holder.kill()
+        os.killpg(holder.pid, signal.SIGKILL)
         holder.wait()
     assert not masters_of(fleet)
 
