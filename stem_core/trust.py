@@ -138,17 +138,17 @@ def check_private_dir(path: str, what: str, key: str) -> list[Problem]:
     for entry, st in steps[:-1]:
         why = untrusted(entry, st, final=False)
         if why:
-            problems.append(Problem(f"{entry}, above the {what} directory {path}, is {why[0]}",
+            problems.append(Problem(f"{entry}, above the {what} {path}, is {why[0]}",
                                     key=key, hint=why[1]))
     entry, st = steps[-1]
     if st.st_uid not in trusted_uids():
         problems.append(Problem(
-            f"the {what} directory {entry} is owned by uid {st.st_uid}: it could plant "
-            "files the master trusts", key=key, hint=f"chown root {entry}"))
+            f"the {what} {entry} is owned by uid {st.st_uid}, who could plant files the "
+            "master trusts", key=key, hint=f"chown root {entry}"))
     elif st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        sticky = " (the sticky bit does not stop others from planting a name)" \
+        sticky = "; the sticky bit does not stop others from planting a name" \
             if st.st_mode & stat.S_ISVTX else ""
         problems.append(Problem(
-            f"the {what} directory {entry} is writable by others (mode "
-            f"{stat.S_IMODE(st.st_mode):04o}){sticky}", key=key, hint=f"chmod 0755 {entry}"))
+            f"the {what} {entry} is writable by others (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}{sticky})", key=key, hint=f"chmod 0755 {entry}"))
     return problems

@@ -65,7 +65,7 @@ def create_directories(config: Config) -> list[Problem]:
     return problems
 
 
-def check_trust(config: Config) -> list[Problem]:
+def check_trust(config: Config, *, master_log: bool = True) -> list[Problem]:
     """What a node user (or anyone but root and stemd's user) could write that
     the master trusts; every one is fatal at start-up. The configuration file
     itself is checked by ``load_config`` (and so at every reload too).
@@ -73,21 +73,24 @@ def check_trust(config: Config) -> list[Problem]:
     - the run directory (master PID file, socket, state file): the master's
       alone (:func:`stem_core.trust.check_private_dir`);
     - the master log's directory: not writable by a node user, who could
-      otherwise put a FIFO, a symlink or a file of their own there;
+      otherwise put a FIFO, a symlink or a file of their own there (not
+      checked with ``master_log=False``: in the foreground it is not used);
     - node files that are not regular files (a node PID file path that is a
       directory left the node running with no PID file).
     """
     problems: list[Problem] = []
     m = config.master
+    run_dirs: dict[str, list[str]] = {}  # directory -> what lives there, and keys
     for path, what, key in ((m.pid_file, "master PID file", "STEMD_MASTER_PID_FILE"),
                             (m.socket, "control socket", "STEMD_SOCKET"),
                             (state_path(m.pid_file), "state file", "STEMD_MASTER_PID_FILE")):
-        d = os.path.dirname(path)
-        for problem in check_private_dir(d, what, key):
-            if problem not in problems:
-                problems.append(problem)
+        run_dirs.setdefault(os.path.dirname(path), []).append(f"{what}|{key}")
+    for d, roles in run_dirs.items():
+        whats = ", ".join(r.split("|")[0] for r in roles)
+        keys = "/".join(dict.fromkeys(r.split("|")[1] for r in roles))
+        problems.extend(check_private_dir(d, f"run directory ({whats})", keys))
     log_dir = os.path.dirname(m.log_file)
-    if is_root() and os.path.isdir(log_dir):
+    if master_log and is_root() and os.path.isdir(log_dir):
         why = _node_writable(log_dir, config)
         if why:
             problems.append(Problem(

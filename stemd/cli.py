@@ -125,7 +125,7 @@ def _run(config, foreground: bool, overrides: dict[str, str]) -> int:  # type: i
     # a node user could write to, or a node PID file that cannot be one, is
     # refused before anything is opened there (docs/architecture.md, threat
     # model). The configuration file itself was checked by load_config.
-    fatal += checks.check_trust(config)
+    fatal += checks.check_trust(config, master_log=not foreground)
     if fatal:
         _print_problems(fatal)
         return 1
