@@ -337,7 +337,7 @@ def _finish(path: str, master: MasterSpec, programs: list[ProgramSpec], problems
                 start_retries=program.start_retries, backoff_max=program.backoff_max,
                 restart_burst=program.restart_burst, restart_window=program.restart_window,
             ))
-    _check_paths(master, nodes, problems, where)
+    _check_paths(path, master, nodes, problems, where)
     return Config(source=os.path.abspath(path), master=master, programs=tuple(programs),
                   nodes=tuple(nodes))
 
@@ -372,7 +372,7 @@ def _toml_where(path: str, env_raw: Mapping[str, _Raw], lines: Mapping[Any, Any]
 _NODE_FILES = {"pid_file": "the PID file", "log_file": "the log file"}
 
 
-def _check_paths(master: MasterSpec, nodes: list[NodeSpec], problems: _Problems,
+def _check_paths(source: str, master: MasterSpec, nodes: list[NodeSpec], problems: _Problems,
                  where: _Where) -> None:
     """Every file has one owner. A node file that is a master file lets the
     node steer the master (a node log at the master PID file was chowned to
@@ -399,6 +399,7 @@ def _check_paths(master: MasterSpec, nodes: list[NodeSpec], problems: _Problems,
         master_files.setdefault(os.path.normpath(value), what)
     if os.path.isabs(master.pid_file):
         master_files.setdefault(os.path.normpath(state_path(master.pid_file)), "state file")
+    master_files.setdefault(os.path.normpath(os.path.abspath(source)), "configuration file")
     # path -> (node, what) of the first node file seen there
     node_files: dict[str, tuple[NodeSpec, str]] = {}
     for node in nodes:

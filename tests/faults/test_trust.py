@@ -239,13 +239,14 @@ def test_a_run_directory_owned_by_the_node_user_is_refused(open_fleet: Fleet) ->
     ("STEMD_PID_FILE", "{run}/stemd.state", "state file"),
     ("STEMD_PID_FILE", "{log}/stemd.log", "master log"),
     ("STEMD_LOG_FILE", "{run}/%n.pid", "PID file of node alpha"),
+    ("STEMD_LOG_FILE", "{root}/stem.env", "configuration file"),
 ])
 def test_a_node_file_may_not_be_a_master_file(open_fleet: Fleet, key: str, value: str,
                                               clash: str) -> None:
     """B8: STEMD_LOG_FILE=RUN/stemd.pid passed --check, and the master then
     chowned its own PID file to the node user."""
     fleet = nobody_fleet(open_fleet)
-    fleet.write(**{key: value.format(run=fleet.run_dir, log=fleet.log_dir)})
+    fleet.write(**{key: value.format(run=fleet.run_dir, log=fleet.log_dir, root=fleet.root)})
     for args in (("--check",), ()):
         result = fleet.stemd(*args)
         assert result.returncode == 1, result.stderr
