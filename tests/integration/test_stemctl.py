@@ -70,7 +70,7 @@ def test_status_piped_is_a_plain_table(running: Fleet) -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["NODE", "PROGRAM", "STATE", "PID", "UPTIME", "RESTARTS",
-                                "LAST", "EXIT", "CPU%", "RSS"]
+                                "CPU%", "RSS", "LAST", "EXIT", "/", "WHY"]
     assert "\x1b" not in result.stdout
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert set(rows) == {"alpha", "beta"}
@@ -189,7 +189,7 @@ def test_start_clears_fatal_and_fails_while_the_node_cannot_start(fleet: Fleet) 
     command = script(fleet, "gated.sh", f"#!/bin/sh\ntest -e {flag} || exit 3\n"
                                         "exec sleep 1000\n")
     fleet.write(nodes="alpha", command=command, start_retries=2, start_secs=0.2)
-    fleet.start()
+    fleet.start_failing()
     fleet.wait_state("FATAL")
     result = fleet.ctl("start", "alpha")
     assert result.returncode == 1
@@ -290,7 +290,7 @@ def test_restart_of_one_node_leaves_the_others(running: Fleet) -> None:
 # --------------------------------------------------------------------- kill
 
 
-def test_kill_signals_the_nodes_process_group(fleet: Fleet) -> None:
+def test_kill_signals_the_main_process_or_with_group_the_process_group(fleet: Fleet) -> None:
     node = """\
 #!/bin/sh
 sh -c 'trap "echo child-got-usr1" USR1; while :; do sleep 0.05; done' &
@@ -305,6 +305,12 @@ while :; do sleep 0.05; done
     assert "sent SIGUSR1 to alpha" in result.stdout
     log = fleet.log_dir / "alpha.log"
     wait_until(lambda: "got-usr1" in log.read_text(), 5, what="the node's trap")
+    # the main process only (SPEC §3): the pool child was not signalled; a
+    # later signal to the group reaches it (and proves the log is flushed)
+    assert "child-got-usr1" not in log.read_text()
+    result = fleet.ctl("kill", "--group", "-s", "USR1", "alpha")
+    assert result.returncode == 0, result.stderr
+    assert "sent SIGUSR1 to the process groups of alpha" in result.stdout
     wait_until(lambda: "child-got-usr1" in log.read_text(), 5, what="the child's trap")
     assert "usr1" not in (fleet.log_dir / "beta.log").read_text()
     assert pids(fleet.status()) == before  # trapped: nobody died
