@@ -43,7 +43,7 @@ from stemd.node import ExitStatus
 ExitCallback = Callable[[int, ExitStatus], None]
 
 #: exits handled per loop turn (each may respawn a node)
-BATCH = 32
+BATCH = 16
 
 
 @dataclass(slots=True)
