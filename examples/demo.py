@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -102,6 +103,7 @@ STEMD_FORCE_ROOT={1 if os.geteuid() == 0 else 0}
         if master.poll() is None:
             master.terminate()
             master.wait(30)
+        shutil.rmtree(root, ignore_errors=True)  # config, PID files, socket and logs
     return master.returncode or 0
 
 
