@@ -6,13 +6,19 @@ from __future__ import annotations
 import json
 import os
 import pty
+import pwd
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import sys
+import sysconfig
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -556,13 +562,60 @@ def test_diagnose_reports_config_errors(fleet: Fleet) -> None:
     assert "STEMD_STOP_TIMEOUT" in result.stdout
 
 
-def test_diagnose_reports_an_unwritable_directory(fleet: Fleet) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root writes everywhere")
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every user can traverse (pytest's base temp dir is 0700)."""
+    root = Path(tempfile.mkdtemp(prefix="stemd-diag-", dir="/tmp"))
+    root.chmod(0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``python -m ARGV...`` as ``nobody``, with this checkout's code and this venv's
+    dependencies: both must be readable by nobody, or the test skips and says why."""
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user 'nobody'")
+    repo = Path(__file__).resolve().parents[2]
+    path = os.pathsep.join([str(repo), sysconfig.get_paths()["purelib"],
+                            sysconfig.get_paths()["platlib"]])
+
+    def run(python: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [python, *args], user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[],
+            cwd="/", env={"PYTHONPATH": path, "PATH": "/usr/bin:/bin"},
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+    # This interpreter, or one of the same version nobody can run (this one may live under
+    # root's 0700 home): the venv's compiled dependencies need the same version.
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    probe_code = (f"import sys; assert '%d.%d' % sys.version_info[:2] == '{version}'; "
+                  "import psutil, stemd.ctl, stemd.checks")
+    for python in (os.path.realpath(sys.executable), f"/usr/bin/python{version}",
+                   f"/usr/local/bin/python{version}", "/usr/bin/python3"):
+        try:
+            if run(python, "-c", probe_code).returncode == 0:
+                return run(python, *argv)
+        except OSError:
+            continue
+    pytest.skip(f"no Python {version} that nobody can run with this checkout and venv")
+
+
+def test_diagnose_reports_an_unwritable_directory(open_dir: Path) -> None:
+    """Root writes everywhere, so as root (CI) stemctl runs as ``nobody``: the directory is
+    unwritable for whoever runs it, which is what diagnose must report."""
+    fleet = Fleet(open_dir)
     fleet.write(create_dirs=0)
     fleet.run_dir.mkdir(mode=0o555)
-    result = fleet.ctl("diagnose")
-    assert result.returncode == 1
+    if os.geteuid() == 0:
+        result = as_nobody("-m", "stemd.ctl", "--config", str(fleet.config), "diagnose")
+    else:
+        result = fleet.ctl("diagnose")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"{fleet.run_dir} (" in result.stdout and "is not writable" in result.stdout, \
+        result.stdout + result.stderr
 
 
 # ------------------------------------------------------------------- config
