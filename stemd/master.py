@@ -32,11 +32,19 @@ from functools import partial
 from typing import Any, TypeVar
 
 import psutil
+from psutil import pid_exists
 
 from stem_core.config import load_config
 from stem_core.errors import ConfigError, PidFileError, StemError
 from stem_core.model import Config, NodeSpec, diff
-from stem_core.pidfile import check_node_identity, read_pidfile, remove_pidfile, write_pidfile
+from stem_core.pidfile import (
+    FoundNode,
+    check_node_identity,
+    read_pidfile,
+    remove_pidfile,
+    scan_nodes,
+    write_pidfile,
+)
 from stem_core.statefile import (
     MasterState,
     NodeRecord,
@@ -171,6 +179,10 @@ class Master:
         self.environ = dict(environ)  # as at start, for reloads
         self.overrides = dict(overrides)
         self.base_env = {k: v for k, v in environ.items() if not k.startswith("STEMD_")}
+        # Marks every node as this master's (its PID file names the
+        # instance), so a later master can find a node whose PID file is
+        # missing without mistaking another instance's node for it.
+        self.base_env["STEMD_INSTANCE"] = config.master.pid_file
         self.log = log
         self.readiness = readiness
         self.notifier = notifier
@@ -226,7 +238,14 @@ class Master:
             self.readiness.fail(reason)
             return 1
         self._install_signals()
-        adopted = self._take_over()
+        try:
+            adopted = self._take_over()
+        except StartupError as exc:
+            self.log.error("%s", exc)
+            self.server.close()
+            lock.release()
+            self.readiness.fail(str(exc))
+            return 1
         for node in self.nodes.values():
             if node.state is S.STOPPED and node.wanted:
                 node.start()
@@ -258,8 +277,50 @@ class Master:
                     last_error=record.last_error, state=record.state)
             if self._recover(node):
                 adopted += 1
+        adopted += self._adopt_unrecorded()
         for record in previous.values():
             self._stop_leftover(record)
+        return adopted
+
+    def _adopt_unrecorded(self) -> int:
+        """Find this instance's nodes that no PID file names (see
+        :func:`stem_core.pidfile.scan_nodes`): adopt an orphan (its master
+        died before writing its PID file), and refuse to start at all if
+        another master still runs one (its run directory was removed): two
+        masters would run the fleet twice."""
+        adopted = 0
+        by_name: dict[str, list[FoundNode]] = {}
+        for found in scan_nodes(self.config.master.pid_file):
+            node = self.nodes.get(found.node)
+            if node is not None and node.pid == found.pid:
+                continue  # adopted through its PID file
+            by_name.setdefault(found.node, []).append(found)
+        for name, candidates in by_name.items():
+            others = [f for f in candidates if f.ppid not in (1, os.getpid())
+                      and _is_master(f.ppid)]
+            if others:
+                raise StartupError(
+                    f"node {name} (pid {others[0].pid}) already runs under another stemd "
+                    f"(pid {others[0].ppid}) of this configuration, whose PID file or run "
+                    f"directory is gone; stop that master first (kill -TERM {others[0].ppid})")
+            node = self.nodes.get(name)
+            orphans = [f for f in candidates if f.ppid == 1 or not pid_exists(f.ppid)]
+            if node is None or node.pid is not None or len(orphans) != 1:
+                continue
+            found = orphans[0]
+            try:
+                uid = resolve_account(node.spec.user, node.spec.group).uid
+                if found.uid != uid or found.program != node.spec.program:
+                    continue
+                created = psutil.Process(found.pid).create_time()
+                write_pidfile(node.spec.pid_file, found.pid)
+                self.reaper.watch(found.pid, None, self.exit_callback(node))
+            except (SpawnError, OSError, psutil.Error):
+                continue
+            node.adopt(found.pid, created)
+            self.log.warning("%s: adopted pid %d, which no PID file named (its master died "
+                             "before writing it)", name, found.pid)
+            adopted += 1
         return adopted
 
     def _read_previous_state(self) -> dict[str, NodeRecord]:
@@ -663,6 +724,13 @@ class Master:
         remove_state(self.state_file)  # a clean stop: the next start begins fresh
         if not self._done.done():
             self._done.set_result(0)
+
+
+def _is_master(pid: int) -> bool:
+    try:
+        return any("stemd" in os.path.basename(arg) for arg in psutil.Process(pid).cmdline()[:2])
+    except psutil.Error:
+        return False
 
 
 def _record(node: Node, removed: bool = False) -> NodeRecord:

@@ -134,3 +134,44 @@ def test_a_pid_file_path_that_is_a_directory_fails_visibly(fleet: Fleet) -> None
     assert fleet.status()["b"]["state"] == "RUNNING"
     # no unrecorded node left running
     assert len(fleet.node_pids()) == 1
+
+
+def test_a_node_whose_pid_file_was_never_written_is_adopted_not_doubled(fleet: Fleet
+                                                                         ) -> None:
+    """B4: a master killed between the fork and the PID file's rename left
+    a node no PID file names; the next master started a duplicate (4 of 8
+    rounds). The node carries its instance in its environment, and the
+    next master finds it by identity."""
+    fleet.write(nodes="a b")
+    fleet.start()
+    before = {n: i["pid"] for n, i in fleet.status().items()}
+    master = fleet.master_pid()
+    assert master
+    os.kill(master, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(master), 5, what="the master to die")
+    (fleet.run_dir / "a.pid").unlink()  # as if the master died before writing it
+    fleet.start()
+    after = {n: i["pid"] for n, i in fleet.status().items()}
+    assert after == before
+    assert sorted(fleet.node_pids()) == sorted(before.values())
+    assert "a: adopted pid" in fleet.master_log()
+    assert (fleet.run_dir / "a.pid").read_text().strip() == str(before["a"])
+
+
+def test_a_second_master_refuses_to_double_a_fleet_whose_run_dir_was_removed(
+        fleet: Fleet) -> None:
+    """#39: after rm -rf of the run directory a second stemd started, and
+    after a node crash both masters respawned it: the fleet was doubled."""
+    import shutil
+
+    fleet.write(nodes="a b")
+    fleet.start()
+    first = fleet.master_pid()
+    nodes = sorted(fleet.node_pids())
+    shutil.rmtree(fleet.run_dir)
+    fleet.run_dir.mkdir()
+    result = fleet.stemd()
+    assert result.returncode == 1
+    assert f"already runs under another stemd (pid {first})" in result.stderr
+    assert sorted(fleet.node_pids()) == nodes  # nothing started twice
+    assert first and pid_alive(first)
