@@ -4,17 +4,26 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+PIP    := pip --disable-pip-version-check
 
-.PHONY: venv demo test test-fast lint bench generated clean
+# `make dist` and `make install` (docs/deployment.md §1). BINDIR must be on the init
+# script's PATH (contrib/init.d: /usr/local/sbin:/usr/local/bin:...) and systemd's.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
+DIST    ?= dist
+WHEEL   := $(DIST)/stemd-$(VERSION)-py3-none-any.whl
+PREFIX  ?= /opt/stemd
+BINDIR  ?= /usr/local/bin
+
+.PHONY: venv demo test test-fast lint bench generated clean dist install
 
 venv: $(STAMP)
 
+# The editable install is a plain .pth path entry, not an import hook that costs every
+# stemctl run ~14 ms at start-up: pyproject.toml's package-dir makes setuptools choose it.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	# compat mode: a .pth path entry, not an import hook that costs every
-	# stemctl run ~14 ms at start-up
-	$(BIN)/pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
+	$(BIN)/$(PIP) install --quiet --upgrade pip
+	$(BIN)/$(PIP) install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 demo: venv
@@ -36,8 +45,24 @@ bench: venv
 	$(BIN)/python -m compileall -q stem_core stemd  # stemctl must not compile at each run
 	$(BIN)/python bench/run.py --nodes 10,100,1000 --out docs/performance.md --json bench/results.json
 
+# A wheel and an sdist of this checkout; the wheel is built from the sdist, which
+# proves the sdist complete. Older stemd builds are removed so the wheel is the only one.
+dist: venv
+	rm -f $(DIST)/stemd-*.whl $(DIST)/stemd-*.tar.gz
+	$(BIN)/python -m build --outdir $(DIST) .
+	@ls $(DIST)/stemd-$(VERSION)*
+
+# The install docs/deployment.md §1 describes: a venv of its own in PREFIX (its
+# dependencies from PyPI), stemd and stemctl linked into BINDIR. Re-runnable: a
+# rebuilt wheel of the same version replaces the installed one.
+install: dist
+	$(PYTHON) -m venv $(PREFIX)
+	$(PREFIX)/bin/$(PIP) install --quiet --force-reinstall $(WHEEL)
+	install -d $(BINDIR)
+	ln -sf $(abspath $(PREFIX))/bin/stemd $(abspath $(PREFIX))/bin/stemctl $(BINDIR)/
+
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build dist *.egg-info
 
 generated: venv
 	$(BIN)/python tools/generate.py

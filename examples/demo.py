@@ -8,13 +8,17 @@ stops every node. `--once` ends after the tour (used by the test suite).
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -25,13 +29,26 @@ def ctl(config: Path, *args: str) -> int:
     return subprocess.run([str(BIN / "stemctl"), "--config", str(config), *args]).returncode
 
 
-def wait_running(config: Path, timeout: float = 15) -> None:
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 30) -> Any:
+    """Poll ``check`` until it returns something truthy. The tour waits on the
+    events it shows, never for a fixed time: a loaded machine only makes it slower."""
     deadline = time.monotonic() + timeout
-    while subprocess.run([str(BIN / "stemctl"), "--config", str(config), "status"],
-                         capture_output=True).returncode != 0:
+    while not (value := check()):
         if time.monotonic() > deadline:
-            raise SystemExit("demo: the nodes did not reach RUNNING")
-        time.sleep(0.1)
+            raise SystemExit(f"demo: timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.05)
+    return value
+
+
+def all_running(config: Path) -> bool:
+    return subprocess.run([str(BIN / "stemctl"), "--config", str(config), "status"],
+                          capture_output=True).returncode == 0
+
+
+def node(config: Path, name: str) -> dict[str, Any]:
+    out = subprocess.run([str(BIN / "stemctl"), "--config", str(config), "status", "--json",
+                          name], capture_output=True, text=True).stdout
+    return json.loads(out)[0] if out.strip() else {}
 
 
 def main() -> int:
@@ -58,20 +75,21 @@ STEMD_FORCE_ROOT={1 if os.geteuid() == 0 else 0}
     print(f"demo: config {config}\n$ stemd --config {config} --foreground", flush=True)
     master = subprocess.Popen([str(BIN / "stemd"), "--config", str(config), "--foreground"])
     try:
-        wait_running(config)
+        wait_for("every node RUNNING", lambda: all_running(config))
         ctl(config, "status")
-        pid = int((root / "run/beta.pid").read_text())
+        pid = node(config, "beta")["pid"]
         print(f"\n$ kill -9 {pid}   # beta crashes", flush=True)
         os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while (root / "run/beta.pid").exists() and \
-                (root / "run/beta.pid").read_text().strip() == str(pid):
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.005)
+        wait_for("beta's restart", lambda: node(config, "beta").get("pid") not in (None, pid))
         ctl(config, "status", "beta")
+        # The rolling restart, then what beta printed meanwhile: from the old process's
+        # warm shutdown to the new one's "ready" (which is awaited, not assumed).
+        log = root / "log/beta.log"
+        before = len(log.read_bytes().splitlines())
         ctl(config, "restart", "worker")
-        ctl(config, "logs", "beta", "-n", "3")
+        new = node(config, "beta").get("pid")
+        wait_for("beta's ready line", lambda: f"beta: ready (pid {new}," in log.read_text())
+        ctl(config, "logs", "beta", "-n", str(len(log.read_bytes().splitlines()) - before + 1))
         ctl(config, "status")
         if once:
             return 0 if ctl(config, "shutdown") == 0 and master.wait(10) == 0 else 1
@@ -85,6 +103,7 @@ STEMD_FORCE_ROOT={1 if os.geteuid() == 0 else 0}
         if master.poll() is None:
             master.terminate()
             master.wait(30)
+        shutil.rmtree(root, ignore_errors=True)  # config, PID files, socket and logs
     return master.returncode or 0
 
 

@@ -97,6 +97,12 @@ def parse_seconds(value: Any) -> float:
     return number
 
 
+def parse_optional_seconds(value: Any) -> float | None:
+    if isinstance(value, str) and not value.strip():
+        return None
+    return parse_seconds(value)
+
+
 def parse_umask(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
@@ -268,6 +274,10 @@ KEYS: tuple[Key, ...] = (
         "mixed: the stop signal to the main process only (a prefork worker's warm shutdown), "
         "SIGKILL to what is left of its process group once it exits or the stop timeout "
         "passes; control-group: the stop signal to the whole group (as systemd's KillMode=)"),
+    Key("STEMD_START_WAIT", "start_wait", M, parse_optional_seconds, None,
+        "seconds the launcher waits for every node to be RUNNING before it returns (exit 1 "
+        "naming the nodes that are not); 0 returns once the nodes are spawned; "
+        "default: the longest start-secs + 5", example=""),
     Key("STEMD_RESTART", "restart", P, parse_restart, "always", "always, on-failure or no"),
     Key("STEMD_START_SECS", "start_secs", P, parse_seconds, 1.0,
         "seconds a node must stay up to count as started (RUNNING)"),

@@ -7,6 +7,7 @@ is equal in the old and new configuration keeps running untouched.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -25,6 +26,7 @@ class MasterSpec:
     group: str | None
     create_dirs: bool
     force_root: bool
+    start_wait: float | None  # None: the longest start_secs + 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +133,17 @@ class ConfigDiff:
         return not (self.added or self.removed or self.changed or self.master_changed)
 
 
+def runs_the_same(a: NodeSpec, b: NodeSpec) -> bool:
+    """Would the two specs run the same process under the same policy?
+
+    Everything counts (argv, environment, account, files, policy) except the
+    node's position in its program: removing the first of ``a b c`` shifts
+    the others' index, which changes nothing that runs (``%i`` has already
+    been expanded into whatever it appears in), so it restarts nothing.
+    """
+    return a == dataclasses.replace(b, index=a.index)
+
+
 def diff(old: Config, new: Config) -> ConfigDiff:
     """What a reload must do: start added nodes, stop removed ones, restart
     changed ones, leave the rest alone."""
@@ -138,8 +151,10 @@ def diff(old: Config, new: Config) -> ConfigDiff:
     new_nodes = {n.name: n for n in new.nodes}
     added = tuple(n for n in new.nodes if n.name not in old_nodes)
     removed = tuple(n for n in old.nodes if n.name not in new_nodes)
-    changed = tuple(n for n in new.nodes if n.name in old_nodes and old_nodes[n.name] != n)
-    unchanged = tuple(n for n in new.nodes if old_nodes.get(n.name) == n)
+    changed = tuple(n for n in new.nodes
+                    if n.name in old_nodes and not runs_the_same(old_nodes[n.name], n))
+    unchanged = tuple(n for n in new.nodes
+                      if n.name in old_nodes and runs_the_same(old_nodes[n.name], n))
     master_changed = tuple(
         name for name in MasterSpec.__slots__
         if getattr(old.master, name) != getattr(new.master, name)

@@ -130,3 +130,45 @@ def check_node_identity(
     if env.get("STEMD_NODE") != node or env.get("STEMD_PROGRAM") != program:
         return f"it is not node {node} (STEMD_NODE={env.get('STEMD_NODE')!r})"
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class FoundNode:
+    pid: int
+    ppid: int
+    node: str
+    program: str
+    uid: int
+
+
+def scan_nodes(instance: str) -> list[FoundNode]:
+    """Every live process that says it is a node of ``instance``: a session
+    leader with ``STEMD_INSTANCE`` (the master PID file's path) naming it.
+
+    PID files can be missing where the nodes are not: a master killed
+    between the fork and the PID file's rename, or a run directory removed
+    under a running master. A master scans once at start, before it starts
+    anything, so it never runs a second copy of a node that is running. Only
+    session leaders' environments are read (few on any host), so the scan
+    costs one small read of /proc/PID/stat per process.
+    """
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            # fields[0] is field 3 (state): ppid 4, session 6
+            if fields[0] == b"Z" or int(fields[3]) != pid:
+                continue
+            proc = psutil.Process(pid)
+            env = proc.environ()
+            if env.get("STEMD_INSTANCE") != instance or "STEMD_NODE" not in env:
+                continue
+            found.append(FoundNode(pid, int(fields[1]), env["STEMD_NODE"],
+                                   env.get("STEMD_PROGRAM", ""), proc.uids().real))
+        except (OSError, IndexError, ValueError, psutil.Error):
+            continue
+    return found

@@ -47,6 +47,7 @@ class NodeRecord:
     last_exit: str | None = None
     last_error: str | None = None
     removed: bool = False  # dropped by a reload, not yet stopped
+    state: str = "STOPPED"  # as the master last saw it (EXITED and FATAL are kept)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,8 @@
 
 The names are supervisord's, which operators already know. The transition
 table is the single place that says which moves are legal; the node state
-machine in :mod:`stemd.node` asserts every move against it.
+machine in :mod:`stemd.node` checks every move against it and raises
+:class:`IllegalTransition` (not an ``assert``, which ``python -O`` drops).
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ TRANSITIONS: frozenset[tuple[NodeState, NodeState]] = frozenset(
         (S.STOPPING, S.STOPPED),
         # adoption of a node left running by a previous master
         (S.STOPPED, S.RUNNING),
+        # restored from the state file of a master that died: the node had
+        # exited (restart policy) or given up, and stays so
+        (S.STOPPED, S.EXITED),
+        (S.STOPPED, S.FATAL),
     }
 )
 
@@ -58,3 +63,7 @@ START_SETTLED: frozenset[NodeState] = frozenset({S.RUNNING, S.FATAL, S.EXITED, S
 
 def can_transition(old: NodeState, new: NodeState) -> bool:
     return (old, new) in TRANSITIONS
+
+
+class IllegalTransition(RuntimeError):
+    """A bug: the state machine tried a move the table does not allow."""

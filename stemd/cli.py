@@ -107,10 +107,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(config, foreground: bool, overrides: dict[str, str]) -> int:  # type: ignore[no-untyped-def]
+    import signal
+
     from stemd import checks, logsetup
     from stemd.daemon import AlreadyRunning, MasterLock, Readiness, daemonize
     from stemd.master import Master
     from stemd.notify import Notifier
+    from stemd.signals import SignalPipe
+
+    # Until the master's handlers are installed, a SIGHUP (a hasty reload)
+    # would kill the daemon and a SIGTERM would be lost: hold them pending;
+    # the master unblocks them once it can act on them.
+    signal.pthread_sigmask(signal.SIG_BLOCK, SignalPipe.HANDLED)
 
     # Problems that would make a node fail on every start (no such account,
     # a node as root, no such command or directory) are start-up failures,

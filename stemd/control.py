@@ -178,6 +178,31 @@ class ControlServer:
             else:
                 writer.close()
 
+    async def _run_while_connected(self, work: Awaitable[Any], reader: asyncio.StreamReader,
+                                   cmd: str) -> Any:
+        """Run a handler, and cancel it if its client goes away first: work
+        queued for nobody (500 restarts of clients long gone) must not run
+        on for minutes holding descriptors. The master shields what a node
+        step has begun, so a cancel never leaves a node half-restarted.
+        A client sends one request and then only reads, so anything on the
+        connection now (EOF) means it has gone."""
+        task = asyncio.ensure_future(work)
+        gone = asyncio.ensure_future(reader.read(1))
+        try:
+            await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            gone.cancel()
+        if not task.done():
+            task.cancel()
+            self.log.info("control: %s dropped: its client went away", cmd)
+            with contextlib.suppress(asyncio.CancelledError, P.ProtocolError):
+                await task
+            raise ConnectionResetError
+        return task.result()
+
     async def _respond(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
                        ) -> tuple[dict[str, Any], bool]:
         sock = writer.get_extra_info("socket")
@@ -207,7 +232,8 @@ class ControlServer:
                                       f"unknown command {request.cmd[:40]!r}",
                                       hint="known: " + ", ".join(sorted(self.handlers)))
             self.log.debug("control: uid %d: %s %s", uid, request.cmd, request.args)
-            result = await handler(request.args)
+            result = await self._run_while_connected(handler(request.args), reader,
+                                                     request.cmd)
         except P.ProtocolError as exc:
             return P.error(exc.code, exc.message, exc.hint,
                            getattr(exc, "result", None)), False

@@ -35,7 +35,7 @@ examples:
   stemctl status worker --json        the nodes of program "worker", as JSON
   stemctl start alpha                 start a node and wait until it is RUNNING
   stemctl restart                     rolling restart, one node at a time
-  stemctl kill -s USR1 beta           signal a node's process group
+  stemctl kill -s USR1 beta           signal a node's main process (--group: its group)
   stemctl logs alpha -n 50 -f         the end of a node's log, then follow it
   stemctl --config /etc/default/stem-2 reload
 
@@ -153,12 +153,14 @@ def cmd_stop(ctl: Ctl) -> int:
 
 
 def cmd_kill(ctl: Ctl) -> int:
-    response = ctl.call("kill", names=ctl.args.names, signal=ctl.args.signal)
+    response = ctl.call("kill", names=ctl.args.names, signal=ctl.args.signal,
+                        group=ctl.args.group)
     if not response["ok"]:
         return _error(ctl, response)
     result = response["result"]
+    whose = "the process groups of " if ctl.args.group else ""
     ctl.out(result, lambda: print(f"sent SIG{ctl.args.signal.upper().removeprefix('SIG')} to "
-                                  + ", ".join(result["signalled"])))
+                                  + whose + ", ".join(result["signalled"])))
     return OK
 
 
@@ -469,7 +471,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--no-wait", action="store_true", help="return at once")
     add("restart", _simple("restart"), "rolling restart: one node at a time, each RUNNING "
         "again before the next", "stemctl restart")
-    p = add("kill", cmd_kill, "send a signal to nodes' process groups", "stemctl kill -s HUP alpha")
+    p = add("kill", cmd_kill, "send a signal to nodes' main processes (--group: their "
+            "whole process groups)", "stemctl kill -s HUP alpha")
+    p.add_argument("--group", "-g", action="store_true",
+                   help="signal each node's whole process group (pool children too), not "
+                        "only its main process")
     p.add_argument("-s", "--signal", default="TERM", help="signal name or number (default TERM)")
     add("reload", cmd_reload, "re-read the configuration and apply only the difference",
         "stemctl reload", names=False)

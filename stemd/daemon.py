@@ -21,6 +21,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import signal
 import sys
 from typing import NoReturn
 
@@ -159,6 +160,9 @@ def daemonize(log_hint: str) -> Readiness:
     pid = os.fork()
     if pid > 0:
         os.close(w)
+        # The operator's command may be interrupted (Ctrl-C) while it waits;
+        # only the daemon keeps its signals blocked until its handlers exist.
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
         _wait_for_daemon(r, pid, log_hint)
     os.close(r)
     context = daemon.DaemonContext(

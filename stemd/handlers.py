@@ -8,7 +8,6 @@ are already configured, a signal, and a line count.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -36,141 +35,99 @@ def _names(args: dict[str, Any]) -> list[str]:
     return names
 
 
-def _select(master: Master, args: dict[str, Any]) -> list[Node]:
-    try:
-        return master.select(_names(args))
-    except BadValue as exc:
-        raise P.ProtocolError(P.ErrorCode.NOT_FOUND, exc.message, exc.hint) from None
+def _flag(args: dict[str, Any], name: str, default: bool) -> bool:
+    """A boolean argument, strictly: ``"wait": "no"`` is an error, not true."""
+    value = args.get(name, default)
+    if not isinstance(value, bool):
+        raise P.ProtocolError(P.ErrorCode.BAD_ARGUMENT, f"{name} must be true or false")
+    return value
 
 
-def _refuse_when_stopping(master: Master) -> None:
-    if master.shutting_down:
-        raise P.ProtocolError(P.ErrorCode.BUSY, "the master is shutting down")
-
-
-def node_info(node: Node, stats: bool, uptime: float = 0.0) -> dict[str, Any]:
-    now = node.clock.time()
-    alive = node.pid is not None
-    info: dict[str, Any] = {
-        "node": node.name,
-        "program": node.spec.program,
-        "state": str(node.state),
-        "pid": node.pid,
-        "uptime": round(now - node.started_at, 3) if alive and node.started_at else None,
-        "restarts": node.restarts,
-        "exit_status": node.exit_status.as_int if node.exit_status else None,
-        "last_exit": str(node.exit_status) if node.exit_status else None,
-        "adopted": node.adopted,
-    }
-    if stats:
-        info["cpu_percent"], info["rss"] = _usage(node.pid, uptime) if alive else (None, None)
-    return info
-
-
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def _usage(pid: int | None, uptime: float) -> tuple[float | None, int | None]:
-    """Lifetime-average CPU % (as ps shows it: needs no earlier sample) and
-    RSS, from one read of /proc/PID/stat (psutil takes several reads: 10x
-    slower, and status of 1,000 nodes must stay well under 150 ms)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None, None
-    # fields[0] is field 3 (state): utime 14, stime 15, starttime 22, rss 24
-    ticks = int(fields[11]) + int(fields[12])
-    age = max(uptime - int(fields[19]) / _CLK_TCK, 1e-3)
-    return round(100.0 * ticks / _CLK_TCK / age, 1), int(fields[21]) * _PAGE
-
-
-def _system_uptime() -> float:
-    with open("/proc/uptime", "rb") as f:
-        return float(f.read().split()[0])
-
-
-def _failed_unless_running(message: str, nodes: list[Node], results: list[Any]) -> list[Any]:
-    bad = [n.name for n, state in zip(nodes, results, strict=True) if state is not S.RUNNING]
-    infos = [node_info(n, False) for n in nodes]
-    if bad:
-        error = P.ProtocolError(P.ErrorCode.FAILED, f"{message}: {', '.join(bad)}",
-                                hint="see 'stemctl status' and 'stemctl logs NODE'")
-        error.result = infos  # type: ignore[attr-defined]
-        raise error
-    return infos
+def _failed(message: str, result: Any = None, hint: str | None = None) -> P.ProtocolError:
+    error = P.ProtocolError(P.ErrorCode.FAILED, message, hint)
+    error.result = result  # type: ignore[attr-defined]
+    return error
 
 
 def table(master: Master) -> dict[str, Handler]:
-    """The command table. Handlers close over the master; nothing else is
-    reachable from the socket."""
+    """The command table. Handlers reach the master only through its
+    command surface (select, start, stop, restart, kill, reload,
+    request_shutdown, snapshot); nothing else is reachable from the socket."""
+    from stemd.master import ReloadFailed, RestartHalted, ShuttingDown
+
+    def select(args: dict[str, Any]) -> list[Node]:
+        try:
+            return master.select(_names(args))
+        except BadValue as exc:
+            raise P.ProtocolError(P.ErrorCode.NOT_FOUND, exc.message, exc.hint) from None
+
+    def busy(exc: StemError) -> P.ProtocolError:
+        return P.ProtocolError(P.ErrorCode.BUSY, str(exc))
 
     async def status(args: dict[str, Any]) -> Any:
-        stats = bool(args.get("stats", False))
-        uptime = _system_uptime() if stats else 0.0
-        return [node_info(n, stats, uptime) for n in _select(master, args)]
+        return master.snapshot(select(args), _flag(args, "stats", False))
 
     async def start(args: dict[str, Any]) -> Any:
-        _refuse_when_stopping(master)
-        nodes = _select(master, args)
-        results = await asyncio.gather(*(master.start_node(n) for n in nodes))
-        return _failed_unless_running("not running", nodes, list(results))
+        nodes = select(args)
+        try:
+            states = await master.start(nodes)
+        except ShuttingDown as exc:
+            raise busy(exc) from None
+        bad = [n.name for n, state in zip(nodes, states, strict=True) if state is not S.RUNNING]
+        if bad:
+            raise _failed(f"not running: {', '.join(bad)}", master.snapshot(nodes),
+                          hint="see 'stemctl status' and 'stemctl logs NODE'")
+        return master.snapshot(nodes)
 
     async def stop(args: dict[str, Any]) -> Any:
-        nodes = _select(master, args)
-        wait = bool(args.get("wait", True))
-        await asyncio.gather(*(master.stop_node(n, wait) for n in nodes))
-        return [node_info(n, False) for n in nodes]
+        nodes = select(args)
+        try:
+            await master.stop(nodes, _flag(args, "wait", True))
+        except ShuttingDown as exc:
+            raise busy(exc) from None
+        return master.snapshot(nodes)
 
     async def restart(args: dict[str, Any]) -> Any:
-        """Rolling: one node at a time, each RUNNING before the next, so the
-        fleet never loses more than one node of capacity. Stops at the first
-        node that does not come back."""
-        _refuse_when_stopping(master)
-        nodes = _select(master, args)
-        done: list[Node] = []
-        for node in nodes:
-            state = await master.restart_node(node)
-            done.append(node)
-            if state is not S.RUNNING:
-                _failed_unless_running("restart halted: not running",
-                                       done, [n.state for n in done])
-        return [node_info(n, False) for n in nodes]
+        nodes = select(args)
+        try:
+            await master.restart(nodes)
+        except ShuttingDown as exc:
+            raise busy(exc) from None
+        except RestartHalted as exc:
+            raise _failed(str(exc), master.snapshot(exc.nodes),
+                          hint="see 'stemctl status' and 'stemctl logs NODE'") from None
+        return master.snapshot(nodes)
 
     async def kill(args: dict[str, Any]) -> Any:
         try:
             sig = signal_number(parse_signal(args.get("signal", "TERM")))
         except BadValue as exc:
             raise P.ProtocolError(P.ErrorCode.BAD_ARGUMENT, exc.message, exc.hint) from None
-        nodes = _select(master, args)
-        sent = []
-        for node in nodes:
-            if node.pid is not None:
-                master.ops.signal_group(node, sig)
-                sent.append(node.name)
+        sent = master.kill(select(args), sig, _flag(args, "group", False))
         if not sent:
             raise P.ProtocolError(P.ErrorCode.FAILED, "no running node to signal")
         return {"signalled": sent}
 
     async def reload(args: dict[str, Any]) -> Any:
-        _refuse_when_stopping(master)
         try:
             return await master.reload()
         except ConfigError as exc:
-            error = P.ProtocolError(P.ErrorCode.FAILED,
-                                    "the new configuration has errors; the running one is kept")
-            error.result = [str(p) for p in exc.problems]  # type: ignore[attr-defined]
-            raise error from None
+            raise _failed("the new configuration has errors; the running one is kept",
+                          [str(p) for p in exc.problems]) from None
+        except ReloadFailed as exc:
+            raise _failed(str(exc), exc.summary,
+                          hint="see 'stemctl status' and 'stemctl logs NODE'") from None
+        except ShuttingDown as exc:
+            raise busy(exc) from None
         except StemError as exc:
             raise P.ProtocolError(P.ErrorCode.FAILED, str(exc)) from None
 
     async def shutdown(args: dict[str, Any]) -> Any:
-        master._spawn_task(master.shutdown, "stemctl shutdown")
+        master.request_shutdown("stemctl shutdown")
         return Hold({"pid": os.getpid()})
 
     async def logs(args: dict[str, Any]) -> Any:
-        nodes = _select(master, args)
+        nodes = select(args)
         if len(nodes) != 1:
             raise P.ProtocolError(P.ErrorCode.BAD_ARGUMENT, "logs takes exactly one node")
         count = args.get("lines", 20)
@@ -198,8 +155,8 @@ def table(master: Master) -> dict[str, Handler]:
 
     async def diagnose(args: dict[str, Any]) -> Any:
         counts: dict[str, int] = {}
-        for node in master.nodes.values():
-            counts[str(node.state)] = counts.get(str(node.state), 0) + 1
+        for info in master.snapshot(master.select([])):
+            counts[info["state"]] = counts.get(info["state"], 0) + 1
         return {"pid": os.getpid(), "config": master.config.source, "states": counts,
                 "watched": master.reaper.watched}
 

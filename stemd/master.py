@@ -1,31 +1,60 @@
-"""The master: the node table, signals, reload and shutdown, on one event loop.
+"""The master: the node table, the operator's commands, reload and shutdown,
+on one event loop.
 
 Nothing here polls. The loop sleeps in ``epoll_wait`` until a pidfd becomes
-readable (a node exited), a signal arrives (through asyncio's wake-up fd), a
+readable (a node exited), a signal arrives (through our signal pipe), a
 client connects, or a node's single timer is due. With nothing happening the
 master makes no wake-ups at all.
+
+The control handlers reach the master only through its command surface:
+:meth:`Master.select`, :meth:`~Master.start`, :meth:`~Master.stop`,
+:meth:`~Master.restart`, :meth:`~Master.kill`, :meth:`~Master.reload`,
+:meth:`~Master.request_shutdown` and :meth:`~Master.snapshot`.
+
+Every command runs as a tracked *operation*. A shutdown marks every node
+closed (no start of any kind after that), cancels every operation still
+queued or waiting (starts, restarts, a reload) and only then stops the
+nodes, so that once the master reports "stopped" none of its nodes runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import errno
 import logging
 import os
 import signal
 import subprocess
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
+from psutil import pid_exists
 
 from stem_core.config import load_config
 from stem_core.errors import ConfigError, PidFileError, StemError
 from stem_core.model import Config, NodeSpec, diff
-from stem_core.pidfile import check_node_identity, read_pidfile, remove_pidfile, write_pidfile
+from stem_core.pidfile import (
+    FoundNode,
+    check_node_identity,
+    read_pidfile,
+    remove_pidfile,
+    scan_nodes,
+    write_pidfile,
+)
+from stem_core.statefile import (
+    MasterState,
+    NodeRecord,
+    read_state,
+    remove_state,
+    state_path,
+    write_state,
+)
 from stem_core.states import ALIVE, NodeState
-from stemd import handlers, logsetup
+from stemd import logsetup
 from stemd.checks import create_directories, needed_directories
 from stemd.control import ControlServer, socket_gid
 from stemd.daemon import MasterLock, Readiness
@@ -33,13 +62,42 @@ from stemd.node import ExitStatus, Node, SpawnError
 from stemd.notify import Notifier
 from stemd.reaper import Reaper
 from stemd.signals import SignalPipe
+from stemd.snapshot import node_info, system_uptime
 from stemd.spawn import resolve_account, spawn_node
 
 S = NodeState
+T = TypeVar("T")
+
+#: states in which a start has settled: it made it, or gave up
+START_SETTLED = frozenset({S.RUNNING, S.FATAL, S.EXITED, S.STOPPED})
+#: the least time between two writes of the state file caused by the
+#: restart policy (a crash storm); the operator's commands write at once
+STATE_WRITE_INTERVAL = 0.2
 
 
 class StartupError(StemError):
     pass
+
+
+class ShuttingDown(StemError):
+    """A command that a shutdown refused or interrupted."""
+
+
+class ReloadFailed(StemError):
+    """The new configuration was applied, but nodes it started or restarted
+    did not reach RUNNING."""
+
+    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+class RestartHalted(StemError):
+    """A rolling restart stopped at a node that did not come back."""
+
+    def __init__(self, message: str, nodes: list[Node]) -> None:
+        super().__init__(message)
+        self.nodes = nodes
 
 
 class _Ops:
@@ -50,25 +108,38 @@ class _Ops:
 
     def spawn(self, node: Node) -> int:
         m = self.master
+        if m.shutting_down:  # node.closed already prevents it; never spawn late
+            raise SpawnError("the master is shutting down")
         try:
             popen = self._spawn(node)
-        except SpawnError:
+        except SpawnError as exc:
             # A directory removed while we run (a careless cleanup of
-            # /var/log) must not turn into a fleet of FATAL nodes.
-            if not self._recreate_directories():
+            # /var/log) must not turn into a fleet of FATAL nodes. Only a
+            # missing file is worth a look at the directories: a shortage of
+            # descriptors (EMFILE) must not cost a directory scan per spawn.
+            if exc.errno != errno.ENOENT or not self._recreate_directories():
                 raise
             popen = self._spawn(node)
         try:
-            write_pidfile(node.spec.pid_file, popen.pid)
-        except OSError:
-            try:
-                self._recreate_directories()
-                write_pidfile(node.spec.pid_file, popen.pid)
-            except OSError as exc:
-                m.log.error("%s: cannot write PID file %s: %s", node.name,
-                            node.spec.pid_file, exc.strerror)
+            self._write_pidfile(node.spec.pid_file, popen.pid)
+        except OSError as exc:
+            # A node without a PID file cannot be found by a later master or
+            # by the init script's stop: refuse to run it, and say why.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(popen.pid, signal.SIGKILL)
+            popen.wait()
+            raise SpawnError(f"cannot write PID file {node.spec.pid_file}: "
+                             f"{exc.strerror}") from None
         m.reaper.watch(popen.pid, popen, m.exit_callback(node))
         return popen.pid
+
+    def _write_pidfile(self, path: str, pid: int) -> None:
+        try:
+            write_pidfile(path, pid)
+        except FileNotFoundError:
+            if not self._recreate_directories():
+                raise
+            write_pidfile(path, pid)
 
     def _spawn(self, node: Node) -> subprocess.Popen[bytes]:
         return spawn_node(node.spec, self.master.base_env, self.master.config.master.force_root)
@@ -87,10 +158,14 @@ class _Ops:
         m.log.warning("recreated missing directories: %s", ", ".join(missing))
         return True
 
-    def signal_group(self, node: Node, sig: int) -> None:
-        if node.pid is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
+    def signal(self, node: Node, sig: int, group: bool) -> None:
+        if node.pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if group:
                 os.killpg(node.pid, sig)
+            else:
+                os.kill(node.pid, sig)
 
     def forget(self, node: Node, pid: int | None) -> None:
         remove_pidfile(node.spec.pid_file, pid)
@@ -104,13 +179,18 @@ class Master:
         self.environ = dict(environ)  # as at start, for reloads
         self.overrides = dict(overrides)
         self.base_env = {k: v for k, v in environ.items() if not k.startswith("STEMD_")}
+        # Marks every node as this master's (its PID file names the
+        # instance), so a later master can find a node whose PID file is
+        # missing without mistaking another instance's node for it.
+        self.base_env["STEMD_INSTANCE"] = config.master.pid_file
         self.log = log
         self.readiness = readiness
         self.notifier = notifier
         self.foreground = foreground
         self.nodes: dict[str, Node] = {}
-        self.locks: dict[str, asyncio.Lock] = {}
+        self.removed: dict[str, Node] = {}  # dropped by a reload, still stopping
         self.shutting_down = False
+        self.state_file = state_path(config.master.pid_file)
         self.loop: asyncio.AbstractEventLoop
         self.reaper: Reaper
         self.signals: SignalPipe
@@ -118,7 +198,13 @@ class Master:
         self.ops = _Ops(self)
         self._done: asyncio.Future[int]
         self._reload_lock: asyncio.Lock
+        # One node of the fleet down at a time for every rolling restart,
+        # whichever client asked for it.
+        self._rolling_lock: asyncio.Lock
+        self._operations: set[asyncio.Task[Any]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._state_write: asyncio.TimerHandle | None = None
+        self._state_written = 0.0
 
     # ---------------------------------------------------------------- life
 
@@ -132,9 +218,12 @@ class Master:
         self.loop = asyncio.get_running_loop()
         self._done = self.loop.create_future()
         self._reload_lock = asyncio.Lock()
+        self._rolling_lock = asyncio.Lock()
         self.reaper = Reaper(self.loop, self.log)
         if lock.stale:
             self.log.warning("replaced stale master PID file %s (%s)", lock.path, lock.stale)
+        from stemd import handlers
+
         try:
             self.server = ControlServer(self.config.master.socket,
                                         socket_gid(self.config.master.group),
@@ -149,19 +238,19 @@ class Master:
             self.readiness.fail(reason)
             return 1
         self._install_signals()
-        adopted = 0
-        for spec in self.config.nodes:
-            node = self._add_node(spec)
-            if self._recover(node):
-                adopted += 1
+        try:
+            adopted = self._take_over()
+        except StartupError as exc:
+            self.log.error("%s", exc)
+            self.server.close()
+            lock.release()
+            self.readiness.fail(str(exc))
+            return 1
         for node in self.nodes.values():
-            if node.state is S.STOPPED:
+            if node.state is S.STOPPED and node.wanted:
                 node.start()
-        self.log.info("stemd %s ready: pid %d, %d nodes (%d adopted), socket %s",
-                      _version(), os.getpid(), len(self.nodes), adopted,
-                      self.config.master.socket)
-        self.readiness.ready()
-        self.notifier.send("READY=1", f"MAINPID={os.getpid()}", self._status_line())
+        self._save_state()
+        await self._await_readiness(adopted)
         code = await self._done
         self.server.close()
         self.signals.close()
@@ -171,21 +260,160 @@ class Master:
         self.notifier.close()
         return code
 
+    def _take_over(self) -> int:
+        """Build the node table, taking up what a master that died left: its
+        state file (intent, counters, verdicts) and its live nodes (adopted
+        by identity). Nodes it ran that the configuration no longer has are
+        adopted too, and stopped."""
+        previous = self._read_previous_state()
+        adopted = 0
+        for spec in self.config.nodes:
+            node = self._add_node(spec)
+            record = previous.pop(spec.name, None)
+            if record is not None and not record.removed:
+                node.restore(
+                    wanted=record.wanted, restarts=record.restarts,
+                    exit_status=_exit_status(record.exit_status),
+                    last_error=record.last_error, state=record.state)
+            if self._recover(node):
+                adopted += 1
+        adopted += self._adopt_unrecorded()
+        for record in previous.values():
+            self._stop_leftover(record)
+        return adopted
+
+    def _adopt_unrecorded(self) -> int:
+        """Find this instance's nodes that no PID file names (see
+        :func:`stem_core.pidfile.scan_nodes`): adopt an orphan (its master
+        died before writing its PID file), and refuse to start at all if
+        another master still runs one (its run directory was removed): two
+        masters would run the fleet twice."""
+        adopted = 0
+        by_name: dict[str, list[FoundNode]] = {}
+        for found in scan_nodes(self.config.master.pid_file):
+            node = self.nodes.get(found.node)
+            if node is not None and node.pid == found.pid:
+                continue  # adopted through its PID file
+            by_name.setdefault(found.node, []).append(found)
+        for name, candidates in by_name.items():
+            others = [f for f in candidates if f.ppid not in (1, os.getpid())
+                      and _is_master(f.ppid)]
+            if others:
+                raise StartupError(
+                    f"node {name} (pid {others[0].pid}) already runs under another stemd "
+                    f"(pid {others[0].ppid}) of this configuration, whose PID file or run "
+                    f"directory is gone; stop that master first (kill -TERM {others[0].ppid})")
+            node = self.nodes.get(name)
+            orphans = [f for f in candidates if f.ppid == 1 or not pid_exists(f.ppid)]
+            if node is None or node.pid is not None or len(orphans) != 1:
+                continue
+            found = orphans[0]
+            try:
+                uid = resolve_account(node.spec.user, node.spec.group).uid
+                if found.uid != uid or found.program != node.spec.program:
+                    continue
+                created = psutil.Process(found.pid).create_time()
+                write_pidfile(node.spec.pid_file, found.pid)
+                self.reaper.watch(found.pid, None, self.exit_callback(node))
+            except (SpawnError, OSError, psutil.Error):
+                continue
+            node.adopt(found.pid, created)
+            self.log.warning("%s: adopted pid %d, which no PID file named (its master died "
+                             "before writing it)", name, found.pid)
+            adopted += 1
+        return adopted
+
+    def _read_previous_state(self) -> dict[str, NodeRecord]:
+        try:
+            state = read_state(self.state_file, trusted_uids=frozenset({0, os.geteuid()}))
+        except PidFileError as exc:
+            self.log.warning("ignoring the state file: %s", exc)
+            return {}
+        if state is None:
+            return {}
+        self.log.warning("the previous master (pid %d) did not shut down cleanly: taking up "
+                         "its state from %s", state.pid, self.state_file)
+        return dict(state.nodes)
+
+    def _stop_leftover(self, record: NodeRecord) -> None:
+        """A node of the previous master that is not in this configuration:
+        supervise it just long enough to stop it (warm, as any stop)."""
+        defaults = self.config.nodes[0] if self.config.nodes else None
+        if defaults is None:
+            return
+        spec = dataclasses.replace(defaults, name=record.name, program=record.program,
+                                   pid_file=record.pid_file, argv=("(removed)",))
+        node = Node(spec, self.loop, self.ops, self.log)
+        if not self._recover(node):
+            return
+        self.log.warning("%s: left running by the previous master but no longer configured: "
+                         "stopping it", record.name)
+        node.wanted = False
+        self.removed[node.name] = node
+        node.on_change = self._node_changed
+        node.stop()
+        node.add_waiter(lambda n: n.state not in ALIVE, self._forget_removed)
+
+    def _forget_removed(self, node: Node) -> None:
+        if self.removed.get(node.name) is node:
+            del self.removed[node.name]
+            self._state_changed()
+
+    async def _await_readiness(self, adopted: int) -> None:
+        """Ready means running: wait up to STEMD_START_WAIT for every node
+        that is wanted up to be RUNNING (or to give up), then tell the
+        launcher (and systemd) — which nodes failed and why, if any. The
+        master keeps supervising either way."""
+        wait = self.config.master.start_wait
+        if wait is None:
+            wait = max((n.spec.start_secs for n in self.nodes.values()), default=0.0) + 5
+        waiting = [n for n in self.nodes.values() if n.wanted and n.state in (S.STARTING,
+                                                                              S.BACKOFF)]
+        if wait > 0 and waiting:
+            # A shutdown stops the nodes, which settles them (and closed
+            # wakes the waiters at their next move): no wait outlives it.
+            settled = asyncio.gather(*(self.wait_for(n, lambda n: n.state in START_SETTLED
+                                                     or n.closed) for n in waiting))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(settled, wait)
+        if self.shutting_down:
+            reason = "stopped during start-up (shutdown requested)"
+            self.log.warning("%s", reason)
+            self.readiness.fail(reason)
+            return
+        failed = [n for n in self.nodes.values() if n.wanted and n.state is not S.RUNNING
+                  and n.state is not S.EXITED]
+        self.log.info("stemd %s ready: pid %d, %d nodes (%d adopted), socket %s",
+                      _version(), os.getpid(), len(self.nodes), adopted,
+                      self.config.master.socket)
+        self.notifier.send("READY=1", f"MAINPID={os.getpid()}", self._status_line())
+        if wait > 0 and failed:
+            why = "; ".join(f"{n.name}: {n.state}"
+                            + (f" ({n.last_error})" if n.last_error else "") for n in failed)
+            self.readiness.fail(f"{len(failed)} of {len(self.nodes)} nodes not running "
+                                f"(waited up to {wait:g}s, STEMD_START_WAIT): {why}; the "
+                                "master keeps supervising them (see 'stemctl status')")
+        else:
+            self.readiness.ready()
+
     def _install_signals(self) -> None:
         # Not loop.add_signal_handler(): see stemd/signals.py for the storm
         # of SIGCHLDs that drops signals from asyncio's self-pipe.
         self.signals = SignalPipe(self.loop, {
-            signal.SIGTERM: partial(self._spawn_task, self.shutdown, "SIGTERM"),
-            signal.SIGINT: partial(self._spawn_task, self.shutdown, "SIGINT"),
+            signal.SIGTERM: partial(self.request_shutdown, "SIGTERM"),
+            signal.SIGINT: partial(self.request_shutdown, "SIGINT"),
             signal.SIGHUP: partial(self._spawn_task, self._reload_on_signal),
             signal.SIGUSR1: self._reopen_log,
             signal.SIGCHLD: self.reaper.on_sigchld,
         })
-        # A reload may run while children exit: catch up on anything that
-        # exited before the handler was installed.
+        # The launcher blocked these signals until now (a SIGHUP during
+        # start-up must not kill the daemon): what arrived meanwhile is
+        # delivered here, to the handlers just installed.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SignalPipe.HANDLED)
+        # Catch up on any child that exited before the handler was installed.
         self.reaper.on_sigchld()
 
-    def _spawn_task(self, fn: Callable[..., Any], *args: Any) -> None:
+    def _spawn_task(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         task = self.loop.create_task(fn(*args))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -198,7 +426,7 @@ class Master:
         except ConfigError:
             pass  # _reload logged every problem and kept the running config
         except StemError as exc:
-            self.log.warning("reload (SIGHUP) not done: %s", exc)
+            self.log.warning("reload (SIGHUP): %s", exc)
 
     def _reopen_log(self) -> None:
         logsetup.reopen(self.log)
@@ -208,12 +436,43 @@ class Master:
         running = sum(1 for n in self.nodes.values() if n.state is S.RUNNING)
         return f"STATUS={running}/{len(self.nodes)} nodes running"
 
+    # ---------------------------------------------------------- the state
+
+    def _node_changed(self, node: Node) -> None:
+        self._state_changed()
+
+    def _state_changed(self) -> None:
+        """Something the next master must know changed: write the state file
+        soon, coalescing a storm of changes into one write per interval."""
+        if self.shutting_down or self._state_write is not None:
+            return
+        when = max(self.loop.time(), self._state_written + STATE_WRITE_INTERVAL)
+        self._state_write = self.loop.call_at(when, self._save_state)
+
+    def _save_state(self) -> None:
+        """Write the state file now (an operator's command must be on disk
+        before its answer: a master killed right after ``stop`` must not
+        start the node again)."""
+        if self._state_write is not None:
+            self._state_write.cancel()
+            self._state_write = None
+        if self.shutting_down:
+            return
+        self._state_written = self.loop.time()
+        records = {n.name: _record(n) for n in self.nodes.values()}
+        records.update({n.name: _record(n, removed=True) for n in self.removed.values()})
+        try:
+            write_state(self.state_file, MasterState(os.getpid(), records))
+        except OSError as exc:
+            self.log.error("cannot write the state file %s: %s", self.state_file,
+                           exc.strerror)
+
     # --------------------------------------------------------------- nodes
 
     def _add_node(self, spec: NodeSpec) -> Node:
         node = Node(spec, self.loop, self.ops, self.log)
+        node.on_change = self._node_changed
         self.nodes[spec.name] = node
-        self.locks[spec.name] = asyncio.Lock()
         return node
 
     def exit_callback(self, node: Node) -> Callable[[int, ExitStatus], None]:
@@ -253,10 +512,6 @@ class Master:
                          spec.pid_file, record.pid, why)
         return False
 
-    def select(self, names: Iterable[str]) -> list[Node]:
-        specs = self.config.select(names)  # raises BadValue for unknown names
-        return [self.nodes[s.name] for s in specs]
-
     def wait_for(self, node: Node, done: Callable[[Node], bool]) -> asyncio.Future[NodeState]:
         future: asyncio.Future[NodeState] = self.loop.create_future()
 
@@ -266,27 +521,106 @@ class Master:
         node.add_waiter(done, wake)
         return future
 
-    async def start_node(self, node: Node) -> NodeState:
-        """Start and wait until RUNNING or failed; queued behind other
-        start/restart commands on the same node."""
-        async with self.locks[node.name]:
+    # ------------------------------------------------- the command surface
+
+    def select(self, names: Iterable[str]) -> list[Node]:
+        specs = self.config.select(names)  # raises BadValue for unknown names
+        return [self.nodes[s.name] for s in specs]
+
+    def snapshot(self, nodes: Iterable[Node], stats: bool = False) -> list[dict[str, Any]]:
+        uptime = system_uptime() if stats else 0.0
+        return [node_info(n, stats, uptime) for n in nodes]
+
+    async def start(self, nodes: list[Node]) -> list[NodeState]:
+        """Start nodes (the operator wants them up) and wait until each is
+        RUNNING or has given up."""
+        self._refuse_when_stopping()
+        for node in nodes:
+            node.wanted = True
+        self._save_state()
+        return await self._operation(asyncio.gather(*(self._start_node(n) for n in nodes)))
+
+    async def stop(self, nodes: list[Node], wait: bool = True) -> None:
+        """Stop nodes (the operator wants them down); with ``wait``, until
+        they are. A stop is never refused, not even during a shutdown."""
+        for node in nodes:
+            node.wanted = False
+        self._save_state()
+        if not wait:
+            for node in nodes:
+                node.stop()
+            return
+        await self._operation(asyncio.gather(*(self._stop_node(n) for n in nodes)))
+
+    async def restart(self, nodes: list[Node]) -> list[Node]:
+        """Rolling: one node at a time — across every client's restart —
+        each RUNNING again before the next, so the fleet never loses more
+        than one node of capacity. Stops at the first node that does not
+        come back (RestartHalted)."""
+        self._refuse_when_stopping()
+        for node in nodes:
+            node.wanted = True
+        self._save_state()
+        return await self._operation(self._rolling_restart(nodes))
+
+    def kill(self, nodes: list[Node], sig: int, group: bool) -> list[str]:
+        """Send ``sig`` to the nodes' main processes (``group``: their whole
+        process groups). Returns the nodes signalled."""
+        sent = []
+        for node in nodes:
+            if node.pid is not None:
+                self.ops.signal(node, sig, group)
+                sent.append(node.name)
+        return sent
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the configuration and apply only the difference. An
+        invalid file is reported and the running configuration kept."""
+        self._refuse_when_stopping()
+        async with self._reload_lock:
+            self.notifier.send("RELOADING=1")
+            try:
+                return await self._operation(self._reload())
+            finally:
+                if not self.shutting_down:
+                    self.notifier.send("READY=1", self._status_line())
+
+    def request_shutdown(self, why: str) -> None:
+        if not self.shutting_down:
+            self._spawn_task(self._shutdown, why)
+
+    # ------------------------------------------------------------- internals
+
+    def _refuse_when_stopping(self) -> None:
+        if self.shutting_down:
+            raise ShuttingDown("the master is shutting down")
+
+    async def _operation(self, work: Coroutine[Any, Any, T] | asyncio.Future[T]) -> T:
+        """Run a command's work as a task a shutdown can cancel. A client
+        that goes away cancels only its wait: what a node step has begun
+        (a restart's stop) is shielded and finished."""
+        task = asyncio.ensure_future(work)
+        self._operations.add(task)
+        task.add_done_callback(self._operations.discard)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if self.shutting_down and task.cancelled():
+                raise ShuttingDown("interrupted: the master is shutting down") from None
+            raise
+
+    async def _start_node(self, node: Node) -> NodeState:
+        async with node.lock:
             return await self._start_unlocked(node)
 
     async def _start_unlocked(self, node: Node) -> NodeState:
         if node.state is S.STOPPING:
             await self.wait_for(node, lambda n: n.state not in ALIVE)
         node.start()
-        return await self.wait_for(
-            node, lambda n: n.state in (S.RUNNING, S.FATAL, S.EXITED, S.STOPPED))
+        return await self.wait_for(node, lambda n: n.state in START_SETTLED or n.closed)
 
-    async def stop_node(self, node: Node, wait: bool = True) -> NodeState:
-        """Stop and wait until stopped. Queued behind a start or restart of
-        the same node, so each command sees its own effect through; without
-        ``wait`` (``stop --no-wait``) it acts at once."""
-        if not wait:
-            node.stop()
-            return node.state
-        async with self.locks[node.name]:
+    async def _stop_node(self, node: Node) -> NodeState:
+        async with node.lock:
             return await self._stop_unlocked(node)
 
     async def _stop_unlocked(self, node: Node) -> NodeState:
@@ -294,26 +628,26 @@ class Master:
         return await self.wait_for(node, lambda n: n.state not in ALIVE
                                    and n.state is not S.BACKOFF)
 
-    async def restart_node(self, node: Node) -> NodeState:
-        async with self.locks[node.name]:
+    async def _restart_node(self, node: Node) -> NodeState:
+        async with self._rolling_lock, node.lock:
             await self._stop_unlocked(node)
             return await self._start_unlocked(node)
 
-    # --------------------------------------------------- reload, shutdown
-
-    async def reload(self) -> dict[str, Any]:
-        """Re-read the configuration and apply only the difference. An
-        invalid file is reported and the running configuration kept."""
-        async with self._reload_lock:
-            self.notifier.send("RELOADING=1")
-            try:
-                return await self._reload()
-            finally:
-                self.notifier.send("READY=1", self._status_line())
+    async def _rolling_restart(self, nodes: list[Node]) -> list[Node]:
+        done: list[Node] = []
+        for node in nodes:
+            # Shielded: a client that disconnects mid-step must not leave
+            # the node stopped; the rest of its restarts are dropped.
+            step = asyncio.ensure_future(self._restart_node(node))
+            self._operations.add(step)
+            step.add_done_callback(self._operations.discard)
+            state = await asyncio.shield(step)
+            done.append(node)
+            if state is not S.RUNNING:
+                raise RestartHalted(f"restart halted: {node.name} is {state}", done)
+        return nodes
 
     async def _reload(self) -> dict[str, Any]:
-        if self.shutting_down:
-            raise StemError("the master is shutting down")
         try:
             new = load_config(self.config.source, self.environ, self.overrides)
         except ConfigError as exc:
@@ -321,47 +655,97 @@ class Master:
                            "errors:\n%s", exc)
             raise
         change = diff(self.config, new)
-        if change.master_changed:
+        # The master's own settings (socket, PID file, user, force_root...)
+        # take effect when stemd restarts; only the log level applies now.
+        pending = [name for name in change.master_changed if name != "log_level"]
+        if pending:
             self.log.warning("reload: master settings changed (%s); they take effect when "
-                             "stemd restarts", ", ".join(change.master_changed))
+                             "stemd restarts", ", ".join(pending))
+        new = dataclasses.replace(new, master=dataclasses.replace(
+            self.config.master, log_level=new.master.log_level))
         self.config = new
-        logsetup_level = new.master.log_level
-        self.log.setLevel(logsetup_level)
+        self.log.setLevel(new.master.log_level)
         self.log.info("reload: %d added, %d removed, %d changed, %d unchanged",
                       len(change.added), len(change.removed), len(change.changed),
                       len(change.unchanged))
-        removed = [self.nodes[s.name] for s in change.removed]
-        changed = [self.nodes[s.name] for s in change.changed]
-        await asyncio.gather(*(self.stop_node(n) for n in removed + changed))
+        removed = [self.nodes.pop(s.name) for s in change.removed]
         for node in removed:
-            del self.nodes[node.name]
-            del self.locks[node.name]
+            node.wanted = False
+            self.removed[node.name] = node
+        changed = [self.nodes[s.name] for s in change.changed]
+        # A changed node is restarted only if the operator wants it up and
+        # it has not finished on its own (EXITED under its restart policy).
+        restart = [n for n in changed if n.wanted and n.state is not S.EXITED]
         for spec in change.changed:
-            self.nodes[spec.name].spec = spec
+            node = self.nodes[spec.name]
+            if node not in restart:
+                node.spec = spec  # not running: the new spec applies at its next start
+        for spec in change.unchanged:
+            self.nodes[spec.name].spec = spec  # equal but for the index
         added = [self._add_node(spec) for spec in change.added]
         for node in added:
             self._recover(node)
-        # keep the configuration's order in the table
         self.nodes = {s.name: self.nodes[s.name] for s in new.nodes}
-        await asyncio.gather(*(self.start_node(n) for n in changed + added
-                               if n.state is not S.RUNNING))
-        return {"added": [s.name for s in change.added],
-                "removed": [s.name for s in change.removed],
-                "changed": [s.name for s in change.changed],
-                "unchanged": [s.name for s in change.unchanged],
-                "master_changed": list(change.master_changed)}
+        self._save_state()
+        await asyncio.gather(*(self._stop_node(n) for n in removed + restart))
+        for node in removed:
+            self._forget_removed(node)
+        for node in restart:
+            node.spec = new.node(node.name)
+        starting = restart + [n for n in added if n.state is not S.RUNNING]
+        results = await asyncio.gather(*(self._start_node(n) for n in starting))
+        summary = {"added": [s.name for s in change.added],
+                   "removed": [s.name for s in change.removed],
+                   "changed": [s.name for s in change.changed],
+                   "unchanged": [s.name for s in change.unchanged],
+                   "master_changed": pending}
+        failed = [n.name for n, state in zip(starting, results, strict=True)
+                  if state is not S.RUNNING]
+        if failed:
+            raise ReloadFailed(f"reload: not running: {', '.join(failed)}", summary)
+        return summary
 
-    async def shutdown(self, why: str = "requested") -> None:
+    async def _shutdown(self, why: str) -> None:
         if self.shutting_down:
             return
+        # Persist first, then stop writing: a master killed during the
+        # shutdown leaves the state the next master (or stemctl shutdown)
+        # needs to finish the job.
+        self._save_state()
         self.shutting_down = True
-        self.log.info("shutting down (%s): stopping %d nodes", why, len(self.nodes))
+        everything = [*self.nodes.values(), *self.removed.values()]
+        for node in everything:
+            node.closed = True
+        for task in list(self._operations):
+            task.cancel()
+        self.log.info("shutting down (%s): stopping %d nodes", why, len(everything))
         self.notifier.send("STOPPING=1", "STATUS=stopping nodes")
-        # Pre-empts queued commands: a shutdown must not wait behind a start
-        # that is backing off.
-        await asyncio.gather(*(self._stop_unlocked(n) for n in self.nodes.values()))
+        await asyncio.gather(*(self._stop_unlocked(n) for n in everything))
+        remove_state(self.state_file)  # a clean stop: the next start begins fresh
         if not self._done.done():
             self._done.set_result(0)
+
+
+def _is_master(pid: int) -> bool:
+    try:
+        return any("stemd" in os.path.basename(arg) for arg in psutil.Process(pid).cmdline()[:2])
+    except psutil.Error:
+        return False
+
+
+def _record(node: Node, removed: bool = False) -> NodeRecord:
+    return NodeRecord(
+        name=node.name, program=node.spec.program, pid_file=node.spec.pid_file,
+        pid=node.pid, wanted=node.wanted, restarts=node.restarts,
+        exit_status=node.exit_status.as_int if node.exit_status else None,
+        last_exit=str(node.exit_status) if node.exit_status else None,
+        last_error=node.last_error, removed=removed, state=str(node.state))
+
+
+def _exit_status(value: int | None) -> ExitStatus | None:
+    if value is None:
+        return None
+    return ExitStatus(signal=-value) if value < 0 else ExitStatus(code=value)
 
 
 def _version() -> str:

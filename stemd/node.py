@@ -1,6 +1,7 @@
 """One node's state machine.
 
-The node knows nothing of asyncio, sockets or files: it is driven by three
+The node knows nothing of the event loop, sockets or files (its ``lock`` is
+only a token the master's commands queue on): it is driven by three
 kinds of event — commands (:meth:`Node.start`, :meth:`Node.stop`), the exit of
 its process (:meth:`Node.on_exit`) and its single timer — and acts through a
 :class:`ProcessOps` (spawn, signal, forget) and a :class:`Clock`. The master
@@ -14,6 +15,8 @@ wakes whoever waits for the node.
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import logging
 import signal
 import time
@@ -24,7 +27,7 @@ from typing import Protocol
 
 from stem_core.keys import signal_number
 from stem_core.model import NodeSpec
-from stem_core.states import ALIVE, NodeState, can_transition
+from stem_core.states import IllegalTransition, NodeState, can_transition
 
 S = NodeState
 
@@ -43,7 +46,20 @@ class Clock(Protocol):
 
 class SpawnError(Exception):
     """The node's process could not be started (command missing, bad user,
-    unwritable log file...). Counts as a failed start."""
+    unwritable log file...). Counts as a failed start, unless ``transient``:
+    a shortage of the master's own resources (EMFILE, ENFILE, EAGAIN from
+    fork) says nothing about the node, so it is retried and never makes the
+    node FATAL."""
+
+    TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM})
+
+    def __init__(self, message: str, errno_: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno_
+
+    @property
+    def transient(self) -> bool:
+        return self.errno in self.TRANSIENT_ERRNOS
 
 
 class ProcessOps(Protocol):
@@ -52,8 +68,9 @@ class ProcessOps(Protocol):
         (which must arrive later through :meth:`Node.on_exit`). Returns the PID."""
         ...
 
-    def signal_group(self, node: Node, sig: int) -> None:
-        """Send ``sig`` to the node's process group."""
+    def signal(self, node: Node, sig: int, group: bool) -> None:
+        """Send ``sig`` to the node's main process, or (``group``) to its
+        whole process group."""
         ...
 
     def forget(self, node: Node, pid: int | None) -> None:
@@ -105,10 +122,19 @@ class Node:
         self.ops = ops
         self.log = log
         self.state = S.STOPPED
+        # The operator's intent: up (start, or never told otherwise) or down
+        # (stop). Reload, adoption and a restarted master read it; only the
+        # operator's commands set it.
+        self.wanted = True
+        # Set by the master's shutdown: no start of any kind from then on.
+        self.closed = False
+        # Serialises commands on this node (start, stop, restart), so each
+        # command sees its own effect through.
+        self.lock = asyncio.Lock()
+        self.last_error: str | None = None  # why it is not running, for status
         self.pid: int | None = None
         self.adopted = False
         self.started_at: float | None = None  # monotonic, when the process started
-        self.started_wall: float | None = None  # wall clock, for display
         self.exit_status: ExitStatus | None = None
         self.retries = 0  # failed starts in a row
         self.restarts = 0  # automatic respawns since the master started
@@ -116,19 +142,20 @@ class Node:
         self.crash_backoffs = 0  # crash-loop back-offs in a row
         self._timer: TimerHandle | None = None
         self._waiters: list[_Waiter] = []
+        # Called after every state change (the master saves its state file).
+        self.on_change: Callable[[Node], None] | None = None
 
     @property
     def name(self) -> str:
         return self.spec.name
 
-    @property
-    def alive(self) -> bool:
-        return self.state in ALIVE
-
     # ------------------------------------------------------------ commands
 
     def start(self) -> None:
-        """Start the node (also clears FATAL and the retry count)."""
+        """Start the node (also clears FATAL and the retry count). Does
+        nothing once the master is shutting down (:attr:`closed`)."""
+        if self.closed:
+            return
         if self.state in (S.STOPPED, S.EXITED, S.FATAL, S.BACKOFF):
             self.retries = 0
             self.crash_times.clear()
@@ -136,11 +163,23 @@ class Node:
             self._spawn("start requested")
 
     def stop(self) -> None:
-        """Begin stopping: signal the group and arm the kill timer."""
+        """Begin stopping, per the kill mode, and arm the kill timer.
+
+        ``mixed`` (the default) signals the main process only: a prefork
+        worker (Celery, gunicorn) then lets its pool finish the running
+        tasks, where a signal to the whole group would kill them mid-task.
+        Whatever is left of the group is SIGKILLed once the main process has
+        exited (by the reaper, while the zombie still pins the group id) or
+        when the stop timeout passes. ``control-group`` signals the whole
+        group at once, for wrappers that do not forward signals.
+        """
         if self.state in (S.STARTING, S.RUNNING):
-            self._set_state(S.STOPPING, f"sending SIG{self.spec.stop_signal}")
+            group = self.spec.kill_mode == "control-group"
+            target = "its process group" if group else f"pid {self.pid}"
+            self._set_state(S.STOPPING, f"sending SIG{self.spec.stop_signal} to {target}")
             self._arm(self.spec.stop_timeout)
-            self._signal(signal_number(self.spec.stop_signal))
+            if self.pid is not None:
+                self.ops.signal(self, signal_number(self.spec.stop_signal), group)
         elif self.state is S.BACKOFF:
             # BACKOFF -> STOPPED: cancel the pending retry
             self._cancel_timer()
@@ -151,8 +190,21 @@ class Node:
         self.pid = pid
         self.adopted = True
         self.started_at = self.clock.time() - max(0.0, time.time() - started_wall)
-        self.started_wall = started_wall
         self._set_state(S.RUNNING, f"adopted pid {pid}")
+
+    def restore(self, *, wanted: bool, restarts: int, exit_status: ExitStatus | None,
+                last_error: str | None, state: str) -> None:
+        """Take up what a master that died knew of this node (its state
+        file): the operator's intent, the counters, the last exit and error,
+        and an EXITED or FATAL verdict, which a restarted master keeps
+        instead of starting the node again."""
+        self.wanted = wanted
+        self.restarts = restarts
+        self.exit_status = exit_status
+        self.last_error = last_error
+        if self.state is S.STOPPED and state in (S.EXITED, S.FATAL):
+            # STOPPED -> EXITED | FATAL: as the previous master left it
+            self._set_state(S(state), "restored from the state file")
 
     def add_waiter(self, done: Callable[[Node], bool], wake: Callable[[Node], None]) -> None:
         """Call ``wake(node)`` once ``done(node)`` holds (now or after a
@@ -199,7 +251,8 @@ class Node:
             self.log.warning("%s: still alive %gs after SIG%s; sending SIGKILL to its "
                              "process group", self.name, self.spec.stop_timeout,
                              self.spec.stop_signal)
-            self._signal(signal.SIGKILL)
+            if self.pid is not None:
+                self.ops.signal(self, signal.SIGKILL, True)
 
     # ----------------------------------------------------------- internals
 
@@ -207,6 +260,8 @@ class Node:
         policy = self.spec.restart
         wanted = policy == "always" or (policy == "on-failure" and not status.clean)
         if not wanted:
+            if not status.clean:
+                self.last_error = what
             # RUNNING -> EXITED
             self._set_state(S.EXITED, f"{what}; restart={policy}")
             return
@@ -220,9 +275,9 @@ class Node:
             delay = self._backoff_delay(self.crash_backoffs)
             self.crash_backoffs += 1
             self.crash_times.clear()
-            self._set_state(S.BACKOFF, f"{what}; crash loop: {self.spec.restart_burst + 1} "
-                            f"exits within {self.spec.restart_window:g}s, retrying in "
-                            f"{delay:g}s")
+            self.last_error = (f"{what}; crash loop: {self.spec.restart_burst + 1} exits "
+                               f"within {self.spec.restart_window:g}s")
+            self._set_state(S.BACKOFF, f"{self.last_error}, retrying in {delay:g}s")
             self._arm(delay)
             return
         # RUNNING -> STARTING: it ran long enough, restart at once
@@ -230,6 +285,7 @@ class Node:
         self._spawn(f"{what}; restarting")
 
     def _failed_start(self, why: str) -> None:
+        self.last_error = why
         self.retries += 1
         if self.retries >= self.spec.start_retries:
             # STARTING -> FATAL
@@ -251,20 +307,24 @@ class Node:
             pid = self.ops.spawn(self)
         except SpawnError as exc:
             self._set_state(S.STARTING, why)
+            if exc.transient:
+                # STARTING -> BACKOFF, not counted: the master lacks a
+                # resource (file descriptors, memory), the node is not at fault
+                delay = self._backoff_delay(0)
+                self.last_error = f"cannot start: {exc}"
+                self._set_state(S.BACKOFF, f"{self.last_error}; retrying in {delay:g}s "
+                                "(not counted as a failed start)")
+                self._arm(delay)
+                return
             self._failed_start(f"cannot start: {exc}")
             return
         self.pid = pid
         self.started_at = self.clock.time()
-        self.started_wall = time.time()
         self._set_state(S.STARTING, f"{why}; pid {pid}")
         if self.spec.start_secs > 0:
             self._arm(self.spec.start_secs)
         else:
             self._on_timer()
-
-    def _signal(self, sig: int) -> None:
-        if self.pid is not None:
-            self.ops.signal_group(self, sig)
 
     def _arm(self, delay: float) -> None:
         self._cancel_timer()
@@ -277,10 +337,15 @@ class Node:
 
     def _set_state(self, new: NodeState, reason: str) -> None:
         old = self.state
-        assert can_transition(old, new), f"{self.name}: illegal {old} -> {new}"
+        if not can_transition(old, new):
+            raise IllegalTransition(f"{self.name}: illegal {old} -> {new} ({reason})")
         self.state = new
+        if new is S.RUNNING:
+            self.last_error = None
         level = logging.WARNING if new in (S.BACKOFF, S.FATAL) else logging.INFO
         self.log.log(level, "%s: %s -> %s (%s)", self.name, old, new, reason)
+        if self.on_change is not None:
+            self.on_change(self)
         if self._waiters:
             waiting, self._waiters = self._waiters, []
             for done, wake in waiting:

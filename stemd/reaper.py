@@ -15,6 +15,15 @@ our child or a node adopted from a previous master. For a child we then:
 
 ``SIGCHLD`` drains the rest: any child that is not a watched node (orphans
 reparented to us as PID 1 or subreaper) is reaped so no zombie is left.
+
+Work per loop turn is bounded (:data:`BATCH` exits). Handling an exit may
+respawn the node (a fork, ~1 ms), and a storm of 1,000 nodes dying together
+handled in one go would keep the loop from the control socket, the signal
+pipe and the timers for seconds; in slices, ``stemctl status`` and SIGTERM
+are served between two slices. Ready pidfds are only queued (and their
+readers removed, since a pidfd stays readable); the queue is drained a slice
+per turn through ``call_soon``, which lets the loop poll its descriptors in
+between.
 """
 
 from __future__ import annotations
@@ -25,12 +34,16 @@ import logging
 import os
 import signal
 import subprocess
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from stemd.node import ExitStatus
 
 ExitCallback = Callable[[int, ExitStatus], None]
+
+#: exits handled per loop turn (each may respawn a node)
+BATCH = 16
 
 
 @dataclass(slots=True)
@@ -46,6 +59,9 @@ class Reaper:
         self.loop = loop
         self.log = log
         self._watches: dict[int, _Watch] = {}
+        self._ready: deque[int] = deque()  # exited watched PIDs, in arrival order
+        self._queued: set[int] = set()
+        self._draining = False
 
     def watch(self, pid: int, popen: subprocess.Popen[bytes] | None,
               callback: ExitCallback) -> None:
@@ -54,15 +70,17 @@ class Reaper:
         and not our child."""
         fd = os.pidfd_open(pid)
         self._watches[pid] = _Watch(pid, fd, popen, callback)
-        self.loop.add_reader(fd, self._finish, pid)
+        self.loop.add_reader(fd, self._exited, pid)
 
     @property
     def watched(self) -> int:
         return len(self._watches)
 
     def on_sigchld(self) -> None:
-        """Reap every exited child; node exits go through :meth:`_finish`."""
-        while True:
+        """Reap exited children that are not nodes (a slice of them); a node
+        found exited is queued for :meth:`_finish`, which reaps it, and the
+        scan goes on once the queue is drained."""
+        for _ in range(BATCH):
             try:
                 info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
@@ -70,11 +88,40 @@ class Reaper:
             if info is None:
                 return
             if info.si_pid in self._watches:
-                self._finish(info.si_pid)
-            else:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(info.si_pid, os.WNOHANG)
-                self.log.debug("reaped pid %d (%s)", info.si_pid, _status(info))
+                # waitid(P_ALL) would name this zombie again until it is
+                # reaped: hand it to the queue, whose drain scans again
+                self._exited(info.si_pid)
+                return
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(info.si_pid, os.WNOHANG)
+            self.log.debug("reaped pid %d (%s)", info.si_pid, _status(info))
+        self.loop.call_soon(self.on_sigchld)  # more, maybe: next turn
+
+    def _exited(self, pid: int) -> None:
+        """A watched process has exited (its pidfd is readable, or SIGCHLD
+        named it): queue it."""
+        watch = self._watches.get(pid)
+        if watch is None or pid in self._queued:
+            return
+        self.loop.remove_reader(watch.fd)
+        self._queued.add(pid)
+        self._ready.append(pid)
+        if not self._draining:
+            self._draining = True
+            self.loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        for _ in range(BATCH):
+            if not self._ready:
+                break
+            pid = self._ready.popleft()
+            self._queued.discard(pid)
+            self._finish(pid)
+        if self._ready:
+            self.loop.call_soon(self._drain)
+            return
+        self._draining = False
+        self.on_sigchld()  # children that are not nodes, left behind a node's exit
 
     def _finish(self, pid: int) -> None:
         watch = self._watches.get(pid)
@@ -88,7 +135,9 @@ class Reaper:
                 info = None  # reaped elsewhere: should not happen; status unknown
             else:
                 if info is None:
-                    return  # spurious wake-up: still running
+                    # spurious: still running; watch again
+                    self.loop.add_reader(watch.fd, self._exited, pid)
+                    return
                 status = _status(info)
             self._kill_group(pid)
             with contextlib.suppress(ChildProcessError):
@@ -102,7 +151,6 @@ class Reaper:
             # (a pgid is not reused while any process carries it), so it is
             # killed only when some are seen; an empty group is left alone.
             self._kill_group(pid)
-        self.loop.remove_reader(watch.fd)
         os.close(watch.fd)
         del self._watches[pid]
         watch.callback(pid, status)
@@ -117,6 +165,8 @@ class Reaper:
             self.loop.remove_reader(watch.fd)
             os.close(watch.fd)
         self._watches.clear()
+        self._ready.clear()
+        self._queued.clear()
 
 
 def _group_has_members(pgid: int) -> bool:

@@ -13,7 +13,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-COLUMNS = ("NODE", "PROGRAM", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "CPU%", "RSS")
+COLUMNS = ("NODE", "PROGRAM", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS",
+           "LAST EXIT / WHY")
 STATE_STYLE = {"RUNNING": "green", "STARTING": "cyan", "STOPPING": "yellow", "BACKOFF": "yellow",
                "STOPPED": "dim", "EXITED": "magenta", "FATAL": "bold red"}
 
@@ -46,10 +47,15 @@ def status_rows(nodes: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
     rows = []
     for n in nodes:
         cpu = n.get("cpu_percent")
+        # Why a node is not running (its last spawn error, crash loop or
+        # failed exit) matters more than how the process before it ended.
+        why = n.get("last_error") or n.get("last_exit") or "-"
+        if n.get("wanted") == "down" and n["state"] == "STOPPED":
+            why = "stopped by the operator"
         rows.append((n["node"], n["program"], n["state"],
                      str(n["pid"]) if n["pid"] is not None else "-",
-                     duration(n["uptime"]), str(n["restarts"]), n.get("last_exit") or "-",
-                     f"{cpu:.1f}" if cpu is not None else "-", size(n.get("rss"))))
+                     duration(n["uptime"]), str(n["restarts"]),
+                     f"{cpu:.1f}" if cpu is not None else "-", size(n.get("rss")), why))
     return rows
 
 
@@ -62,7 +68,8 @@ def print_status(nodes: Sequence[dict[str, Any]], tty: bool) -> None:
         table = Table(box=None, header_style="bold", pad_edge=False)
         for column in COLUMNS:
             table.add_column(column, justify="right" if column in (
-                "PID", "RESTARTS", "CPU%", "RSS", "UPTIME") else "left")
+                "PID", "RESTARTS", "CPU%", "RSS", "UPTIME") else "left",
+                overflow="fold" if column == "LAST EXIT / WHY" else "ellipsis")
         for row in rows:
             style = STATE_STYLE.get(row[2], "")
             table.add_row(*row[:2], f"[{style}]{row[2]}[/]" if style else row[2], *row[3:])

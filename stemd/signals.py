@@ -33,6 +33,12 @@ def _ignore(signum: int, frame: object) -> None:
 class SignalPipe:
     """Owns the process's signal wakeup fd while the loop runs."""
 
+    #: the signals the master handles; blocked from the start of ``stemd``
+    #: until the pipe is in place, so that none arriving during start-up
+    #: (SIGHUP from a hasty reload) kills the daemon or is lost
+    HANDLED = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1,
+                         signal.SIGCHLD})
+
     def __init__(self, loop: asyncio.AbstractEventLoop,
                  handlers: dict[int, Callable[[], None]]) -> None:
         self.loop = loop

@@ -71,7 +71,7 @@ def open_log(path: str, account: Account) -> int:
     try:
         fd = os.open(path, flags | os.O_NONBLOCK, 0o640)
     except OSError as exc:
-        raise SpawnError(f"cannot open log file {path}: {exc.strerror}") from None
+        raise SpawnError(f"cannot open log file {path}: {exc.strerror}", exc.errno) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
@@ -122,7 +122,7 @@ def spawn_node(spec: NodeSpec, base_env: Mapping[str, str], force_root: bool
         )
     except OSError as exc:
         what = exc.filename or spec.argv[0]
-        raise SpawnError(f"{what}: {exc.strerror}") from None
+        raise SpawnError(f"{what}: {exc.strerror}", exc.errno) from None
     except (subprocess.SubprocessError, ValueError) as exc:
         raise SpawnError(str(exc)) from None
     finally:

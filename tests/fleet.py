@@ -110,6 +110,16 @@ class Fleet:
         assert result.returncode == 0, result.stderr
         return result
 
+    def start_failing(self, *args: str) -> str:
+        """Start the daemon on a fleet that cannot run: ready means running,
+        so the launcher must exit 1 naming the failures (the master stays
+        and keeps supervising). Returns what it said."""
+        result = self.stemd(*args)
+        assert result.returncode == 1, (result.returncode, result.stderr)
+        assert "not running" in result.stderr, result.stderr
+        assert pid_alive(self.master_pid() or 0), "the master must keep supervising"
+        return result.stderr
+
     def ctl(self, *args: str, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
         return subprocess.run([STEMCTL, "--config", str(self.config), *args],
                               capture_output=True, text=True, timeout=timeout, env=self.env(),

@@ -78,17 +78,21 @@ class FakeOps:
     fail: str | None = None  # a SpawnError message for the next spawns
     spawned: list[int] = field(default_factory=list)
     signals: list[tuple[int | None, int]] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)  # "main" or "group", per signal
     forgotten: list[int | None] = field(default_factory=list)
+
+    fail_errno: int | None = None
 
     def spawn(self, node: Node) -> int:
         if self.fail:
-            raise SpawnError(self.fail)
+            raise SpawnError(self.fail, self.fail_errno)
         self.next_pid += 1
         self.spawned.append(self.next_pid)
         return self.next_pid
 
-    def signal_group(self, node: Node, sig: int) -> None:
+    def signal(self, node: Node, sig: int, group: bool) -> None:
         self.signals.append((node.pid, sig))
+        self.targets.append("group" if group else "main")
 
     def forget(self, node: Node, pid: int | None) -> None:
         self.forgotten.append(pid)
@@ -313,7 +317,22 @@ def test_stop_signals_the_group_and_arms_the_kill_timer(state: NodeState) -> Non
     rig.node.stop()
     assert rig.node.state is S.STOPPING
     assert rig.ops.signals == [(pid, signal.SIGQUIT)]
+    assert rig.ops.targets == ["main"]  # kill mode mixed: a prefork pool finishes its tasks
     assert rig.clock.next_delay() == pytest.approx(7.0)
+
+
+def test_control_group_kill_mode_signals_the_whole_group() -> None:
+    rig = to_state(S.RUNNING, kill_mode="control-group")
+    rig.node.stop()
+    assert rig.ops.targets == ["group"]
+
+
+def test_the_stop_timeout_kills_the_whole_group_in_mixed_mode() -> None:
+    rig = to_state(S.RUNNING, stop_timeout=3.0)
+    rig.node.stop()
+    rig.clock.fire()
+    assert rig.ops.targets == ["main", "group"]
+    assert rig.ops.signals[-1][1] == signal.SIGKILL
 
 
 def test_stop_timeout_sends_sigkill() -> None:
@@ -322,6 +341,7 @@ def test_stop_timeout_sends_sigkill() -> None:
     rig.node.stop()
     assert rig.clock.fire() == pytest.approx(2.0)
     assert rig.ops.signals == [(pid, signal.SIGTERM), (pid, signal.SIGKILL)]
+    assert rig.ops.targets[-1] == "group"
     assert rig.node.state is S.STOPPING  # still, until the exit is seen
     rig.node.on_exit(KILLED)
     assert rig.node.state is S.STOPPED
@@ -518,3 +538,71 @@ def test_exit_status_strings() -> None:
     assert str(ExitStatus(signal=signal.SIGKILL)) == "killed by SIGKILL"
     assert ExitStatus(signal=9).as_int == -9
     assert ExitStatus(code=0).clean and not ExitStatus().clean
+
+
+# ------------------------------------------------ intent, errors, restore
+
+
+def test_an_illegal_transition_raises_even_under_python_O() -> None:
+    from stem_core.states import IllegalTransition
+
+    rig = make()
+    with pytest.raises(IllegalTransition, match="STOPPED -> STOPPING"):
+        Node._set_state(rig.node, S.STOPPING, "test")
+
+
+def test_a_spawn_error_is_kept_as_last_error_until_running() -> None:
+    rig = make(start_retries=2)
+    rig.ops.fail = "/opt/app/worker: No such file or directory"
+    rig.node.start()
+    assert rig.node.state is S.BACKOFF
+    rig.clock.fire()
+    assert rig.node.state is S.FATAL
+    assert rig.node.last_error == "cannot start: /opt/app/worker: No such file or directory"
+    rig.ops.fail = None
+    rig.node.start()
+    rig.clock.fire()
+    assert rig.node.state is S.RUNNING
+    assert rig.node.last_error is None
+
+
+def test_a_shortage_of_descriptors_is_retried_and_never_fatal() -> None:
+    import errno
+
+    rig = make(start_retries=1)
+    rig.ops.fail, rig.ops.fail_errno = "cannot open log file /l: Too many open files", \
+        errno.EMFILE
+    rig.node.start()
+    for _ in range(5):
+        assert rig.node.state is S.BACKOFF
+        assert rig.node.retries == 0
+        rig.clock.fire()
+    rig.ops.fail = None
+    rig.clock.fire()
+    assert rig.node.state is S.STARTING
+
+
+def test_a_closed_node_never_starts_again() -> None:
+    # the master's shutdown closes every node before it stops them
+    rig = to_state(S.STOPPED)
+    rig.node.closed = True
+    rig.node.start()
+    assert rig.node.state is S.STOPPED
+    assert rig.ops.spawned == []
+
+
+@pytest.mark.parametrize("state", [S.EXITED, S.FATAL])
+def test_restore_keeps_the_verdict_of_the_previous_master(state: NodeState) -> None:
+    rig = make()
+    rig.node.restore(wanted=True, restarts=7, exit_status=ExitStatus(code=3),
+                     last_error="pid 9 exit status 3", state=str(state))
+    assert rig.node.state is state
+    assert rig.node.restarts == 7
+    assert rig.ops.spawned == []
+
+
+def test_restore_of_a_stopped_node_keeps_the_operators_stop() -> None:
+    rig = make()
+    rig.node.restore(wanted=False, restarts=0, exit_status=None, last_error=None,
+                     state="STOPPED")
+    assert rig.node.state is S.STOPPED and not rig.node.wanted

@@ -43,16 +43,29 @@ def test_status_rows() -> None:
              last_exit="exit status 1", cpu_percent=None, rss=None),
     ])
     assert rows == [
-        ("alpha", "worker", "RUNNING", "123", "5s", "0", "-", "1.2", "3.0M"),
-        ("beta", "worker", "EXITED", "-", "-", "3", "exit status 1", "-", "-"),
+        ("alpha", "worker", "RUNNING", "123", "5s", "0", "1.2", "3.0M", "-"),
+        ("beta", "worker", "EXITED", "-", "-", "3", "-", "-", "exit status 1"),
     ]
+
+
+def test_status_rows_say_why_a_node_is_down() -> None:
+    """The last error (a vanished binary), not the exit of the process
+    before it; and a node the operator stopped says so."""
+    rows = render.status_rows([
+        node(state="FATAL", pid=None, last_exit="killed by SIGKILL",
+             last_error="cannot start: /opt/app/worker: No such file or directory"),
+        node(node="beta", state="STOPPED", pid=None, wanted="down",
+             last_exit="killed by SIGTERM"),
+    ])
+    assert rows[0][-1] == "cannot start: /opt/app/worker: No such file or directory"
+    assert rows[1][-1] == "stopped by the operator"
 
 
 def test_status_rows_without_stats() -> None:
     """--json without --stats has no cpu_percent/rss keys at all."""
     n = node()
     del n["cpu_percent"], n["rss"]
-    assert render.status_rows([n])[0][-2:] == ("-", "-")
+    assert render.status_rows([n])[0][-3:-1] == ("-", "-")
 
 
 def test_plain_table_is_aligned_columns(capsys: pytest.CaptureFixture[str]) -> None:
@@ -60,7 +73,7 @@ def test_plain_table_is_aligned_columns(capsys: pytest.CaptureFixture[str]) -> N
     out = capsys.readouterr().out
     assert "\x1b" not in out
     lines = out.splitlines()
-    assert lines[0].startswith("NODE") and lines[0].split()[-1] == "RSS"
+    assert lines[0].startswith("NODE") and lines[0].endswith("LAST EXIT / WHY")
     assert len(lines) == 3
     # every column starts at the same offset on every line
     starts = [[m.start() for m in re.finditer(r"(?<=  )\S", line)] for line in lines]

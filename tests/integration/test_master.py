@@ -54,7 +54,8 @@ def test_crash_loop_is_fatal_until_started(fleet: Fleet) -> None:
     ok = fleet.root / "ok"
     fleet.write(nodes="alpha", start_retries=3, start_secs=0.2,
                 command=f"/bin/sh -c 'test -e {ok} && exec /bin/sleep 1000; exit 1'")
-    fleet.start()
+    said = fleet.start_failing()
+    assert "alpha: FATAL (pid " in said and "exit status 1" in said
     info = fleet.wait_state("FATAL", timeout=10)["alpha"]
     assert info["pid"] is None and info["exit_status"] == 1
     log = fleet.master_log()
@@ -71,7 +72,7 @@ def test_crash_loop_is_fatal_until_started(fleet: Fleet) -> None:
 
 def test_no_zombies_after_a_crash_loop(fleet: Fleet) -> None:
     fleet.write(nodes="alpha beta", start_retries=4, command="/bin/sh -c 'exit 1'")
-    fleet.start()
+    fleet.start_failing()
     fleet.wait_state("FATAL")
     master = psutil.Process(fleet.master_pid())
     zombies = [p.pid for p in master.children() if p.status() == psutil.STATUS_ZOMBIE]
@@ -163,7 +164,7 @@ def test_node_exiting_on_its_own_leaves_no_grandchildren(fleet: Fleet) -> None:
 
 
 def test_stop_of_a_starting_node(fleet: Fleet) -> None:
-    fleet.write(nodes="alpha", start_secs=30)
+    fleet.write(nodes="alpha", start_secs=30, start_wait=0)  # return at spawn
     fleet.start()
     pid = node_pid(fleet, "alpha")
     assert fleet.status()["alpha"]["state"] == "STARTING"
@@ -262,9 +263,11 @@ def test_log_file_symlink_is_not_followed(fleet: Fleet) -> None:
     fleet.log_dir.mkdir()
     os.symlink(victim, fleet.log_dir / "alpha.log")
     fleet.write(nodes="alpha beta", start_retries=2)
-    fleet.start()
+    said = fleet.start_failing()
+    assert f"alpha: FATAL (cannot start: cannot open log file {fleet.log_dir}/alpha.log" in said
+    assert "beta" not in said
     fleet.wait_state("FATAL", "alpha")
-    assert fleet.status()["beta"]["state"] in ("STARTING", "RUNNING")
+    assert fleet.status()["beta"]["state"] == "RUNNING"
     log = fleet.master_log()
     assert f"cannot open log file {fleet.log_dir}/alpha.log" in log
     assert snapshot(victim) == before

@@ -6,13 +6,19 @@ from __future__ import annotations
 import json
 import os
 import pty
+import pwd
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import sys
+import sysconfig
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +76,7 @@ def test_status_piped_is_a_plain_table(running: Fleet) -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["NODE", "PROGRAM", "STATE", "PID", "UPTIME", "RESTARTS",
-                                "LAST", "EXIT", "CPU%", "RSS"]
+                                "CPU%", "RSS", "LAST", "EXIT", "/", "WHY"]
     assert "\x1b" not in result.stdout
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert set(rows) == {"alpha", "beta"}
@@ -189,7 +195,7 @@ def test_start_clears_fatal_and_fails_while_the_node_cannot_start(fleet: Fleet) 
     command = script(fleet, "gated.sh", f"#!/bin/sh\ntest -e {flag} || exit 3\n"
                                         "exec sleep 1000\n")
     fleet.write(nodes="alpha", command=command, start_retries=2, start_secs=0.2)
-    fleet.start()
+    fleet.start_failing()
     fleet.wait_state("FATAL")
     result = fleet.ctl("start", "alpha")
     assert result.returncode == 1
@@ -290,7 +296,7 @@ def test_restart_of_one_node_leaves_the_others(running: Fleet) -> None:
 # --------------------------------------------------------------------- kill
 
 
-def test_kill_signals_the_nodes_process_group(fleet: Fleet) -> None:
+def test_kill_signals_the_main_process_or_with_group_the_process_group(fleet: Fleet) -> None:
     node = """\
 #!/bin/sh
 sh -c 'trap "echo child-got-usr1" USR1; while :; do sleep 0.05; done' &
@@ -305,6 +311,12 @@ while :; do sleep 0.05; done
     assert "sent SIGUSR1 to alpha" in result.stdout
     log = fleet.log_dir / "alpha.log"
     wait_until(lambda: "got-usr1" in log.read_text(), 5, what="the node's trap")
+    # the main process only (SPEC §3): the pool child was not signalled; a
+    # later signal to the group reaches it (and proves the log is flushed)
+    assert "child-got-usr1" not in log.read_text()
+    result = fleet.ctl("kill", "--group", "-s", "USR1", "alpha")
+    assert result.returncode == 0, result.stderr
+    assert "sent SIGUSR1 to the process groups of alpha" in result.stdout
     wait_until(lambda: "child-got-usr1" in log.read_text(), 5, what="the child's trap")
     assert "usr1" not in (fleet.log_dir / "beta.log").read_text()
     assert pids(fleet.status()) == before  # trapped: nobody died
@@ -550,13 +562,60 @@ def test_diagnose_reports_config_errors(fleet: Fleet) -> None:
     assert "STEMD_STOP_TIMEOUT" in result.stdout
 
 
-def test_diagnose_reports_an_unwritable_directory(fleet: Fleet) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root writes everywhere")
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every user can traverse (pytest's base temp dir is 0700)."""
+    root = Path(tempfile.mkdtemp(prefix="stemd-diag-", dir="/tmp"))
+    root.chmod(0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def as_nobody(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``python -m ARGV...`` as ``nobody``, with this checkout's code and this venv's
+    dependencies: both must be readable by nobody, or the test skips and says why."""
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user 'nobody'")
+    repo = Path(__file__).resolve().parents[2]
+    path = os.pathsep.join([str(repo), sysconfig.get_paths()["purelib"],
+                            sysconfig.get_paths()["platlib"]])
+
+    def run(python: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [python, *args], user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[],
+            cwd="/", env={"PYTHONPATH": path, "PATH": "/usr/bin:/bin"},
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+    # This interpreter, or one of the same version nobody can run (this one may live under
+    # root's 0700 home): the venv's compiled dependencies need the same version.
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    probe_code = (f"import sys; assert '%d.%d' % sys.version_info[:2] == '{version}'; "
+                  "import psutil, stemd.ctl, stemd.checks")
+    for python in (os.path.realpath(sys.executable), f"/usr/bin/python{version}",
+                   f"/usr/local/bin/python{version}", "/usr/bin/python3"):
+        try:
+            if run(python, "-c", probe_code).returncode == 0:
+                return run(python, *argv)
+        except OSError:
+            continue
+    pytest.skip(f"no Python {version} that nobody can run with this checkout and venv")
+
+
+def test_diagnose_reports_an_unwritable_directory(open_dir: Path) -> None:
+    """Root writes everywhere, so as root (CI) stemctl runs as ``nobody``: the directory is
+    unwritable for whoever runs it, which is what diagnose must report."""
+    fleet = Fleet(open_dir)
     fleet.write(create_dirs=0)
     fleet.run_dir.mkdir(mode=0o555)
-    result = fleet.ctl("diagnose")
-    assert result.returncode == 1
+    if os.geteuid() == 0:
+        result = as_nobody("-m", "stemd.ctl", "--config", str(fleet.config), "diagnose")
+    else:
+        result = fleet.ctl("diagnose")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"{fleet.run_dir} (" in result.stdout and "is not writable" in result.stdout, \
+        result.stdout + result.stderr
 
 
 # ------------------------------------------------------------------- config

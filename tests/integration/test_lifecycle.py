@@ -1,0 +1,248 @@
+"""The operator's intent is the master's state, and a shutdown pre-empts
+everything (issue 10 §2). Each test reproduces a failure found by running
+stemd by hand; each failed on the master before the fix."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from stem_core import protocol as P
+from tests.fleet import STEMCTL, STEMD, Fleet, pid_alive, wait_until
+
+# a node that takes a second to stop, and leaves a child in its group
+SLOW_STOP = """\
+#!/bin/sh
+sleep 1000 &
+trap 'sleep 1; kill $!; exit 0' TERM
+while :; do sleep 0.05; done
+"""
+
+
+def script(fleet: Fleet, name: str, text: str) -> str:
+    path = fleet.root / name
+    path.write_text(text)
+    path.chmod(0o755)
+    return str(path)
+
+
+def pids(fleet: Fleet) -> dict[str, Any]:
+    return {name: info["pid"] for name, info in fleet.status().items()}
+
+
+def assert_nothing_left(fleet: Fleet) -> None:
+    """"Stopped" means that no node is left: no process, no PID file."""
+    master = fleet.master_pid()
+    wait_until(lambda: master is None or not pid_alive(master), 30, what="the master to exit")
+    assert fleet.node_pids() == [], "nodes survived the master's shutdown"
+    assert sorted(p.name for p in fleet.run_dir.glob("*.pid")) == []
+
+
+def test_sighup_then_sigterm_leaves_no_node_behind(fleet: Fleet) -> None:
+    fleet.write(nodes="a b c", command=script(fleet, "slow.sh", SLOW_STOP))
+    fleet.start()
+    fleet.write(nodes="a b c", command=script(fleet, "slow.sh", SLOW_STOP), opts="--changed")
+    master = fleet.master_pid()
+    assert master
+    os.kill(master, signal.SIGHUP)
+    wait_until(lambda: "reload:" in fleet.master_log(), 10, what="the reload to begin")
+    time.sleep(0.3)  # the issue's timing: TERM while the reload restarts nodes
+    os.kill(master, signal.SIGTERM)
+    assert_nothing_left(fleet)
+    assert "stemd stopped" in fleet.master_log()
+
+
+def test_shutdown_during_a_rolling_restart_leaves_no_node_behind(fleet: Fleet) -> None:
+    fleet.write(nodes="a b c", command=script(fleet, "slow.sh", SLOW_STOP))
+    fleet.start()
+    restart = subprocess.Popen([STEMCTL, "--config", str(fleet.config), "restart"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=fleet.env())
+    wait_until(lambda: "a: RUNNING -> STOPPING" in fleet.master_log(), 10,
+               what="the restart's first stop")
+    result = fleet.ctl("shutdown")
+    assert result.returncode == 0, result.stderr
+    _, err = restart.communicate(timeout=30)
+    assert restart.returncode != 0, "the restart was interrupted, it must not say OK"
+    assert "shutting down" in err
+    assert_nothing_left(fleet)
+
+
+def _send_and_leave(fleet: Fleet, cmd: str) -> None:
+    """A client that asks for something and goes away without waiting."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(fleet.run_dir / "stemd.sock"))
+        sock.sendall(P.encode(P.request(cmd)))
+        time.sleep(0.2)  # long enough for the master to begin
+
+
+def test_restarts_of_clients_that_left_are_dropped_after_the_current_node(fleet: Fleet
+                                                                          ) -> None:
+    fleet.write(nodes="a b c", command=script(fleet, "slow.sh", SLOW_STOP))
+    fleet.start()
+    before = pids(fleet)
+    _send_and_leave(fleet, "restart")
+    # the node step it began is finished (a is not left stopped)...
+    nodes = fleet.wait_state("RUNNING", timeout=20)
+    wait_until(lambda: "a: STARTING -> RUNNING" in fleet.master_log(), 20, what="a back")
+    # ...and the rest are dropped: b and c keep their processes
+    time.sleep(1.5)  # b would be stopping by now if the restart had gone on
+    nodes = fleet.status()
+    assert all(n["state"] == "RUNNING" for n in nodes.values())
+    assert nodes["a"]["pid"] != before["a"]
+    assert nodes["b"]["pid"] == before["b"] and nodes["c"]["pid"] == before["c"]
+
+
+def test_two_concurrent_rolling_restarts_never_take_two_nodes_down(fleet: Fleet) -> None:
+    fleet.write(nodes="a b c", command=script(fleet, "slow.sh", SLOW_STOP), start_secs=0.3)
+    fleet.start()
+    worst: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            states = fleet.status()
+            worst.append(sum(1 for n in states.values() if n["state"] != "RUNNING"))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        clients = [subprocess.Popen([STEMCTL, "--config", str(fleet.config), "restart"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    env=fleet.env()) for _ in range(2)]
+        for client in clients:
+            assert client.wait(timeout=60) == 0, client.stderr.read() if client.stderr else ""
+    finally:
+        done.set()
+        watcher.join()
+    assert max(worst) == 1, f"nodes down at once, per sample: {worst}"
+    assert fleet.master_log().count("RUNNING -> STOPPING") == 6
+
+
+def test_reload_does_not_restart_a_node_the_operator_stopped(fleet: Fleet) -> None:
+    fleet.write(nodes="a b", command="/bin/sleep 1000")
+    fleet.start()
+    assert fleet.ctl("stop", "a").returncode == 0
+    before = pids(fleet)
+    fleet.write(nodes="a b", command="/bin/sleep 2000")  # both changed
+    result = fleet.ctl("reload")
+    assert result.returncode == 0, result.stderr
+    nodes = fleet.status()
+    assert nodes["a"]["state"] == "STOPPED" and nodes["a"]["pid"] is None
+    assert nodes["b"]["state"] == "RUNNING" and nodes["b"]["pid"] != before["b"]
+    # the new spec applies when the operator starts it
+    assert fleet.ctl("start", "a").returncode == 0
+    assert "2000" in " ".join(psutil.Process(fleet.status()["a"]["pid"]).cmdline())
+
+
+def test_reload_fails_naming_a_changed_node_that_does_not_run(fleet: Fleet) -> None:
+    fleet.write(nodes="a b", command="/bin/sleep 1000", start_retries=2)
+    fleet.start()
+    fleet.write(nodes="a b", command="/bin/sleep 1000", start_retries=2,
+                opts="-c:a 1")  # sleep rejects -c: a exits at once, b unchanged
+    result = fleet.ctl("reload", "--json")
+    assert result.returncode == 1, result.stdout
+    error = json.loads(result.stdout)["error"]
+    assert "not running: a" in error["message"]
+    assert fleet.status()["a"]["state"] == "FATAL"
+    assert fleet.status()["b"]["state"] == "RUNNING"
+
+
+def test_removing_the_first_node_restarts_none_of_the_others(fleet: Fleet) -> None:
+    fleet.write(nodes="a b c")
+    fleet.start()
+    before = pids(fleet)
+    fleet.write(nodes="b c")
+    result = fleet.ctl("reload", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["removed"] == ["a"] and summary["changed"] == []
+    after = pids(fleet)
+    assert after == {"b": before["b"], "c": before["c"]}
+    assert not pid_alive(before["a"])
+
+
+def test_a_master_restarted_after_kill_9_keeps_intent_counters_and_verdicts(fleet: Fleet
+                                                                            ) -> None:
+    fleet.write(nodes="a b c", restart="on-failure", start_secs=0.2,
+                command="/bin/sh -c 'test \"$STEMD_NODE\" = c && sleep 0.5 && exit 0; "
+                        "exec sleep 1000'",
+                start_wait=0)
+    fleet.start()
+    fleet.wait_state("RUNNING", "a", "b")
+    fleet.wait_state("EXITED", "c")  # clean exit under on-failure: stays down
+    assert fleet.ctl("stop", "b").returncode == 0
+    a_pid = fleet.status()["a"]["pid"]
+    os.kill(a_pid, signal.SIGKILL)  # a is restarted: restarts = 1
+    wait_until(lambda: (n := fleet.status()["a"])["restarts"] == 1
+               and n["state"] == "RUNNING", 10, what="a restarted")
+    a_pid = fleet.status()["a"]["pid"]
+    master = fleet.master_pid()
+    assert master
+    os.kill(master, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(master), 5, what="the master to die")
+    fleet.start()
+    nodes = fleet.status()
+    assert nodes["a"]["pid"] == a_pid and nodes["a"]["restarts"] == 1  # adopted, counted
+    assert nodes["b"]["state"] == "STOPPED" and nodes["b"]["wanted"] == "down"
+    assert nodes["c"]["state"] == "EXITED" and nodes["c"]["exit_status"] == 0
+    # a clean shutdown followed by a start begins fresh
+    assert fleet.ctl("shutdown").returncode == 0
+    fleet.start()
+    wait_until(lambda: fleet.status()["b"]["state"] == "RUNNING", 10, what="b fresh")
+    assert fleet.status()["a"]["restarts"] == 0
+
+
+def test_status_says_why_a_node_is_fatal(fleet: Fleet) -> None:
+    worker = Path(script(fleet, "worker.sh", "#!/bin/sh\nexec sleep 1000\n"))
+    fleet.write(nodes="a", command=str(worker), start_retries=2)
+    fleet.start()
+    worker.unlink()  # the binary vanishes (a botched deploy)
+    os.kill(fleet.status()["a"]["pid"], signal.SIGKILL)
+    info = fleet.wait_state("FATAL", timeout=15)["a"]
+    assert info["last_error"] == f"cannot start: {worker}: No such file or directory"
+    table = fleet.ctl("status")
+    assert table.returncode == 1
+    assert f"cannot start: {worker}: No such file or directory" in table.stdout
+
+
+def test_ready_means_running(fleet: Fleet) -> None:
+    fleet.write(nodes="a b", start_secs=0.5)
+    t0 = time.monotonic()
+    fleet.start()
+    assert time.monotonic() - t0 >= 0.5
+    assert fleet.ctl("status").returncode == 0  # at once: every node RUNNING
+
+
+def test_a_fleet_that_dies_at_once_fails_the_start_naming_it(fleet: Fleet) -> None:
+    fleet.write(nodes="a b", command="/bin/sh -c 'exit 3'", start_retries=2)
+    said = fleet.start_failing()
+    assert "a: FATAL" in said and "b: FATAL" in said and "exit status 3" in said
+
+
+def test_start_wait_0_returns_at_spawn(fleet: Fleet) -> None:
+    fleet.write(nodes="a", command="/bin/sh -c 'exit 3'", start_wait=0, start_secs=5)
+    t0 = time.monotonic()
+    fleet.start()
+    assert time.monotonic() - t0 < 4
+
+
+def test_sighup_during_start_up_does_not_kill_the_daemon(fleet: Fleet) -> None:
+    fleet.write(nodes="a b", start_secs=1)
+    launcher = subprocess.Popen([STEMD, "--config", str(fleet.config)], env=fleet.env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    master = wait_until(fleet.master_pid, 10, what="the master's PID file")
+    os.kill(master, signal.SIGHUP)
+    _, err = launcher.communicate(timeout=30)
+    assert launcher.returncode == 0, err
+    assert pid_alive(master)
+    fleet.wait_state("RUNNING")
