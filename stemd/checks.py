@@ -74,9 +74,7 @@ def check_trust(config: Config, *, master_log: bool = True) -> list[Problem]:
       alone (:func:`stem_core.trust.check_private_dir`);
     - the master log's directory: not writable by a node user, who could
       otherwise put a FIFO, a symlink or a file of their own there (not
-      checked with ``master_log=False``: in the foreground it is not used);
-    - node files that are not regular files (a node PID file path that is a
-      directory left the node running with no PID file).
+      checked with ``master_log=False``: in the foreground it is not used).
     """
     problems: list[Problem] = []
     m = config.master
@@ -97,11 +95,6 @@ def check_trust(config: Config, *, master_log: bool = True) -> list[Problem]:
                 f"the master log's directory {log_dir} is {why}: a node could put a FIFO or a "
                 "file of its own where the master logs", key="STEMD_MASTER_LOG_FILE",
                 hint=f"chown root {log_dir} && chmod 0755 {log_dir}, or move the master log"))
-    for node in config.nodes:
-        if os.path.isdir(node.pid_file) and not os.path.islink(node.pid_file):
-            problems.append(Problem(f"the PID file {node.pid_file} of node {node.name} is a "
-                                    "directory", key="STEMD_PID_FILE",
-                                    hint="remove it, or change STEMD_PID_FILE"))
     return problems
 
 
@@ -168,6 +161,13 @@ def check_environment(config: Config, *, creating: bool) -> list[Problem]:
         elif not os.access(parent, os.W_OK):
             problems.append(Problem(f"{need.path} ({need.what}) cannot be created: {parent} "
                                     "is not writable", hint="create it as root first"))
+    for node in config.nodes:
+        # The master starts the fleet and shows the node FATAL with the
+        # reason; --check and diagnose say it beforehand.
+        if os.path.isdir(node.pid_file) and not os.path.islink(node.pid_file):
+            problems.append(Problem(f"the PID file {node.pid_file} of node {node.name} is a "
+                                    "directory", key="STEMD_PID_FILE",
+                                    hint="remove it, or change STEMD_PID_FILE"))
     problems.extend(p for p in check_trust(config) if p not in problems)
     return problems
 
