@@ -78,15 +78,14 @@ def check_trust(config: Config, *, master_log: bool = True) -> list[Problem]:
     """
     problems: list[Problem] = []
     m = config.master
-    run_dirs: dict[str, list[str]] = {}  # directory -> what lives there, and keys
+    run_dirs: dict[str, dict[str, str]] = {}  # directory -> {what lives there: its key}
     for path, what, key in ((m.pid_file, "master PID file", "STEMD_MASTER_PID_FILE"),
                             (m.socket, "control socket", "STEMD_SOCKET"),
                             (state_path(m.pid_file), "state file", "STEMD_MASTER_PID_FILE")):
-        run_dirs.setdefault(os.path.dirname(path), []).append(f"{what}|{key}")
+        run_dirs.setdefault(os.path.dirname(path), {})[what] = key
     for d, roles in run_dirs.items():
-        whats = ", ".join(r.split("|")[0] for r in roles)
-        keys = "/".join(dict.fromkeys(r.split("|")[1] for r in roles))
-        problems.extend(check_private_dir(d, f"run directory ({whats})", keys))
+        keys = "/".join(dict.fromkeys(roles.values()))
+        problems.extend(check_private_dir(d, f"run directory ({', '.join(roles)})", keys))
     log_dir = os.path.dirname(m.log_file)
     if master_log and is_root() and os.path.isdir(log_dir):
         why = _node_writable(log_dir, config)
