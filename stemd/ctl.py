@@ -115,6 +115,54 @@ def _nodes_line(nodes: list[dict[str, Any]]) -> None:
         print(f"{n['node']}: {n['state']}{pid}")
 
 
+def _fail(ctl: Ctl, code: int, name: str, *messages: str, hint: str | None = None) -> int:
+    """An error raised before any response came: on stderr, or with --json as
+    the same error object a master would send (scripts parse one shape)."""
+    if ctl.json:
+        from stemd.render import print_json
+
+        error: dict[str, Any] = {"code": name, "message": "; ".join(messages)}
+        if hint:
+            error["hint"] = hint
+        print_json({"v": 1, "ok": False, "error": error})
+    else:
+        for message in messages:
+            sys.stderr.write(f"stemctl: {message}\n")
+        if hint:
+            sys.stderr.write(f"  hint: {hint}\n")
+    return code
+
+
+def denied_message(path: str) -> tuple[str, str]:
+    """Why connecting to the socket was refused, from its owner, group and
+    mode, and what grants access (SPEC §3: name the group and the key)."""
+    import grp
+    import pwd
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return (f"permission denied on {path} ({exc.strerror})",
+                "run as root, or ask for access to the socket's directory")
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = str(st.st_uid)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o060 == 0o060:
+        return (f"permission denied on {path} (mode {mode:04o}, owner {owner}, group {group})",
+                f"run as root, as {owner}, or as a member of group {group!r}, the socket's "
+                "group (STEMD_SOCKET_GROUP / [stemd] socket_group)")
+    return (f"permission denied on {path} (mode {mode:04o}, owner {owner}: no socket group)",
+            f"run as root or as {owner}; to let operators in, set STEMD_SOCKET_GROUP "
+            "(TOML [stemd] socket_group) to their group and restart stemd")
+
+
 # ---------------------------------------------------------------- commands
 
 
@@ -506,30 +554,20 @@ def main(argv: list[str] | None = None) -> int:
         from stem_core.locate import config_path
 
         config = config_path(args.config)
-        message = (f"master not running (no answer on {exc}): start it with "
-                   f"'stemd --config {config}'")
-        if ctl.json:
-            from stemd.render import print_json
-
-            print_json({"v": 1, "ok": False, "error": {"code": "not_running",
-                                                       "message": message}})
-        else:
-            sys.stderr.write(f"stemctl: {message}\n")
-        return NOT_RUNNING
+        return _fail(ctl, NOT_RUNNING, "not_running",
+                     f"master not running (no answer on {exc}): start it with "
+                     f"'stemd --config {config}'")
     except ConfigError as exc:
         # The file named cannot even be lexed, so which master it means is
         # unknown: a usage error (2), not "failed" (1), which init scripts and
         # healthchecks would read as "not running".
-        for problem in getattr(exc, "problems", [exc]):
-            sys.stderr.write(f"stemctl: {problem}\n")
-        return USAGE
+        return _fail(ctl, USAGE, "bad_config",
+                     *(str(p) for p in getattr(exc, "problems", [exc])))
     except AccessDenied as exc:
-        sys.stderr.write(f"stemctl: permission denied on {exc}: run as root, as stemd's user, "
-                         "or as a member of the socket's group\n")
-        return DENIED
+        message, hint = denied_message(str(exc))
+        return _fail(ctl, DENIED, "permission_denied", message, hint=hint)
     except TimeoutError:
-        sys.stderr.write("stemctl: the master did not answer in time\n")
-        return FAILED
+        return _fail(ctl, FAILED, "timeout", "the master did not answer in time")
     except KeyboardInterrupt:
         return 130
 

@@ -150,22 +150,23 @@ def a_group_nobody_is_not_in() -> tuple[str, int]:
 # ------------------------------------------------------- the socket file
 
 
-def test_socket_is_mode_0660_owned_by_the_masters_group(fleet: Fleet) -> None:
+def test_socket_is_mode_0600_without_a_socket_group(fleet: Fleet) -> None:
+    """SPEC §3: no STEMD_SOCKET_GROUP, only root and the master's user."""
     fleet.write()
     fleet.start()
     st = os.lstat(fleet.run_dir / "stemd.sock")
     assert stat.S_ISSOCK(st.st_mode)
-    assert stat.S_IMODE(st.st_mode) == 0o660
-    assert st.st_gid == os.getegid()
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    assert st.st_uid == os.geteuid()
     # bound under a temporary name and renamed: nothing else left behind
     assert sorted(p.name for p in fleet.run_dir.iterdir() if p.name.startswith(".")) == []
 
 
-def test_socket_group_follows_stemd_group(fleet: Fleet) -> None:
+def test_socket_group_follows_stemd_socket_group(fleet: Fleet) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to give the socket another group")
     name, gid = a_group_nobody_is_not_in()
-    fleet.write(group=name)
+    fleet.write(socket_group=name)
     fleet.start()
     st = os.lstat(fleet.run_dir / "stemd.sock")
     assert (st.st_gid, stat.S_IMODE(st.st_mode)) == (gid, 0o660)
@@ -449,7 +450,7 @@ def test_a_member_of_the_socket_group_is_served(open_fleet: Fleet) -> None:
     fleet = open_fleet
     name, gid = (a_group_nobody_is_not_in() if os.geteuid() == 0 else ("", 0))
     python_for_nobody()
-    fleet.write(nodes="alpha beta", group=name)
+    fleet.write(nodes="alpha beta", socket_group=name)
     fleet.start()
     fleet.wait_state("RUNNING")
     fleet.run_dir.chmod(0o755)
