@@ -37,6 +37,7 @@ examples:
   stemctl restart                     rolling restart, one node at a time
   stemctl kill -s USR1 beta           signal a node's process group
   stemctl logs alpha -n 50 -f         the end of a node's log, then follow it
+  stemctl logs -f                     follow every node, lines prefixed "node | "
   stemctl --config /etc/default/stem-2 reload
 
 The socket is found from --socket, $STEMD_SOCKET, the config file
@@ -257,54 +258,67 @@ def _wait_until_gone(pid: int, timeout: float = 10.0) -> None:
 
 
 def cmd_logs(ctl: Ctl) -> int:
-    response = ctl.call("logs", names=[ctl.args.name], lines=ctl.args.lines)
+    """The master names each node's log; stemctl reads the files itself, as
+    the operator (issue 11 B1: a node controls its log's size and shape, and
+    reading it inside the master stalled supervision). One named node: its
+    lines as they are. No name or several: each line prefixed ``node | ``."""
+    from stemd import logtail
+
+    response = ctl.call("logs", names=ctl.args.names)
     if not response["ok"]:
         return _error(ctl, response)
-    r = response["result"]
+    logs = [(e["node"], e["path"]) for e in response["result"]["logs"]]
+    single = len(ctl.args.names) == 1 and len(logs) == 1
+    elsewhere = [name for name, path in logs if path == "-"]
+    if elsewhere:
+        message = (f"{', '.join(elsewhere)}: logs to the master's output; see the "
+                   "container's or the journal's log")
+        if single:
+            return _fail(ctl, FAILED, "failed", message)
+        sys.stderr.write(f"stemctl: {message}\n")
+    logs = [(name, path) for name, path in logs if path != "-"]
+    tails: list[tuple[str, str, list[bytes], int]] = []
+    status = OK
+    for name, path in logs:
+        try:
+            lines, size = logtail.tail(path, ctl.args.lines)
+        except FileNotFoundError:
+            if not ctl.args.follow:
+                status = _fail(ctl, FAILED, "failed", f"cannot read {path}: no such file "
+                               f"(has {name} written anything yet?)")
+                continue
+            lines, size = [], 0  # nothing written yet: follow waits for it
+        except OSError as exc:
+            status = _fail(ctl, FAILED, "failed", logtail.cannot_read(path, exc))
+            continue
+        tails.append((name, path, lines, size))
     if ctl.json and not ctl.args.follow:
-        ctl.out(r, lambda: None)
-        return OK
-    for line in r["lines"]:
-        print(line)
-    if ctl.args.follow:
-        return _follow(r["path"], r["size"])
-    return OK
+        from stemd.render import print_json
 
-
-def _follow(path: str, offset: int) -> int:
-    """Follow a log like ``tail -F``: survive truncation and rotation. The
-    client reads the file itself (it needs read access); a client may poll,
-    the master never does."""
-    sys.stdout.flush()
-    f = None
+        records = [{"node": name, "path": path, "size": size,
+                    "lines": [line.decode("utf-8", "replace") for line in lines]}
+                   for name, path, lines, size in tails]
+        print_json(records[0] if single and records else records)
+        return status
+    colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    marks = [b""] if single else logtail.prefixes([t[0] for t in tails], colour)
+    out = sys.stdout.buffer
     try:
-        while True:
-            if f is None:
-                try:
-                    f = open(path, "rb")  # noqa: SIM115 - kept open across iterations
-                    f.seek(offset)
-                except FileNotFoundError:
-                    time.sleep(0.5)
-                    continue
-            chunk = f.read(65536)
-            if chunk:
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.buffer.flush()
-                continue
-            st = os.stat(path) if os.path.exists(path) else None
-            if st is None or st.st_ino != os.fstat(f.fileno()).st_ino or st.st_size < f.tell():
-                f.close()
-                f, offset = None, 0  # rotated or truncated: start the new file
-                continue
-            time.sleep(0.25)
+        for (_name, _path, lines, _size), mark in zip(tails, marks, strict=True):
+            out.write(b"".join(mark + line + b"\n" for line in lines))
+        out.flush()
+        if ctl.args.follow and tails:
+            logtail.follow([logtail.Followed(name, path, size, mark) for
+                            (name, path, _lines, size), mark in zip(tails, marks, strict=True)])
     except KeyboardInterrupt:
-        return OK
-    except PermissionError:
-        sys.stderr.write(f"stemctl: cannot read {path}: permission denied\n")
-        return DENIED
-    finally:
-        if f is not None:
-            f.close()
+        return status
+    except BrokenPipeError:
+        # the reader (head, less) is gone: no traceback, and no second one at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return status
+    except OSError as exc:
+        return _fail(ctl, FAILED, "failed", f"cannot follow: {exc}")
+    return status
 
 
 def cmd_healthcheck(ctl: Ctl) -> int:
@@ -465,6 +479,14 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         super().__init__(prog, **kwargs)
 
 
+def _count(text: str) -> int:
+    """A line count for ``logs -n``: a whole number, 0 or more."""
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
 def _columns() -> int:
     try:
         return int(os.environ["COLUMNS"])
@@ -523,11 +545,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "stemctl reload", names=False)
     add("shutdown", cmd_shutdown, "stop every node and the master; wait until it is gone",
         "stemctl shutdown", names=False)
-    p = add("logs", cmd_logs, "print or follow a node's log", "stemctl logs alpha -n 100 -f",
-            names=False)
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("-n", "--lines", type=int, default=20, help="lines to print (default 20)")
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p = add("logs", cmd_logs, "print or follow nodes' logs (no name or several: each line "
+            "prefixed with its node)", "stemctl logs alpha -n 100 -f")
+    p.add_argument("-n", "--lines", type=_count, default=20,
+                   help="lines to print from each log (default 20)")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="keep printing new lines, across logrotate's copytruncate and renames")
     p = add("healthcheck", cmd_healthcheck, "exit 0 if the master is alive, 1 otherwise "
             "(needs no socket)", "stemctl healthcheck --pidfile /run/stem/stemd.pid", names=False)
     p.add_argument("--pidfile", metavar="PATH", help="check the process in this PID file")
