@@ -422,7 +422,8 @@ def cmd_config(ctl: Ctl) -> int:
         import shlex
 
         print(f"# {config.source}")
-        for name in ("pid_file", "socket", "log_file", "log_level", "user", "group"):
+        for name in ("pid_file", "socket", "socket_group", "log_file", "log_level", "user",
+                     "group"):
             print(f"master.{name} = {getattr(config.master, name)}")
         for node in config.nodes:
             print(f"{node.name} ({node.program}): {shlex.join(node.argv)}")
