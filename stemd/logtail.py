@@ -77,6 +77,8 @@ def tail(path: str, count: int) -> tuple[list[bytes], int]:
         os.close(fd)
     blocks.reverse()
     data = b"".join(blocks)
+    if not data:
+        return [], size
     lines = data.split(b"\n")
     if data.endswith(b"\n"):
         lines.pop()
