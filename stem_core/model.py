@@ -21,6 +21,7 @@ class MasterSpec:
     pid_file: str
     log_file: str
     socket: str
+    socket_group: str | None  # operators' group (STEMD_SOCKET_GROUP); None: 0600
     log_level: str
     user: str | None
     group: str | None

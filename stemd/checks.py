@@ -88,6 +88,7 @@ def check_environment(config: Config, *, creating: bool) -> list[Problem]:
         if not os.path.isdir(node.directory):
             problems.append(Problem(f"working directory {node.directory} of node {node.name} "
                                     "does not exist", key="STEMD_CHDIR"))
+    problems.extend(_check_socket_group(config))
     for need in needed_directories(config):
         if os.path.isdir(need.path):
             if not os.access(need.path, os.W_OK):
@@ -104,6 +105,21 @@ def check_environment(config: Config, *, creating: bool) -> list[Problem]:
             problems.append(Problem(f"{need.path} ({need.what}) cannot be created: {parent} "
                                     "is not writable", hint="create it as root first"))
     return problems
+
+
+def _check_socket_group(config: Config) -> list[Problem]:
+    """STEMD_SOCKET_GROUP must name a group: the master would fail to bind."""
+    group = config.master.socket_group
+    if not group:
+        return []
+    import grp
+
+    try:
+        grp.getgrnam(group)
+    except KeyError:
+        return [Problem(f"no such group: {group}", key="STEMD_SOCKET_GROUP",
+                        hint="create it (addgroup stem-ops) or unset STEMD_SOCKET_GROUP")]
+    return []
 
 
 def _check_not_node_writable(path: str, config: Config, is_root: bool) -> list[Problem]:

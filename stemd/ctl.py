@@ -37,6 +37,7 @@ examples:
   stemctl restart                     rolling restart, one node at a time
   stemctl kill -s USR1 beta           signal a node's main process (--group: its group)
   stemctl logs alpha -n 50 -f         the end of a node's log, then follow it
+  stemctl logs -f                     follow every node, lines prefixed "node | "
   stemctl --config /etc/default/stem-2 reload
 
 The socket is found from --socket, $STEMD_SOCKET, the config file
@@ -113,6 +114,54 @@ def _nodes_line(nodes: list[dict[str, Any]]) -> None:
     for n in nodes:
         pid = f" (pid {n['pid']})" if n.get("pid") else ""
         print(f"{n['node']}: {n['state']}{pid}")
+
+
+def _fail(ctl: Ctl, code: int, name: str, *messages: str, hint: str | None = None) -> int:
+    """An error raised before any response came: on stderr, or with --json as
+    the same error object a master would send (scripts parse one shape)."""
+    if ctl.json:
+        from stemd.render import print_json
+
+        error: dict[str, Any] = {"code": name, "message": "; ".join(messages)}
+        if hint:
+            error["hint"] = hint
+        print_json({"v": 1, "ok": False, "error": error})
+    else:
+        for message in messages:
+            sys.stderr.write(f"stemctl: {message}\n")
+        if hint:
+            sys.stderr.write(f"  hint: {hint}\n")
+    return code
+
+
+def denied_message(path: str) -> tuple[str, str]:
+    """Why connecting to the socket was refused, from its owner, group and
+    mode, and what grants access (SPEC §3: name the group and the key)."""
+    import grp
+    import pwd
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return (f"permission denied on {path} ({exc.strerror})",
+                "run as root, or ask for access to the socket's directory")
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = str(st.st_uid)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o060 == 0o060:
+        return (f"permission denied on {path} (mode {mode:04o}, owner {owner}, group {group})",
+                f"run as root, as {owner}, or as a member of group {group!r}, the socket's "
+                "group (STEMD_SOCKET_GROUP / [stemd] socket_group)")
+    return (f"permission denied on {path} (mode {mode:04o}, owner {owner}: no socket group)",
+            f"run as root or as {owner}; to let operators in, set STEMD_SOCKET_GROUP "
+            "(TOML [stemd] socket_group) to their group and restart stemd")
 
 
 # ---------------------------------------------------------------- commands
@@ -211,54 +260,67 @@ def _wait_until_gone(pid: int, timeout: float = 10.0) -> None:
 
 
 def cmd_logs(ctl: Ctl) -> int:
-    response = ctl.call("logs", names=[ctl.args.name], lines=ctl.args.lines)
+    """The master names each node's log; stemctl reads the files itself, as
+    the operator (issue 11 B1: a node controls its log's size and shape, and
+    reading it inside the master stalled supervision). One named node: its
+    lines as they are. No name or several: each line prefixed ``node | ``."""
+    from stemd import logtail
+
+    response = ctl.call("logs", names=ctl.args.names)
     if not response["ok"]:
         return _error(ctl, response)
-    r = response["result"]
+    logs = [(e["node"], e["path"]) for e in response["result"]["logs"]]
+    single = len(ctl.args.names) == 1 and len(logs) == 1
+    elsewhere = [name for name, path in logs if path == "-"]
+    if elsewhere:
+        message = (f"{', '.join(elsewhere)}: logs to the master's output; see the "
+                   "container's or the journal's log")
+        if single:
+            return _fail(ctl, FAILED, "failed", message)
+        sys.stderr.write(f"stemctl: {message}\n")
+    logs = [(name, path) for name, path in logs if path != "-"]
+    tails: list[tuple[str, str, list[bytes], int]] = []
+    status = OK
+    for name, path in logs:
+        try:
+            lines, size = logtail.tail(path, ctl.args.lines)
+        except FileNotFoundError:
+            if not ctl.args.follow:
+                status = _fail(ctl, FAILED, "failed", f"cannot read {path}: no such file "
+                               f"(has {name} written anything yet?)")
+                continue
+            lines, size = [], 0  # nothing written yet: follow waits for it
+        except OSError as exc:
+            status = _fail(ctl, FAILED, "failed", logtail.cannot_read(path, exc))
+            continue
+        tails.append((name, path, lines, size))
     if ctl.json and not ctl.args.follow:
-        ctl.out(r, lambda: None)
-        return OK
-    for line in r["lines"]:
-        print(line)
-    if ctl.args.follow:
-        return _follow(r["path"], r["size"])
-    return OK
+        from stemd.render import print_json
 
-
-def _follow(path: str, offset: int) -> int:
-    """Follow a log like ``tail -F``: survive truncation and rotation. The
-    client reads the file itself (it needs read access); a client may poll,
-    the master never does."""
-    sys.stdout.flush()
-    f = None
+        records = [{"node": name, "path": path, "size": size,
+                    "lines": [line.decode("utf-8", "replace") for line in lines]}
+                   for name, path, lines, size in tails]
+        print_json(records[0] if single and records else records)
+        return status
+    colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    marks = [b""] if single else logtail.prefixes([t[0] for t in tails], colour)
+    out = sys.stdout.buffer
     try:
-        while True:
-            if f is None:
-                try:
-                    f = open(path, "rb")  # noqa: SIM115 - kept open across iterations
-                    f.seek(offset)
-                except FileNotFoundError:
-                    time.sleep(0.5)
-                    continue
-            chunk = f.read(65536)
-            if chunk:
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.buffer.flush()
-                continue
-            st = os.stat(path) if os.path.exists(path) else None
-            if st is None or st.st_ino != os.fstat(f.fileno()).st_ino or st.st_size < f.tell():
-                f.close()
-                f, offset = None, 0  # rotated or truncated: start the new file
-                continue
-            time.sleep(0.25)
+        for (_name, _path, lines, _size), mark in zip(tails, marks, strict=True):
+            out.write(b"".join(mark + line + b"\n" for line in lines))
+        out.flush()
+        if ctl.args.follow and tails:
+            logtail.follow([logtail.Followed(name, path, size, mark) for
+                            (name, path, _lines, size), mark in zip(tails, marks, strict=True)])
     except KeyboardInterrupt:
-        return OK
-    except PermissionError:
-        sys.stderr.write(f"stemctl: cannot read {path}: permission denied\n")
-        return DENIED
-    finally:
-        if f is not None:
-            f.close()
+        return status
+    except BrokenPipeError:
+        # the reader (head, less) is gone: no traceback, and no second one at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return status
+    except OSError as exc:
+        return _fail(ctl, FAILED, "failed", f"cannot follow: {exc}")
+    return status
 
 
 def cmd_healthcheck(ctl: Ctl) -> int:
@@ -362,7 +424,8 @@ def cmd_config(ctl: Ctl) -> int:
         import shlex
 
         print(f"# {config.source}")
-        for name in ("pid_file", "socket", "log_file", "log_level", "user", "group"):
+        for name in ("pid_file", "socket", "socket_group", "log_file", "log_level", "user",
+                     "group"):
             print(f"master.{name} = {getattr(config.master, name)}")
         for node in config.nodes:
             print(f"{node.name} ({node.program}): {shlex.join(node.argv)}")
@@ -417,6 +480,14 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     def __init__(self, prog: str, **kwargs: Any) -> None:
         kwargs.setdefault("width", _columns())
         super().__init__(prog, **kwargs)
+
+
+def _count(text: str) -> int:
+    """A line count for ``logs -n``: a whole number, 0 or more."""
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
 
 
 def _columns() -> int:
@@ -481,11 +552,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "stemctl reload", names=False)
     add("shutdown", cmd_shutdown, "stop every node and the master; wait until it is gone",
         "stemctl shutdown", names=False)
-    p = add("logs", cmd_logs, "print or follow a node's log", "stemctl logs alpha -n 100 -f",
-            names=False)
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("-n", "--lines", type=int, default=20, help="lines to print (default 20)")
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p = add("logs", cmd_logs, "print or follow nodes' logs (no name or several: each line "
+            "prefixed with its node)", "stemctl logs alpha -n 100 -f")
+    p.add_argument("-n", "--lines", type=_count, default=20,
+                   help="lines to print from each log (default 20)")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="keep printing new lines, across logrotate's copytruncate and renames")
     p = add("healthcheck", cmd_healthcheck, "exit 0 if the master is alive, 1 otherwise "
             "(needs no socket)", "stemctl healthcheck --pidfile /run/stem/stemd.pid", names=False)
     p.add_argument("--pidfile", metavar="PATH", help="check the process in this PID file")
@@ -512,30 +584,20 @@ def main(argv: list[str] | None = None) -> int:
         from stem_core.locate import config_path
 
         config = config_path(args.config)
-        message = (f"master not running (no answer on {exc}): start it with "
-                   f"'stemd --config {config}'")
-        if ctl.json:
-            from stemd.render import print_json
-
-            print_json({"v": 1, "ok": False, "error": {"code": "not_running",
-                                                       "message": message}})
-        else:
-            sys.stderr.write(f"stemctl: {message}\n")
-        return NOT_RUNNING
+        return _fail(ctl, NOT_RUNNING, "not_running",
+                     f"master not running (no answer on {exc}): start it with "
+                     f"'stemd --config {config}'")
     except ConfigError as exc:
         # The file named cannot even be lexed, so which master it means is
         # unknown: a usage error (2), not "failed" (1), which init scripts and
         # healthchecks would read as "not running".
-        for problem in getattr(exc, "problems", [exc]):
-            sys.stderr.write(f"stemctl: {problem}\n")
-        return USAGE
+        return _fail(ctl, USAGE, "bad_config",
+                     *(str(p) for p in getattr(exc, "problems", [exc])))
     except AccessDenied as exc:
-        sys.stderr.write(f"stemctl: permission denied on {exc}: run as root, as stemd's user, "
-                         "or as a member of the socket's group\n")
-        return DENIED
+        message, hint = denied_message(str(exc))
+        return _fail(ctl, DENIED, "permission_denied", message, hint=hint)
     except TimeoutError:
-        sys.stderr.write("stemctl: the master did not answer in time\n")
-        return FAILED
+        return _fail(ctl, FAILED, "timeout", "the master did not answer in time")
     except KeyboardInterrupt:
         return 130
 

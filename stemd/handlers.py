@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 S = NodeState
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
-MAX_LOG_LINES = 10_000
 
 
 def _names(args: dict[str, Any]) -> list[str]:
@@ -127,23 +126,12 @@ def table(master: Master) -> dict[str, Handler]:
         return Hold({"pid": os.getpid()})
 
     async def logs(args: dict[str, Any]) -> Any:
+        """Name each node's log file; stemctl reads it itself (as the operator,
+        with its own bounds). The master never reads a node's log: a node user
+        controls its size and shape (a 20 GB sparse file, one 100 MB line),
+        and nothing it writes may stall supervision (issue 11 B1)."""
         nodes = select(args)
-        if len(nodes) != 1:
-            raise P.ProtocolError(P.ErrorCode.BAD_ARGUMENT, "logs takes exactly one node")
-        count = args.get("lines", 20)
-        if not isinstance(count, int) or not 0 <= count <= MAX_LOG_LINES:
-            raise P.ProtocolError(P.ErrorCode.BAD_ARGUMENT,
-                                  f"lines must be between 0 and {MAX_LOG_LINES}")
-        path = nodes[0].spec.log_file
-        if path == "-":
-            raise P.ProtocolError(P.ErrorCode.FAILED, "this node logs to the master's output",
-                                  hint="see the container's or the journal's log")
-        try:
-            lines, size = tail(path, count)
-        except OSError as exc:
-            raise P.ProtocolError(P.ErrorCode.FAILED, f"cannot read {path}: {exc.strerror}"
-                                  ) from None
-        return {"path": path, "lines": lines, "size": size}
+        return {"logs": [{"node": n.name, "path": n.spec.log_file} for n in nodes]}
 
     async def version(args: dict[str, Any]) -> Any:
         from stemd import __version__
@@ -165,21 +153,3 @@ def table(master: Master) -> dict[str, Handler]:
         "reload": reload, "shutdown": shutdown, "logs": logs, "version": version,
         "config": config, "diagnose": diagnose,
     }
-
-
-def tail(path: str, count: int, block: int = 65536) -> tuple[list[str], int]:
-    """The last ``count`` lines of ``path`` (read backwards, so a 10 GB log
-    costs no more than a small one) and the file's size."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    try:
-        size = os.fstat(fd).st_size
-        data = b""
-        pos = size
-        while pos > 0 and data.count(b"\n") <= count:
-            step = min(block, pos)
-            pos -= step
-            data = os.pread(fd, step, pos) + data
-    finally:
-        os.close(fd)
-    lines = data.decode("utf-8", "replace").splitlines()
-    return (lines[-count:] if count else []), size

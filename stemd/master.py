@@ -226,7 +226,7 @@ class Master:
 
         try:
             self.server = ControlServer(self.config.master.socket,
-                                        socket_gid(self.config.master.group),
+                                        socket_gid(self.config.master.socket_group),
                                         handlers.table(self), self.log)
             await self.server.start()
         except (OSError, StemError) as exc:

@@ -5,7 +5,7 @@ points the script at this environment's stemd/stemctl with STEMD_BIN/STEMCTL_BIN
 run a sleep with an argument unique to the test, so they can be counted with psutil among
 everything else on the machine. The fixture kills the master and the nodes whatever happens.
 
-etc/logrotate.d/stem is exercised here too (logrotate is a cron job on the same SysV hosts).
+etc/logrotate.d/stem is exercised, as shipped, in test_logrotate.py.
 """
 
 from __future__ import annotations
@@ -359,42 +359,3 @@ def test_lsb_header_and_syntax(script: str) -> None:
         result = subprocess.run(["shellcheck", "-s", "sh", str(path)],
                                 capture_output=True, text=True)
         assert result.returncode == 0, result.stdout
-
-
-# --- etc/logrotate.d/stem ------------------------------------------------------------------
-
-@pytest.mark.skipif(shutil.which("logrotate") is None,
-                    reason="logrotate is not installed (apt-get install logrotate)")
-def test_logrotate_copytruncate_keeps_every_writer_appending(worker: Fleet) -> None:
-    log = worker.dir / "log"
-    ticker = worker.dir / "ticker.sh"
-    ticker.write_text('while :; do echo "tick $(date +%s%N)"; sleep 0.02; done\n')
-    worker.node_argv = ["/bin/sh", str(ticker), f"{next(_unique)}"]
-    worker.write_config(STEMD_NODES="alpha")
-    ok(worker.run("start"))
-    alpha = log / "alpha.log"
-    wait_until(lambda: alpha.exists() and alpha.stat().st_size > 200, 10, what="the node to log")
-
-    conf = (ROOT / "etc/logrotate.d/stem").read_text()
-    assert "copytruncate" in conf
-    conf = conf.replace("/var/log/stem", str(log)).replace("su stem stem", "su root root")
-    (worker.dir / "logrotate.conf").write_text(conf)
-    before = alpha.stat().st_size
-    subprocess.run(["logrotate", "-f", "-s", str(worker.dir / "logrotate.state"),
-                    str(worker.dir / "logrotate.conf")], check=True, timeout=60)
-
-    rotated = sorted(p.name for p in log.iterdir() if p.name.startswith("alpha.log-"))
-    assert len(rotated) == 1, sorted(p.name for p in log.iterdir())
-    assert (log / rotated[0]).stat().st_size >= before
-    assert any(p.name.startswith("stemd.log-") for p in log.iterdir())
-    # The node goes on writing into the truncated file, at its end: no hole of NULs where the
-    # old content was (that is what O_APPEND buys).
-    wait_until(lambda: alpha.stat().st_size > 100, 10, what="the node to log after rotation")
-    data = alpha.read_bytes()
-    assert len(data) < before + 100_000
-    assert b"\0" not in data and data.startswith(b"tick ")
-    # The master's log too.
-    ok(worker.run("reload"))
-    ok(worker.run("stop"))
-    master_log = (log / "stemd.log").read_bytes()
-    assert master_log and b"\0" not in master_log

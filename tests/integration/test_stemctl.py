@@ -720,7 +720,7 @@ def test_exit_3_with_a_dead_socket_file(fleet: Fleet) -> None:
 
 
 @pytest.mark.parametrize("args", [
-    (), ("frobnicate",), ("logs",), ("logs", "alpha", "-n", "many"), ("stop", "--bogus"),
+    (), ("frobnicate",), ("logs", "-n"), ("logs", "alpha", "-n", "many"), ("stop", "--bogus"),
     ("start", "nosuch"), ("stop", "nosuch"), ("restart", "alpha", "nosuch"),
     ("kill", "-s", "USR1", "nosuch"), ("logs", "nosuch"), ("status", "nosuch"),
 ])
