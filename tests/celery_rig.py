@@ -185,7 +185,7 @@ class CeleryFleet:
         want = set(names)
 
         def answered() -> bool:
-            replies = self.client.control.ping(timeout=1.0) or []
+            replies = self.client.control.ping(timeout=0.5) or []
             seen = {host.split("@")[0] for reply in replies for host in reply}
             return want <= seen
 
