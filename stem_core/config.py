@@ -19,8 +19,8 @@ from typing import Any
 import tomli_w
 
 from stem_core import keys as K
-from stem_core.envfile import Assignment, quote_env_value, read_envfile
-from stem_core.errors import BadValue, ConfigError, Problem
+from stem_core.envfile import Assignment, quote_env_value, read_config_bytes, read_envfile
+from stem_core.errors import MAX_REPORTED, BadValue, ConfigError, Problem
 from stem_core.locate import DEFAULT_CONFIG, config_path  # noqa: F401 - re-exported
 from stem_core.model import Config, MasterSpec, NodeSpec, ProgramSpec
 from stem_core.nodes import expand_opts, parse_node_list
@@ -41,11 +41,29 @@ class _Raw:
 
 
 class _Problems:
+    """The problems found, the first MAX_REPORTED of them built (the rest
+    counted: see ConfigError)."""
+
     def __init__(self) -> None:
         self.items: list[Problem] = []
+        self.omitted = 0
+
+    def wants(self) -> bool:
+        """Whether another problem would be reported, so worth a "did you
+        mean" search (62,000 unknown keys once cost 6 s of them)."""
+        return len(self.items) < MAX_REPORTED
+
+    def suggest(self, name: str, candidates: Any) -> str | None:
+        return K.suggest(name, candidates) if self.wants() else None
+
+    def error(self) -> ConfigError:
+        return ConfigError(self.items, omitted=self.omitted)
 
     def add(self, message: str, raw: _Raw | None = None, hint: str | None = None,
             **kw: Any) -> None:
+        if not self.wants():
+            self.omitted += 1
+            return
         if raw is not None:
             kw.setdefault("file", raw.file)
             kw.setdefault("line", raw.line)
@@ -77,14 +95,14 @@ def load_config(
     problems = _Problems()
     for name in overrides:
         if name not in K.BY_ENV:
-            problems.add(f"unknown setting {name}", hint=K.suggest(name, K.BY_ENV), key=name,
-                         file="command line")
+            problems.add(f"unknown setting {name}", hint=problems.suggest(name, K.BY_ENV),
+                         key=name, file="command line")
     if path.endswith(".toml"):
         config = _load_toml(path, environ, overrides, problems)
     else:
         config = _load_env(path, environ, overrides, problems)
     if problems.items:
-        raise ConfigError(problems.items)
+        raise problems.error()
     assert config is not None
     return config
 
@@ -101,7 +119,8 @@ def _load_env(path: str, environ: dict[str, str], overrides: dict[str, str],
         if K.is_setting_name(a.name):
             key = K.BY_ENV.get(a.name)
             if key is None:
-                problems.add(f"unknown setting {a.name}", hint=K.suggest(a.name, K.BY_ENV),
+                problems.add(f"unknown setting {a.name}",
+                             hint=problems.suggest(a.name, K.BY_ENV),
                              file=path, line=a.line, column=a.column, key=a.name)
                 continue
             raw[key.env or a.name] = _Raw(a.value, path, a.line, a.name)
@@ -180,12 +199,7 @@ def _toml_lines(text: str) -> dict[tuple[str, str], int]:
 
 def _load_toml(path: str, environ: dict[str, str], overrides: dict[str, str],
                problems: _Problems) -> Config | None:
-    try:
-        with open(path, "rb") as f:
-            data_bytes = f.read()
-    except OSError as exc:
-        raise ConfigError(Problem(f"cannot read the configuration: {exc.strerror}",
-                                  file=path)) from None
+    data_bytes = read_config_bytes(path)  # bounded; raises ConfigError
     text = data_bytes.decode("utf-8", errors="replace")
     try:
         data = tomllib.loads(text)
@@ -206,7 +220,7 @@ def _load_toml(path: str, environ: dict[str, str], overrides: dict[str, str],
     for name in data:
         if name not in ("stemd", "programs"):
             problems.add(f"unknown table [{name}]", file=path, line=lines.get((name, "")),
-                         hint=K.suggest(name, ["stemd", "programs"]) or
+                         hint=problems.suggest(name, ["stemd", "programs"]) or
                          "use [stemd] and [programs.NAME]")
     stemd = data.get("stemd", {})
     if not isinstance(stemd, dict):
@@ -215,7 +229,7 @@ def _load_toml(path: str, environ: dict[str, str], overrides: dict[str, str],
     for name in stemd:
         if name not in K.MASTER_KEYS:
             problems.add(f"unknown key {name!r} in [stemd]", raw_at("stemd", name, None),
-                         K.suggest(name, K.MASTER_KEYS))
+                         problems.suggest(name, K.MASTER_KEYS))
 
     def master_lookup(key: K.Key) -> _Raw | None:
         if key.env and key.env in env_raw:
@@ -238,7 +252,7 @@ def _load_toml(path: str, environ: dict[str, str], overrides: dict[str, str],
         for name in table:
             if name not in K.PROGRAM_KEYS:
                 problems.add(f"unknown key {name!r} in [{section}]", raw_at(section, name, None),
-                             K.suggest(name, K.PROGRAM_KEYS))
+                             problems.suggest(name, K.PROGRAM_KEYS))
         settings: dict[str, Any] = {}
         for key in K.PROGRAM_KEYS.values():
             raw: _Raw | None = None
