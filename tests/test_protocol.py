@@ -138,6 +138,23 @@ def test_brackets_inside_strings_do_not_count() -> None:
     assert P.nesting_depth(P.encode(P.request("status", names=[text]))) == 3
 
 
+@pytest.mark.parametrize("line", [
+    b'"' + b'\\"' * 21_000,  # a string that never closes: escaped quotes only
+    b'"a"' * 21_000,
+    b'"' * 65_000,
+    b"\\" * 65_000 + b'"',
+])
+def test_depth_scan_is_linear_on_hostile_strings(line: bytes) -> None:
+    # A first scan pattern had to find each string's closing quote; on the
+    # first line it re-scanned from every quote: 6.8 s of CPU for 64 KiB.
+    import time
+
+    started = time.process_time()
+    with pytest.raises(P.ProtocolError):
+        P.decode_request(line[: P.MAX_REQUEST - 1] + b"\n")
+    assert time.process_time() - started < 0.5
+
+
 def test_depth_scan_stops_at_the_limit() -> None:
     assert P.nesting_depth(b"[" * 10, limit=3) == 4
     assert P.nesting_depth(b"[[]][[[]]]") == 3
