@@ -241,6 +241,8 @@ class ControlServer:
         except P.ProtocolError as exc:
             return P.error(exc.code, exc.message, exc.hint,
                            getattr(exc, "result", None)), False
+        except (ConnectionError, TimeoutError):
+            raise  # the client is gone or too slow: _serve drops the connection
         except Exception as exc:  # a bug must not take the master down, nor go unanswered
             self.log.exception("control: unexpected error")
             return P.error(P.ErrorCode.FAILED, f"internal error in the master: {exc!r}"[:200],
