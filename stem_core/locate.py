@@ -50,12 +50,14 @@ def _from_file(path: str, key: str, toml_name: str, environ: Mapping[str, str]) 
     if path.endswith(".toml"):
         import tomllib
 
+        from stem_core.envfile import read_config_bytes
         from stem_core.errors import ConfigError, Problem
 
+        data = read_config_bytes(path)  # bounded; raises ConfigError
         try:
-            with open(path, "rb") as f:
-                value = tomllib.load(f).get("stemd", {}).get(toml_name)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+            value = tomllib.loads(data.decode("utf-8", errors="replace")
+                                  ).get("stemd", {}).get(toml_name)
+        except tomllib.TOMLDecodeError as exc:
             raise ConfigError(Problem(f"cannot read the configuration: {exc}", file=path)
                               ) from None
         return value if isinstance(value, str) else None

@@ -16,6 +16,10 @@ from stem_core import keys as K
 from stem_core.config import config_path, load_config
 from stem_core.errors import ConfigError, Problem, StemError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from stem_core.model import Config
+
 EPILOG = """\
 examples:
   stemd --config /etc/default/stem            start the daemon (returns once it is ready)
@@ -72,9 +76,15 @@ def _overrides(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dic
     return values
 
 
-def _print_problems(problems: list[Problem]) -> None:
+def _print_problems(problems: list[Problem] | tuple[Problem, ...], prefix: str = "") -> None:
     for problem in problems:
-        sys.stderr.write(f"stemd: {problem}\n")
+        sys.stderr.write(f"stemd: {prefix}{problem}\n")
+
+
+def _print_warnings(config: Config) -> None:
+    """Warnings (valid, probably not meant: see stem_core.migration) never
+    fail a command; they go to stderr as ``stemd: warning: FILE:LINE: ...``."""
+    _print_problems(config.warnings, "warning: ")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,18 +100,21 @@ def main(argv: list[str] | None = None) -> int:
     from stemd import checks
 
     if args.dry_run:
+        _print_warnings(config)
         for node in config.nodes:
             print(f"{node.name} ({node.program}): {shlex.join(node.argv)}")
             print(f"    pid file: {node.pid_file}")
             print(f"    log file: {node.log_file}")
         return 0
     if args.check:
+        _print_warnings(config)
         problems = checks.check_environment(config, creating=config.master.create_dirs)
         if problems:
             _print_problems(problems)
             sys.stderr.write(f"stemd: {len(problems)} problem(s) in {config.source}\n")
             return 1
-        print(f"{config.source}: OK ({len(config.nodes)} nodes)")
+        warned = f", {len(config.warnings)} warning(s)" if config.warnings else ""
+        print(f"{config.source}: OK ({len(config.nodes)} nodes{warned})")
         return 0
     return _run(config, args.foreground, overrides)
 
@@ -132,6 +145,8 @@ def _run(config, foreground: bool, overrides: dict[str, str]) -> int:  # type: i
     if fatal:
         _print_problems(fatal)
         return 1
+    if not foreground:  # in the foreground the log below is stderr already
+        _print_warnings(config)
     notifier = Notifier.from_environ()
     readiness = Readiness(None) if foreground else daemonize(config.master.log_file)
 
@@ -146,6 +161,8 @@ def _run(config, foreground: bool, overrides: dict[str, str]) -> int:  # type: i
                                  None if foreground else config.master.log_file)
     except OSError as exc:
         return fail(f"cannot open the log file {config.master.log_file}: {exc.strerror}")
+    for warning in config.warnings:
+        log.warning("warning: %s", warning)
     try:
         lock = MasterLock.acquire(config.master.pid_file)
     except AlreadyRunning as exc:

@@ -19,6 +19,10 @@ privilege boundary:
   too. A client can delay only itself, never supervision or other clients.
 - Commands dispatch through an explicit table; nothing a client sends names
   a function, a path, a user or a command line.
+- Every request gets a JSON answer: a line nested deeper than
+  ``protocol.MAX_DEPTH`` is a ``bad_request`` (the json module would recurse
+  until RecursionError), and an unexpected exception in a handler is logged
+  and answered ``failed``, never a silent close.
 """
 
 from __future__ import annotations
@@ -246,6 +250,12 @@ class ControlServer:
         except P.ProtocolError as exc:
             return P.error(exc.code, exc.message, exc.hint,
                            getattr(exc, "result", None)), False
+        except (ConnectionError, TimeoutError):
+            raise  # the client is gone or too slow: _serve drops the connection
+        except Exception as exc:  # a bug must not take the master down, nor go unanswered
+            self.log.exception("control: unexpected error")
+            return P.error(P.ErrorCode.FAILED, f"internal error in the master: {exc!r}"[:200],
+                           hint="see the master log"), False
         if isinstance(result, Hold):
             return P.ok(result.result), True
         return P.ok(result), False

@@ -386,9 +386,10 @@ def cmd_diagnose(ctl: Ctl) -> int:
                 problems.append(Problem(f"the master does not answer on {sock}: {exc}"))
         else:
             notes.append("the master is not running")
+    warnings = list(config.warnings) if config is not None else []
     result = {"problems": [{"message": p.message, "hint": p.hint, "file": p.file,
                             "line": p.line, "key": p.key, "text": str(p)} for p in problems],
-              "master": master, "notes": notes}
+              "warnings": [str(w) for w in warnings], "master": master, "notes": notes}
 
     def human() -> None:
         for note in notes:
@@ -398,6 +399,8 @@ def cmd_diagnose(ctl: Ctl) -> int:
             print(f"master pid {master['pid']}: {states}")
         for p in problems:
             print(f"problem: {p}")
+        for w in warnings:  # valid, probably not meant: never a failure
+            print(f"warning: {w}")
         if not problems:
             print("no problems found")
     ctl.out(result, human)
