@@ -115,6 +115,13 @@ def _env_leniently(data: bytes, path: str, key: str, environ: Mapping[str, str])
     before, _ = lex_envfile_leniently(text[:start], path, environ)
     env = dict(environ)
     env.update((a.name, a.value) for a in before)
+    # An unterminated quote swallows the lines after it: read those that
+    # lex on their own for the variables the key's line may use.
+    known = {a.name for a in before}
+    for line in text[:start].splitlines():
+        alone, trouble = lex_envfile_leniently(line, path, env)
+        if not trouble:
+            env.update((a.name, a.value) for a in alone if a.name not in known)
     found, trouble = lex_envfile_leniently(text[start:], path, env)
     own = [p._replace(line=p.line + offset) for p in trouble if p.line == 1]
     if own:
