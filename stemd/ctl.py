@@ -288,7 +288,7 @@ def cmd_shutdown(ctl: Ctl) -> int:
     if not response["ok"]:
         return _error(ctl, response)
     _wait_until_gone(response["result"]["pid"])
-    ctl.out({"stopped": True, "pid": response["result"]["pid"], "left_behind": []},
+    ctl.out({"stopped": True, "pid": response["result"]["pid"]},
             lambda: print(f"stemd (pid {response['result']['pid']}) stopped"))
     return OK
 
