@@ -66,8 +66,11 @@ TIMEOUTS: dict[str, float | None] = {
     "start": None, "stop": None, "restart": None, "reload": None, "shutdown": None,
 }
 _TIMEOUT_HELP = {
-    None: "default: derived from the configuration, see 'stemctl --help'",
-    ANSWER_TIMEOUT: f"default {ANSWER_TIMEOUT:g}",
+    "start": "default: start-secs + retries x (back-off cap + start-secs) + 10",
+    "stop": "default: the longest stop timeout + 10",
+    "restart": "default: each node's stop timeout + start-secs, plus a start, + 10",
+    "reload": "default: the longest stop timeout + a start + 10",
+    "shutdown": "default: 10 for the answer, then the longest stop timeout + 10",
 }
 
 
@@ -621,7 +624,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                        help="machine-readable output")
         p.add_argument("--timeout", type=_seconds, default=argparse.SUPPRESS,
                        metavar="SECONDS", help="give up when the master has not answered "
-                       f"after SECONDS, or 'none' ({_TIMEOUT_HELP[TIMEOUTS[name]]})")
+                       f"after SECONDS, or 'none' "
+                       f"({_TIMEOUT_HELP.get(name, f'default {ANSWER_TIMEOUT:g}')})")
         if names:
             p.add_argument("names", nargs="*", metavar="NAME",
                            help="nodes or programs (default: all)")
