@@ -313,7 +313,11 @@ def _shutdown_without_answer(ctl: Ctl, no_answer: NoAnswer | None) -> int:
 
     pidfile = ctl.master_pid_file()
     master = None
-    if master_alive(pidfile):
+    alive = master_alive(pidfile)
+    if alive is None:
+        return _fail(ctl, f"cannot tell whether the master runs: cannot read {pidfile} "
+                     "(run as root or as stemd's user)")
+    if alive:
         pid = read_master_pid(pidfile)
         why = str(no_answer) if no_answer else f"no answer on {ctl.socket_path()}"
         if not ctl.args.force:

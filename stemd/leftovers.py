@@ -138,10 +138,13 @@ def _node_uid(user: str | None, master_uid: int | None) -> int | None:
 
 
 def identify(cands: list[Candidate], trusted: frozenset[int],
-             master_uid: int | None) -> tuple[list[_Target], list[str]]:
-    """The candidates that are alive and are that node, each with a pidfd."""
+             master_uid: int | None) -> tuple[list[_Target], list[str], list[str]]:
+    """The candidates that are alive and are that node, each with a pidfd;
+    notes; and the live processes whose identity cannot be checked (they
+    may be nodes that still run: never reported as stopped)."""
     targets: list[_Target] = []
     notes: list[str] = []
+    doubtful: list[str] = []
     seen: set[int] = set()
     for cand in cands:
         try:
@@ -163,8 +166,8 @@ def identify(cands: list[Candidate], trusted: frozenset[int],
         if why is not None:
             os.close(fd)
             if why == "its environment cannot be read":
-                notes.append(f"{cand.name}: cannot tell whether pid {record.pid} is the node "
-                             f"({why}); run as root")
+                doubtful.append(f"{cand.name}: cannot tell whether pid {record.pid} is the "
+                                f"node ({why}); run as root")
                 continue
             notes.append(f"{cand.name}: removed stale PID file {cand.pid_file} "
                          f"(pid {record.pid}: {why})")
@@ -172,7 +175,7 @@ def identify(cands: list[Candidate], trusted: frozenset[int],
             continue
         seen.add(record.pid)
         targets.append(_Target(cand, record.pid, fd))
-    return targets, notes
+    return targets, notes, doubtful
 
 
 def stop_targets(targets: list[_Target]) -> tuple[list[Stopped], list[str]]:
@@ -240,9 +243,10 @@ def stop_left_behind(config: Config | None, master_pid_file: str) -> Report:
     trusted = trusted_uids()
     cands, notes, had_state = candidates(config, master_pid_file, trusted)
     master_uid = _owner(master_pid_file)
-    targets, more = identify(cands, trusted, master_uid)
+    targets, more, doubtful = identify(cands, trusted, master_uid)
     notes += more
     stopped, failed = stop_targets(targets)
+    failed += doubtful
     unknown = None
     if config is None and not had_state and os.path.exists(master_pid_file):
         # A master died (its PID file remains) and nothing says what it ran.
