@@ -49,7 +49,8 @@ version: 10 s. Commands that wait for nodes derive theirs from the config:
 stop and shutdown: the longest stop timeout + 10 s (shutdown: 10 s for the
 master's answer, then that); start: start-secs + retries x (back-off cap +
 start-secs) + 10 s; restart (rolling): every node's stop timeout + start-secs,
-plus a start; reload: a stop plus a start. 300 s when the config has errors.
+plus a start; reload: a stop plus a start. 300 s when the config has errors
+or with --socket.
 A master that does not answer in time: exit 1, "the master did not answer
 within N s".
 """
@@ -151,7 +152,9 @@ class Ctl:
     def node_wait(self) -> float:
         """How long the command may legitimately wait for nodes, from the
         configuration (stop timeouts, start-secs, retries and back-off)."""
-        config = self.config()
+        # With --socket no config file is named (the default one may be
+        # another fleet's), and stemctl does not load one it does not need.
+        config = None if self.args.socket else self.config()
         if config is None or not config.nodes:
             return FALLBACK_WAIT
         nodes = config.nodes
