@@ -60,6 +60,7 @@ within N s".
 #: configuration (Ctl.node_wait), for the commands that wait for nodes.
 ANSWER_TIMEOUT = 10.0
 FALLBACK_WAIT = 300.0  # a wait for nodes when the configuration cannot be read
+TERM_GRACE = 20.0  # a hung master's time between TERM and KILL, config unknown
 TIMEOUTS: dict[str, float | None] = {
     "status": ANSWER_TIMEOUT, "kill": ANSWER_TIMEOUT, "logs": ANSWER_TIMEOUT,
     "diagnose": ANSWER_TIMEOUT, "version": ANSWER_TIMEOUT, "config": ANSWER_TIMEOUT,
@@ -331,10 +332,14 @@ def _shutdown_without_answer(ctl: Ctl, no_answer: NoAnswer | None) -> int:
             return _fail(ctl, f"{why}, and the process holding {pidfile} cannot be verified "
                          "as its stemd master: not signalling it")
         sys.stderr.write(f"stemctl: {why}: terminating the master (pid {master})\n")
-        if not leftovers.terminate_master(master, ctl.node_wait()):
+        # Time to stop its nodes itself, as its configuration says; when that
+        # cannot be read, the default stop timeout's worth.
+        known = not ctl.args.socket and ctl.config() is not None
+        grace = ctl.node_wait() if known else TERM_GRACE
+        if not leftovers.terminate_master(master, grace):
             return _fail(ctl, f"the master (pid {master}) is still running after SIGKILL")
-    elif no_answer is not None:
-        raise no_answer  # its lock is gone: it exited while we waited
+    # else: no master holds the lock (it died, perhaps while we waited for
+    # its answer): stop what it left behind.
     report = leftovers.stop_left_behind(ctl.config(), pidfile)
     for note in report.notes:
         sys.stderr.write(f"stemctl: {note}\n")
