@@ -659,6 +659,21 @@ def parse_envfile(
     return lexer.assignments
 
 
+def lex_envfile_leniently(
+    data: bytes | str, path: str, environ: Mapping[str, str] | None = None
+) -> tuple[list[Assignment], list[Problem]]:
+    """Every assignment the lexer could read, and every problem, without
+    raising. Only for finding the running master after a bad edit
+    (:mod:`stem_core.locate`): the assignments of a file with problems are
+    never a configuration to run."""
+    text, findings = _decode(data)
+    lexer = _Lexer(text, path, os.environ if environ is None else environ)
+    for offset, message, hint in findings:
+        lexer.record(offset, message, hint)
+    lexer.run()
+    return lexer.assignments, sorted(lexer.problems, key=lambda p: (p.line or 0, p.column or 0))
+
+
 def read_envfile(path: str, environ: Mapping[str, str] | None = None) -> list[Assignment]:
     """Read ``path`` (as bytes: the parser decodes and reports bad UTF-8)."""
     return parse_envfile(read_config_bytes(path), path, environ)

@@ -115,8 +115,28 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         warned = f", {len(config.warnings)} warning(s)" if config.warnings else ""
         print(f"{config.source}: OK ({len(config.nodes)} nodes{warned})")
+        _check_open_files(config)
         return 0
     return _run(config, args.foreground, overrides)
+
+
+def _check_open_files(config) -> None:  # type: ignore[no-untyped-def]
+    """Say how many descriptors the fleet needs; warn when the hard limit
+    (which stemd raises its soft limit to) is below that."""
+    import resource
+
+    from stemd import checks
+
+    need = checks.open_files_needed(config)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    shown = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+    print(f"open files: the fleet needs about {need} (2 per node + {checks.FD_RESERVE}); "
+          f"limit {soft} soft, {shown} hard (stemd raises the soft limit to the hard one)")
+    if hard != resource.RLIM_INFINITY and hard < need:
+        sys.stderr.write(f"stemd: warning: the hard open-file limit {hard} is below the "
+                         f"{need} this fleet needs: nodes will fail to start; raise it "
+                         "(LimitNOFILE= in the systemd unit, ulimit -Hn, or "
+                         "/etc/security/limits.conf)\n")
 
 
 def _run(config, foreground: bool, overrides: dict[str, str]) -> int:  # type: ignore[no-untyped-def]
@@ -147,6 +167,9 @@ def _run(config, foreground: bool, overrides: dict[str, str]) -> int:  # type: i
         return 1
     if not foreground:  # in the foreground the log below is stderr already
         _print_warnings(config)
+    # Before detaching, so the daemon and every node inherit it; logged once
+    # the log is open.
+    nofile = checks.raise_open_file_limit()
     notifier = Notifier.from_environ()
     readiness = Readiness(None) if foreground else daemonize(config.master.log_file)
 
@@ -163,6 +186,7 @@ def _run(config, foreground: bool, overrides: dict[str, str]) -> int:  # type: i
         return fail(f"cannot open the log file {config.master.log_file}: {exc.strerror}")
     for warning in config.warnings:
         log.warning("warning: %s", warning)
+    _log_open_files(log, config, nofile)
     try:
         lock = MasterLock.acquire(config.master.pid_file)
     except AlreadyRunning as exc:
@@ -178,6 +202,20 @@ def _run(config, foreground: bool, overrides: dict[str, str]) -> int:  # type: i
     except Exception as exc:
         log.exception("stemd crashed")
         return fail(f"internal error: {exc!r}")
+
+
+def _log_open_files(log, config, nofile: tuple[int, int, int]) -> None:  # type: ignore[no-untyped-def]
+    from stemd import checks
+
+    old, soft, hard = nofile
+    need = checks.open_files_needed(config)
+    if soft != old:
+        log.info("raised the open-file limit (RLIMIT_NOFILE) from %d to %d (hard limit %d); "
+                 "the fleet needs about %d", old, soft, hard, need)
+    if 0 <= soft < need:  # RLIM_INFINITY is -1
+        log.warning("the open-file limit %d is below the %d this fleet needs (2 per node + %d):"
+                    " raise the hard limit (LimitNOFILE=, ulimit -Hn)", soft, need,
+                    checks.FD_RESERVE)
 
 
 def _version() -> str:

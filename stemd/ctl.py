@@ -44,7 +44,51 @@ The socket is found from --socket, $STEMD_SOCKET, the config file
 (--config, $STEMD_CONFIG, /etc/default/stem), then /var/run/stem/stemd.sock.
 exit status: 0 ok, 1 failed or not all RUNNING, 2 usage, 3 master not running,
 4 permission denied.
+
+timeouts (--timeout SECONDS, or 'none'): status, kill, logs, diagnose, config,
+version: 10 s. Commands that wait for nodes derive theirs from the config:
+stop and shutdown: the longest stop timeout + 10 s (shutdown: 10 s for the
+master's answer, then that); start: start-secs + retries x (back-off cap +
+start-secs) + 10 s; restart (rolling): every node's stop timeout + start-secs,
+plus a start; reload: a stop plus a start. 300 s when the config has errors
+or with --socket.
+A master that does not answer in time: exit 1, "the master did not answer
+within N s".
 """
+
+
+#: Default --timeout of each command, in seconds; None: derived from the
+#: configuration (Ctl.node_wait), for the commands that wait for nodes.
+ANSWER_TIMEOUT = 10.0
+FALLBACK_WAIT = 300.0  # a wait for nodes when the configuration cannot be read
+TERM_GRACE = 20.0  # a hung master's time between TERM and KILL, config unknown
+TIMEOUTS: dict[str, float | None] = {
+    "status": ANSWER_TIMEOUT, "kill": ANSWER_TIMEOUT, "logs": ANSWER_TIMEOUT,
+    "diagnose": ANSWER_TIMEOUT, "version": ANSWER_TIMEOUT, "config": ANSWER_TIMEOUT,
+    "healthcheck": ANSWER_TIMEOUT,
+    "start": None, "stop": None, "restart": None, "reload": None, "shutdown": None,
+}
+_TIMEOUT_HELP = {
+    "start": "default: start-secs + retries x (back-off cap + start-secs) + 10",
+    "stop": "default: the longest stop timeout + 10",
+    "restart": "default: each node's stop timeout + start-secs, plus a start, + 10",
+    "reload": "default: the longest stop timeout + a start + 10",
+    "shutdown": "default: 10 for the answer, then the longest stop timeout + 10",
+}
+
+
+class NoAnswer(Exception):
+    """The master did not answer within the timeout (hung, stopped, or its
+    connection queue full)."""
+
+    def __init__(self, seconds: float | None, detail: str = "") -> None:
+        super().__init__(seconds, detail)
+        self.seconds = seconds
+        self.detail = detail
+
+    def __str__(self) -> str:
+        why = f" ({self.detail})" if self.detail and self.detail != "timed out" else ""
+        return f"the master did not answer within {self.seconds:g} s{why}"
 
 
 class Ctl:
@@ -55,6 +99,7 @@ class Ctl:
         self.json: bool = args.json
         self._config: Any = None
         self._config_error: Exception | None = None
+        self._warned = False
 
     # The configuration is read lazily: most commands need only the socket.
     def config(self, required: bool = False) -> Any:
@@ -73,16 +118,73 @@ class Ctl:
 
     def socket_path(self) -> str:
         """--socket, else what the config file (with $STEMD_SOCKET over it)
-        names, read cheaply and even when the rest of the file has errors:
-        never silently another master's default socket."""
+        names, read cheaply and even when the rest of the file has errors
+        (the key's own line is read leniently): never silently another
+        master's default socket."""
         if self.args.socket:
             return self.args.socket
+        return self._master_path("STEMD_SOCKET")
+
+    def master_pid_file(self) -> str:
+        return self._master_path("STEMD_MASTER_PID_FILE")
+
+    def _master_path(self, key: str) -> str:
         from stem_core.locate import config_path, master_path
 
-        return master_path("STEMD_SOCKET", config_path(self.args.config))
+        path = config_path(self.args.config)
+        problems: list[Any] = []
+        value = master_path(key, path, problems=problems)
+        if problems and not self._warned:
+            self._warned = True
+            sys.stderr.write(f"stemctl: warning: {problems[0]}"
+                             + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+                             + f"\n  {key} was read from its own line: {value}\n")
+        return value
+
+    def timeout(self) -> float | None:
+        """Seconds to wait for the master's answer: --timeout, else the
+        command's default (TIMEOUTS), derived from the configuration for the
+        commands that wait for nodes. None: wait for ever."""
+        given = self.args.timeout
+        if given is not None:
+            return None if given == 0 else given
+        default = TIMEOUTS.get(self.args.command, ANSWER_TIMEOUT)
+        return default if default is not None else self.node_wait()
+
+    def node_wait(self) -> float:
+        """How long the command may legitimately wait for nodes, from the
+        configuration (stop timeouts, start-secs, retries and back-off)."""
+        # With --socket no config file is named (the default one may be
+        # another fleet's), and stemctl does not load one it does not need.
+        config = None if self.args.socket else self.config()
+        if config is None or not config.nodes:
+            return FALLBACK_WAIT
+        nodes = config.nodes
+        stop = max(n.stop_timeout for n in nodes)
+        start = max(n.start_secs + n.start_retries * (n.backoff_max + n.start_secs)
+                    for n in nodes)
+        cmd = self.args.command
+        if cmd in ("stop", "shutdown"):
+            wait = stop
+        elif cmd == "start":
+            wait = start
+        elif cmd == "restart":  # rolling: one node after the other
+            wait = sum(n.stop_timeout + n.start_secs for n in nodes) + start
+        else:  # reload: stops, then starts, each in parallel
+            wait = stop + start
+        return wait + ANSWER_TIMEOUT
 
     def call(self, cmd: str, hold: bool = False, **args: Any) -> dict[str, Any]:
-        return Client(self.socket_path(), timeout=self.args.timeout).call(cmd, hold, **args)
+        timeout = self.timeout()
+        hold_timeout = None
+        if hold:  # shutdown: a quick answer, then the wait for the nodes
+            hold_timeout = timeout if self.args.timeout is not None else self.node_wait()
+            timeout = ANSWER_TIMEOUT if self.args.timeout is None else timeout
+        try:
+            return Client(self.socket_path(), timeout=timeout).call(
+                cmd, hold, hold_timeout=hold_timeout, **args)
+        except TimeoutError as exc:
+            raise NoAnswer(timeout, str(exc)) from None
 
     def out(self, value: Any, human: Callable[[], None]) -> None:
         if self.json:
@@ -116,16 +218,18 @@ def _nodes_line(nodes: list[dict[str, Any]]) -> None:
         print(f"{n['node']}: {n['state']}{pid}")
 
 
-def _fail(ctl: Ctl, code: int, name: str, *messages: str, hint: str | None = None) -> int:
+def _fail(ctl: Ctl, code: int, name: str, *messages: str, hint: str | None = None,
+          **extra: Any) -> int:
     """An error raised before any response came: on stderr, or with --json as
-    the same error object a master would send (scripts parse one shape)."""
+    the same error object a master would send (scripts parse one shape);
+    ``extra`` adds fields to that object (``left_behind``)."""
     if ctl.json:
         from stemd.render import print_json
 
         error: dict[str, Any] = {"code": name, "message": "; ".join(messages)}
         if hint:
             error["hint"] = hint
-        print_json({"v": 1, "ok": False, "error": error})
+        print_json({"v": 1, "ok": False, "error": error, **extra})
     else:
         for message in messages:
             sys.stderr.write(f"stemctl: {message}\n")
@@ -232,12 +336,71 @@ def cmd_reload(ctl: Ctl) -> int:
 
 
 def cmd_shutdown(ctl: Ctl) -> int:
-    response = ctl.call("shutdown", hold=True)
+    """Stop every node and the master. When no master answers, stop the
+    nodes a dead master left behind (SPEC §2.2); with --force, a master that
+    does not answer is terminated (TERM, then KILL) first."""
+    try:
+        response = ctl.call("shutdown", hold=True)
+    except MasterNotRunning:
+        return _shutdown_without_answer(ctl, None)
+    except NoAnswer as exc:
+        return _shutdown_without_answer(ctl, exc)
     if not response["ok"]:
         return _error(ctl, response)
     _wait_until_gone(response["result"]["pid"])
     ctl.out({"stopped": True, "pid": response["result"]["pid"]},
             lambda: print(f"stemd (pid {response['result']['pid']}) stopped"))
+    return OK
+
+
+def _shutdown_without_answer(ctl: Ctl, no_answer: NoAnswer | None) -> int:
+    from stemd import leftovers
+    from stemd.daemon import master_alive, read_master_pid
+
+    pidfile = ctl.master_pid_file()
+    master = None
+    alive = master_alive(pidfile)
+    if alive is None:
+        return _fail(ctl, FAILED, "failed", f"cannot tell whether the master runs: cannot "
+                     f"read {pidfile} (run as root or as stemd's user)")
+    if alive:
+        pid = read_master_pid(pidfile)
+        why = str(no_answer) if no_answer else f"no answer on {ctl.socket_path()}"
+        if not ctl.args.force:
+            return _fail(ctl, FAILED, "timeout", f"the master (pid {pid}) runs but {why}; "
+                         "'stemctl shutdown --force' terminates it and stops its nodes")
+        master = leftovers.verified_master(pidfile)
+        if master is None:
+            return _fail(ctl, FAILED, "failed", f"{why}, and the process holding {pidfile} "
+                         "cannot be verified as its stemd master: not signalling it")
+        sys.stderr.write(f"stemctl: {why}: terminating the master (pid {master})\n")
+        # Time to stop its nodes itself, as its configuration says; when that
+        # cannot be read, the default stop timeout's worth.
+        known = not ctl.args.socket and ctl.config() is not None
+        grace = ctl.node_wait() if known else TERM_GRACE
+        if not leftovers.terminate_master(master, grace):
+            return _fail(ctl, FAILED, "failed",
+                         f"the master (pid {master}) is still running after SIGKILL")
+    # else: no master holds the lock (it died, perhaps while we waited for
+    # its answer): stop what it left behind.
+    report = leftovers.stop_left_behind(ctl.config(), pidfile)
+    for note in report.notes:
+        sys.stderr.write(f"stemctl: {note}\n")
+    left = [{"node": s.name, "pid": s.pid} for s in report.stopped]
+    if report.failed or report.unknown:
+        problems = [f"still running: {f}" for f in report.failed]
+        problems += [report.unknown] if report.unknown else []
+        return _fail(ctl, FAILED, "failed", "stemd is not running, but " + "; ".join(problems),
+                     left_behind=left)
+    if master is None and not left:
+        raise MasterNotRunning(ctl.socket_path())
+
+    def human() -> None:
+        print(f"stemd (pid {master}) stopped" if master else "stemd was not running")
+        if left:
+            print("stopped the nodes it left behind: "
+                  + ", ".join(f"{n['node']} (pid {n['pid']})" for n in left))
+    ctl.out({"stopped": True, "pid": master, "left_behind": left}, human)
     return OK
 
 
@@ -326,12 +489,7 @@ def cmd_logs(ctl: Ctl) -> int:
 def cmd_healthcheck(ctl: Ctl) -> int:
     from stemd.daemon import master_alive, read_master_pid
 
-    if ctl.args.pidfile:
-        path = ctl.args.pidfile
-    else:
-        from stem_core.locate import config_path, master_path
-
-        path = master_path("STEMD_MASTER_PID_FILE", config_path(ctl.args.config))
+    path = ctl.args.pidfile or ctl.master_pid_file()
     alive = master_alive(path)
     pid = read_master_pid(path)
     if alive is False and ctl.args.pidfile and pid:
@@ -382,7 +540,7 @@ def cmd_diagnose(ctl: Ctl) -> int:
             try:
                 response = ctl.call("diagnose")
                 master = response.get("result")
-            except (MasterNotRunning, AccessDenied, OSError) as exc:
+            except (MasterNotRunning, AccessDenied, NoAnswer, OSError) as exc:
                 problems.append(Problem(f"the master does not answer on {sock}: {exc}"))
         else:
             notes.append("the master is not running")
@@ -504,6 +662,19 @@ def _columns() -> int:
         return 80
 
 
+def _seconds(text: str) -> float:
+    """--timeout's value: seconds > 0, or 'none' (0: wait for ever)."""
+    if text.lower() in ("none", "inf", "infinity"):
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value != value:
+        raise argparse.ArgumentTypeError("must be more than 0 (or 'none')")
+    return value
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole parser, or with ``only`` just that command's subparser:
     building all twelve costs stemctl ~8 ms per run, for help text that is
@@ -518,8 +689,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     where.add_argument("--config", "-c", metavar="PATH", help="the master's config file")
     where.add_argument("--socket", "-S", metavar="PATH", help="the master's control socket")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                        help="give up waiting for the master after this long")
+    parser.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
+                        help="give up waiting for the master after this long ('none': "
+                        "wait for ever); each command has a default, see below")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, fn: Callable[[Ctl], int], help: str, example: str,
@@ -530,6 +702,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                            formatter_class=_Formatter)
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                        help="machine-readable output")
+        p.add_argument("--timeout", type=_seconds, default=argparse.SUPPRESS,
+                       metavar="SECONDS", help="give up when the master has not answered "
+                       f"after SECONDS, or 'none' "
+                       f"({_TIMEOUT_HELP.get(name, f'default {ANSWER_TIMEOUT:g}')})")
         if names:
             p.add_argument("names", nargs="*", metavar="NAME",
                            help="nodes or programs (default: all)")
@@ -553,8 +729,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("-s", "--signal", default="TERM", help="signal name or number (default TERM)")
     add("reload", cmd_reload, "re-read the configuration and apply only the difference",
         "stemctl reload", names=False)
-    add("shutdown", cmd_shutdown, "stop every node and the master; wait until it is gone",
-        "stemctl shutdown", names=False)
+    p = add("shutdown", cmd_shutdown, "stop every node and the master; wait until it is "
+            "gone. With no master running, stop the nodes a dead master left behind",
+            "stemctl shutdown --force", names=False)
+    p.add_argument("--force", action="store_true", help="when the master does not answer "
+                   "within the timeout, terminate it (TERM, then KILL) and stop its nodes")
     p = add("logs", cmd_logs, "print or follow nodes' logs (no name or several: each line "
             "prefixed with its node)", "stemctl logs alpha -n 100 -f")
     p.add_argument("-n", "--lines", type=_count, default=20,
@@ -599,8 +778,8 @@ def main(argv: list[str] | None = None) -> int:
     except AccessDenied as exc:
         message, hint = denied_message(str(exc))
         return _fail(ctl, DENIED, "permission_denied", message, hint=hint)
-    except TimeoutError:
-        return _fail(ctl, FAILED, "timeout", "the master did not answer in time")
+    except NoAnswer as exc:
+        return _fail(ctl, FAILED, "timeout", str(exc))
     except KeyboardInterrupt:
         return 130
 
