@@ -347,10 +347,12 @@ def cmd_shutdown(ctl: Ctl) -> int:
         return _shutdown_without_answer(ctl, exc)
     if not response["ok"]:
         return _error(ctl, response)
-    _wait_until_gone(response["result"]["pid"])
-    ctl.out({"stopped": True, "pid": response["result"]["pid"]},
-            lambda: print(f"stemd (pid {response['result']['pid']}) stopped"))
-    return OK
+    pid = response["result"]["pid"]
+    _wait_until_gone(pid)
+    # A master that stopped cleanly left nothing; one killed during its
+    # shutdown (kill -9) left nodes running, and "stopped" must not be said
+    # while they run: stop them as a dead master's nodes are stopped.
+    return _stop_left_behind(ctl, pid)
 
 
 def _shutdown_without_answer(ctl: Ctl, no_answer: NoAnswer | None) -> int:
@@ -383,7 +385,15 @@ def _shutdown_without_answer(ctl: Ctl, no_answer: NoAnswer | None) -> int:
                          f"the master (pid {master}) is still running after SIGKILL")
     # else: no master holds the lock (it died, perhaps while we waited for
     # its answer): stop what it left behind.
-    report = leftovers.stop_left_behind(ctl.config(), pidfile)
+    return _stop_left_behind(ctl, master)
+
+
+def _stop_left_behind(ctl: Ctl, master: int | None) -> int:
+    """Stop the nodes a master that is gone left running; "stopped" is said
+    only when none is left (SPEC §2.2)."""
+    from stemd import leftovers
+
+    report = leftovers.stop_left_behind(ctl.config(), ctl.master_pid_file())
     for note in report.notes:
         sys.stderr.write(f"stemctl: {note}\n")
     left = [{"node": s.name, "pid": s.pid} for s in report.stopped]

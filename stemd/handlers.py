@@ -34,14 +34,6 @@ def _names(args: dict[str, Any]) -> list[str]:
     return names
 
 
-def _flag(args: dict[str, Any], name: str, default: bool) -> bool:
-    """A boolean argument, strictly: ``"wait": "no"`` is an error, not true."""
-    value = args.get(name, default)
-    if not isinstance(value, bool):
-        raise P.ProtocolError(P.ErrorCode.BAD_ARGUMENT, f"{name} must be true or false")
-    return value
-
-
 def _failed(message: str, result: Any = None, hint: str | None = None) -> P.ProtocolError:
     error = P.ProtocolError(P.ErrorCode.FAILED, message, hint)
     error.result = result  # type: ignore[attr-defined]
@@ -64,7 +56,7 @@ def table(master: Master) -> dict[str, Handler]:
         return P.ProtocolError(P.ErrorCode.BUSY, str(exc))
 
     async def status(args: dict[str, Any]) -> Any:
-        return master.snapshot(select(args), _flag(args, "stats", False))
+        return master.snapshot(select(args), P.flag(args, "stats", False))
 
     async def start(args: dict[str, Any]) -> Any:
         nodes = select(args)
@@ -81,7 +73,7 @@ def table(master: Master) -> dict[str, Handler]:
     async def stop(args: dict[str, Any]) -> Any:
         nodes = select(args)
         try:
-            await master.stop(nodes, _flag(args, "wait", True))
+            await master.stop(nodes, P.flag(args, "wait", True))
         except ShuttingDown as exc:
             raise busy(exc) from None
         return master.snapshot(nodes)
@@ -102,7 +94,7 @@ def table(master: Master) -> dict[str, Handler]:
             sig = signal_number(parse_signal(args.get("signal", "TERM")))
         except BadValue as exc:
             raise P.ProtocolError(P.ErrorCode.BAD_ARGUMENT, exc.message, exc.hint) from None
-        sent = master.kill(select(args), sig, _flag(args, "group", False))
+        sent = master.kill(select(args), sig, P.flag(args, "group", False))
         if not sent:
             raise P.ProtocolError(P.ErrorCode.FAILED, "no running node to signal")
         return {"signalled": sent}

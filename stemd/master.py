@@ -654,6 +654,8 @@ class Master:
             self.log.error("reload: keeping the running configuration; the new one has "
                            "errors:\n%s", exc)
             raise
+        for warning in new.warnings:
+            self.log.warning("reload: warning: %s", warning)
         change = diff(self.config, new)
         # The master's own settings (socket, PID file, user, force_root...)
         # take effect when stemd restarts; only the log level applies now.
