@@ -19,8 +19,9 @@ from typing import Any
 import tomli_w
 
 from stem_core import keys as K
-from stem_core.envfile import Assignment, quote_env_value, read_envfile
-from stem_core.errors import BadValue, ConfigError, Problem
+from stem_core import migration
+from stem_core.envfile import Assignment, quote_env_value, read_config_bytes, read_envfile
+from stem_core.errors import MAX_REPORTED, BadValue, ConfigError, Problem
 from stem_core.locate import DEFAULT_CONFIG, config_path  # noqa: F401 - re-exported
 from stem_core.model import Config, MasterSpec, NodeSpec, ProgramSpec
 from stem_core.nodes import expand_opts, parse_node_list
@@ -43,11 +44,57 @@ class _Raw:
 
 
 class _Problems:
+    """The problems found, the first MAX_REPORTED of them built (the rest
+    counted: see ConfigError)."""
+
     def __init__(self) -> None:
         self.items: list[Problem] = []
+        self.omitted = 0
+        self._warnings: list[Problem] = []
+        self._warnings_omitted = 0
+
+    def warn(self, message: str, raw: _Raw | None = None, hint: str | None = None,
+             **kw: Any) -> None:
+        """A finding that does not stop the load (the configuration is valid,
+        probably not what was meant): Config.warnings."""
+        if len(self._warnings) >= MAX_REPORTED:
+            self._warnings_omitted += 1
+            return
+        if raw is not None:
+            kw.setdefault("file", raw.file)
+            kw.setdefault("line", raw.line)
+            kw.setdefault("key", raw.key)
+        self._warnings.append(Problem(message, hint=hint, **kw))
+
+    def warnings(self) -> tuple[Problem, ...]:
+        found = list(self._warnings)
+        if self._warnings_omitted:
+            found.append(Problem(f"{self._warnings_omitted} more warnings not shown"))
+        return tuple(found)
+
+    def wants(self) -> bool:
+        """Whether another problem would be reported, so worth a "did you
+        mean" search (62,000 unknown keys once cost 6 s of them)."""
+        return len(self.items) < MAX_REPORTED
+
+    def suggest(self, name: str, candidates: Any) -> str | None:
+        return K.suggest(name, candidates) if self.wants() else None
+
+    def setting_hint(self, name: str) -> str | None:
+        """For an unknown STEMD_ key: where the celery option it names goes
+        (STEMD_CONCURRENCY -> -c N in STEMD_OPTS), else "did you mean"."""
+        if not self.wants():
+            return None
+        return migration.setting_hint(name) or K.suggest(name, K.BY_ENV)
+
+    def error(self) -> ConfigError:
+        return ConfigError(self.items, omitted=self.omitted)
 
     def add(self, message: str, raw: _Raw | None = None, hint: str | None = None,
             **kw: Any) -> None:
+        if not self.wants():
+            self.omitted += 1
+            return
         if raw is not None:
             kw.setdefault("file", raw.file)
             kw.setdefault("line", raw.line)
@@ -85,14 +132,14 @@ def load_config(
     problems = _Problems()
     for name in overrides:
         if name not in K.BY_ENV:
-            problems.add(f"unknown setting {name}", hint=K.suggest(name, K.BY_ENV), key=name,
-                         file="command line")
+            problems.add(f"unknown setting {name}", hint=problems.setting_hint(name),
+                         key=name, file="command line")
     if path.endswith(".toml"):
         config = _load_toml(path, environ, overrides, problems)
     else:
         config = _load_env(path, environ, overrides, problems)
     if problems.items:
-        raise ConfigError(problems.items)
+        raise problems.error()
     assert config is not None
     return config
 
@@ -109,11 +156,16 @@ def _load_env(path: str, environ: dict[str, str], overrides: dict[str, str],
         if K.is_setting_name(a.name):
             key = K.BY_ENV.get(a.name)
             if key is None:
-                problems.add(f"unknown setting {a.name}", hint=K.suggest(a.name, K.BY_ENV),
+                problems.add(f"unknown setting {a.name}", hint=problems.setting_hint(a.name),
                              file=path, line=a.line, column=a.column, key=a.name)
                 continue
             raw[key.env or a.name] = _Raw(a.value, path, a.line, a.name)
-        elif a.exported:
+            continue
+        finding = migration.legacy_key_finding(a.name, a.exported, K.BY_ENV)
+        if finding is not None:
+            problems.warn(finding[0], hint=finding[1], file=path, line=a.line, column=a.column,
+                          key=a.name)
+        if a.exported:
             exported[a.name] = a.value
     _apply_overrides(raw, environ, overrides)
 
@@ -139,9 +191,14 @@ def _load_env(path: str, environ: dict[str, str], overrides: dict[str, str],
         else:
             names = _node_names(settings["nodes"], ENV_PROGRAM, nodes_raw, problems)
             programs.append(_program(ENV_PROGRAM, settings, names))
+            _warn_celery(problems, programs[-1], {
+                "command": command_raw, "opts": get("STEMD_OPTS"),
+                "log_file": get("STEMD_LOG_FILE"), "pid_file": get("STEMD_PID_FILE")})
     if scheduler_cmd:
         sched = dict(settings, command=scheduler_cmd, opts="")
         programs.append(_program(SCHEDULER, sched, (SCHEDULER,)))
+        _warn_celery(problems, programs[-1], {"command": get("STEM_SCHEDULER_COMMAND")},
+                     templates=False)
     return _finish(path, master, programs, problems, _env_where(path, raw))
 
 
@@ -188,12 +245,7 @@ def _toml_lines(text: str) -> dict[tuple[str, str], int]:
 
 def _load_toml(path: str, environ: dict[str, str], overrides: dict[str, str],
                problems: _Problems) -> Config | None:
-    try:
-        with open(path, "rb") as f:
-            data_bytes = f.read()
-    except OSError as exc:
-        raise ConfigError(Problem(f"cannot read the configuration: {exc.strerror}",
-                                  file=path)) from None
+    data_bytes = read_config_bytes(path)  # bounded; raises ConfigError
     text = data_bytes.decode("utf-8", errors="replace")
     try:
         data = tomllib.loads(text)
@@ -214,7 +266,7 @@ def _load_toml(path: str, environ: dict[str, str], overrides: dict[str, str],
     for name in data:
         if name not in ("stemd", "programs"):
             problems.add(f"unknown table [{name}]", file=path, line=lines.get((name, "")),
-                         hint=K.suggest(name, ["stemd", "programs"]) or
+                         hint=problems.suggest(name, ["stemd", "programs"]) or
                          "use [stemd] and [programs.NAME]")
     stemd = data.get("stemd", {})
     if not isinstance(stemd, dict):
@@ -223,7 +275,7 @@ def _load_toml(path: str, environ: dict[str, str], overrides: dict[str, str],
     for name in stemd:
         if name not in K.MASTER_KEYS:
             problems.add(f"unknown key {name!r} in [stemd]", raw_at("stemd", name, None),
-                         K.suggest(name, K.MASTER_KEYS))
+                         problems.suggest(name, K.MASTER_KEYS))
 
     def master_lookup(key: K.Key) -> _Raw | None:
         if key.env and key.env in env_raw:
@@ -246,8 +298,9 @@ def _load_toml(path: str, environ: dict[str, str], overrides: dict[str, str],
         for name in table:
             if name not in K.PROGRAM_KEYS:
                 problems.add(f"unknown key {name!r} in [{section}]", raw_at(section, name, None),
-                             K.suggest(name, K.PROGRAM_KEYS))
+                             problems.suggest(name, K.PROGRAM_KEYS))
         settings: dict[str, Any] = {}
+        raws: dict[str, _Raw | None] = {}
         for key in K.PROGRAM_KEYS.values():
             raw: _Raw | None = None
             if key.env and key.env in env_raw and key.toml != "nodes":
@@ -257,6 +310,7 @@ def _load_toml(path: str, environ: dict[str, str], overrides: dict[str, str],
             elif key.scope is K.Scope.BOTH and key.toml in stemd:
                 raw = raw_at("stemd", key.toml, stemd[key.toml])
             settings[key.toml] = problems.parse(key, raw)
+            raws[key.toml] = raw
         if "command" not in table:
             problems.add(f"[{section}] needs a command", file=path,
                          line=lines.get((section, "")), key=f"[{section}] command")
@@ -267,6 +321,7 @@ def _load_toml(path: str, environ: dict[str, str], overrides: dict[str, str],
         else:
             names = _node_names(settings["nodes"], prog_name, nodes_raw, problems)
         programs.append(_program(prog_name, settings, names))
+        _warn_celery(problems, programs[-1], raws)
     return _finish(path, master, programs, problems, _toml_where(path, env_raw, lines))
 
 
@@ -280,6 +335,34 @@ def _node_names(value: Any, prefix: str, raw: _Raw | None, problems: _Problems
     except BadValue as exc:
         problems.add(exc.message, raw, exc.hint)
         return ()
+
+
+def _warn_celery(problems: _Problems, program: ProgramSpec, raws: Mapping[str, _Raw | None],
+                 templates: bool = True) -> None:
+    """Warnings for what a celery multi user carries over and stemd does not
+    mean (see stem_core.migration): each names the line of the command,
+    opts or file template it is about."""
+    try:
+        command = shlex.split(program.command)
+        opts = shlex.split(program.opts)
+    except ValueError:
+        return  # an error, reported by _finish
+    celery = migration.runs_celery_worker(command)
+    for words, which in ((command, "command"), (opts, "opts")):
+        for message, hint in migration.argv_findings(words, celery):
+            problems.warn(message, raws.get(which), hint)
+    unnamed = migration.needs_node_names(command + opts, len(program.nodes))
+    if unnamed is not None:
+        problems.warn(unnamed[0], raws.get("opts") or raws.get("command"), unnamed[1])
+    if not templates:
+        return
+    first = node_values(program.nodes[0], program.name, 1) if program.nodes else None
+    for which, env_name in (("log_file", "STEMD_LOG_FILE"), ("pid_file", "STEMD_PID_FILE")):
+        template = getattr(program, which)
+        example = expand(template, first) if first else template
+        finding = migration.template_finding(template, env_name, example)
+        if finding is not None:
+            problems.warn(finding[0], raws.get(which), finding[1])
 
 
 def _program(name: str, settings: dict[str, Any], nodes: tuple[str, ...]) -> ProgramSpec:
@@ -339,7 +422,7 @@ def _finish(path: str, master: MasterSpec, programs: list[ProgramSpec], problems
             ))
     _check_paths(path, master, nodes, problems, where)
     return Config(source=os.path.abspath(path), master=master, programs=tuple(programs),
-                  nodes=tuple(nodes))
+                  nodes=tuple(nodes), warnings=problems.warnings())
 
 
 #: (is it a master key, program name, TOML name) -> (key as written, file, line)

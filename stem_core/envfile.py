@@ -39,6 +39,15 @@ a LF is dropped everywhere, also inside quotes), invalid UTF-8 and NUL bytes
 are errors naming the line. The lexer is hand-written, single pass and linear
 (long runs are consumed with one regex match), so a 1 MB line is cheap.
 
+Bounds: a file over :data:`MAX_CONFIG_BYTES` (1 MiB) is refused before it is
+read (a stemd configuration is a few kilobytes; 100 MB of garbage once took
+15 s and 1.2 GB to reject). Only the first :data:`~stem_core.errors.MAX_REPORTED`
+problems (by position) are built, with their "did you mean" hints; the rest
+are only counted. The hint looks at a bounded set of names (the last ones
+assigned and part of the environment), so a file of thousands of undefined
+variables costs linear time, not one fuzzy search over every earlier name per
+line (4,000 such lines took 17 s).
+
 Error recovery: after an error, the rest of that command (up to the next
 unquoted newline) is still lexed, so quotes stay balanced, but not reported
 on; lexing resumes at the next line. An unterminated quote ends the parse:
@@ -54,9 +63,16 @@ import re
 from collections import namedtuple
 from collections.abc import Mapping
 
-from stem_core.errors import BadValue, ConfigError, Problem
+from stem_core.errors import MAX_REPORTED, BadValue, ConfigError, Problem
 
-__all__ = ["Assignment", "parse_envfile", "quote_env_value", "read_envfile"]
+__all__ = ["MAX_CONFIG_BYTES", "Assignment", "parse_envfile", "quote_env_value",
+           "read_config_bytes", "read_envfile"]
+
+#: Largest configuration file read, env file or TOML.
+MAX_CONFIG_BYTES = 1024 * 1024
+#: Names a "did you mean" hint compares with: the most recently assigned in
+#: the file, then as many from the environment. difflib costs ~3 us a name.
+_SUGGEST_FROM = 500
 
 
 class Assignment(namedtuple("Assignment", "name value exported line column")):
@@ -141,7 +157,10 @@ class _Lexer:
         self.environ = environ
         self.pos = 0
         self.line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
-        self.problems: list[Problem] = []
+        # The first MAX_REPORTED problems by position, as (pos, seq, problem),
+        # sorted; every problem found is counted.
+        self.kept: list[tuple[int, int, Problem]] = []
+        self.problem_count = 0
         self.assignments: list[Assignment] = []
         self.values: dict[str, str] = {}
         self.exported: set[str] = set()
@@ -155,9 +174,25 @@ class _Lexer:
         index = bisect.bisect_right(self.line_starts, pos) - 1
         return index + 1, pos - self.line_starts[index] + 1
 
+    def keeps(self, pos: int) -> bool:
+        """Whether a problem at ``pos`` would be among those reported (so
+        worth an expensive hint)."""
+        return len(self.kept) < MAX_REPORTED or pos < self.kept[-1][0]
+
     def record(self, pos: int, message: str, hint: str, key: str | None = None) -> None:
+        self.problem_count += 1
+        if not self.keeps(pos):
+            return
         line, column = self.where(pos)
-        self.problems.append(Problem(message, self.path, line, column, key, hint))
+        problem = Problem(message, self.path, line, column, key, hint)
+        # Problems arrive in position order, except the decoder's findings
+        # (recorded first): insort keeps the list sorted either way.
+        bisect.insort(self.kept, (pos, self.problem_count, problem))
+        if len(self.kept) > MAX_REPORTED:
+            self.kept.pop()
+
+    def problems(self) -> list[Problem]:
+        return [problem for _, _, problem in self.kept]
 
     def fail(self, pos: int, message: str, hint: str, key: str | None = None) -> None:
         if not self.failed:
@@ -551,17 +586,26 @@ class _Lexer:
         if value is not None:
             return value
         if evaluate and not self.failed:
-            known = list(self.values) + [k for k in self.environ if k not in self.values]
-            import difflib  # only for the error hint: stemctl never pays for it
-
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"did you mean ${close[0]}? " if close else ""
+            close = self.close_name(name) if self.keeps(start) else None
+            hint = f"did you mean ${close}? " if close else ""
             hint += (
                 f"assign {name} earlier in this file or in the environment, "
                 f"or give a default: ${{{name}:-default}}"
             )
             self.fail(start, f"variable {name} is not defined", hint, key)
         return ""
+
+    def close_name(self, name: str) -> str | None:
+        """A defined name ``name`` may be a typo of, from a bounded set of
+        candidates: hints are built for at most MAX_REPORTED problems, and
+        each compares with at most 2 * _SUGGEST_FROM names."""
+        import difflib  # only for the error hint: stemctl never pays for it
+        from itertools import islice
+
+        known = list(islice(reversed(self.values), _SUGGEST_FROM))
+        known += islice((k for k in self.environ if k not in self.values), _SUGGEST_FROM)
+        close = difflib.get_close_matches(name, known, n=1)
+        return close[0] if close else None
 
 
 def _decode(data: bytes | str) -> tuple[str, list[tuple[int, str, str]]]:
@@ -609,17 +653,48 @@ def parse_envfile(
     for offset, message, hint in findings:
         lexer.record(offset, message, hint)
     lexer.run()
-    if lexer.problems:
-        problems = sorted(lexer.problems, key=lambda p: (p.line or 0, p.column or 0))
-        raise ConfigError(problems)
+    if lexer.problem_count:
+        problems = lexer.problems()
+        raise ConfigError(problems, omitted=lexer.problem_count - len(problems))
     return lexer.assignments
+
+
+def lex_envfile_leniently(
+    data: bytes | str, path: str, environ: Mapping[str, str] | None = None
+) -> tuple[list[Assignment], list[Problem]]:
+    """Every assignment the lexer could read, and every problem, without
+    raising. Only for finding the running master after a bad edit
+    (:mod:`stem_core.locate`): the assignments of a file with problems are
+    never a configuration to run."""
+    text, findings = _decode(data)
+    lexer = _Lexer(text, path, os.environ if environ is None else environ)
+    for offset, message, hint in findings:
+        lexer.record(offset, message, hint)
+    lexer.run()
+    return lexer.assignments, sorted(lexer.problems, key=lambda p: (p.line or 0, p.column or 0))
 
 
 def read_envfile(path: str, environ: Mapping[str, str] | None = None) -> list[Assignment]:
     """Read ``path`` (as bytes: the parser decodes and reports bad UTF-8)."""
+    return parse_envfile(read_config_bytes(path), path, environ)
+
+
+def read_config_bytes(path: str) -> bytes:
+    """The bytes of a configuration file (env or TOML), at most
+    :data:`MAX_CONFIG_BYTES`, or a ConfigError naming the file.
+
+    A regular file is refused on its size before anything is read; anything
+    else (a pipe, ``/dev/zero``) is read up to one byte over the limit, so
+    memory stays bounded whatever the path names.
+    """
     try:
         with open(path, "rb") as file:
-            data = file.read()
+            size = os.fstat(file.fileno()).st_size
+            if size > MAX_CONFIG_BYTES:  # st_size is 0 for pipes and devices
+                raise _too_large(path, f"{size} bytes")
+            data = file.read(MAX_CONFIG_BYTES + 1)
+            if len(data) > MAX_CONFIG_BYTES:
+                raise _too_large(path, f"more than {MAX_CONFIG_BYTES} bytes")
     except FileNotFoundError:
         raise ConfigError(
             Problem(
@@ -636,7 +711,15 @@ def read_envfile(path: str, environ: Mapping[str, str] | None = None) -> list[As
                 hint="check that it is a readable file for the user running stemd",
             )
         ) from None
-    return parse_envfile(data, path, environ)
+    return data
+
+
+def _too_large(path: str, size: str) -> ConfigError:
+    return ConfigError(Problem(
+        f"configuration file too large: {size}, the limit is {MAX_CONFIG_BYTES} bytes (1 MiB)",
+        path,
+        hint="a stemd configuration is a few kilobytes: check that --config names the right file",
+    ))
 
 
 _BARE_SAFE = re.compile(r"[A-Za-z0-9_@%+,./:=-]+")

@@ -53,13 +53,36 @@ class StemError(Exception):
     """Base of every error stemd raises on purpose."""
 
 
-class ConfigError(StemError):
-    """The configuration cannot be loaded; carries every problem found."""
+#: Problems a ConfigError carries at most. A damaged or hostile file can hold
+#: hundreds of thousands of errors; past the first few the rest are
+#: consequences, and listing them all costs the master (a reload logs them)
+#: time and memory. The rest are counted in one last problem.
+MAX_REPORTED = 50
 
-    def __init__(self, problems: list[Problem] | Problem) -> None:
+
+class ConfigError(StemError):
+    """The configuration cannot be loaded; carries the problems found, the
+    first :data:`MAX_REPORTED` of them, then one "N more errors not shown".
+
+    ``omitted`` counts problems a producer found but did not build (the env
+    file lexer stops building them once it has the first 50); it is added to
+    those cut here.
+    """
+
+    def __init__(self, problems: list[Problem] | Problem, omitted: int = 0) -> None:
         if isinstance(problems, Problem):
             problems = [problems]
-        self.problems: list[Problem] = list(problems)
+        shown = list(problems)
+        if len(shown) > MAX_REPORTED:
+            omitted += len(shown) - MAX_REPORTED
+            del shown[MAX_REPORTED:]
+        self.omitted = omitted
+        if omitted:
+            files = {p.file for p in shown}
+            shown.append(Problem(f"{omitted} more error{'s' if omitted != 1 else ''} not shown",
+                                 files.pop() if len(files) == 1 else None,
+                                 hint="fix the ones above and run stemd --check again"))
+        self.problems: list[Problem] = shown
         super().__init__("\n".join(str(p) for p in self.problems))
 
 

@@ -249,7 +249,7 @@ KEYS: tuple[Key, ...] = (
     Key("STEMD_USER", "user", B, parse_optional_str, None,
         "account the nodes run as (default: the invoking user)", example="stem"),
     Key("STEMD_GROUP", "group", B, parse_optional_str, None,
-        "group of the nodes and of the control socket (default: the user's group)",
+        "group the nodes run as (default: STEMD_USER's primary group)",
         example="stem"),
     Key("STEMD_UMASK", "umask", P, parse_umask, 0o022, "umask of the nodes"),
     Key("STEMD_PID_FILE", "pid_file", P, parse_required_str, "/var/run/stem/%n.pid",
@@ -264,6 +264,10 @@ KEYS: tuple[Key, ...] = (
         "the master's own log"),
     Key("STEMD_SOCKET", "socket", M, parse_required_str, DEFAULT_SOCKET,
         "control socket path"),
+    Key("STEMD_SOCKET_GROUP", "socket_group", M, parse_optional_str, None,
+        "operators' group: its members may use stemctl (socket 0660 with this group); unset: "
+        "socket 0600, root and the master's user only. Never the nodes' group: a compromised "
+        "worker must not control its fleet", example="stem-ops"),
     Key("STEMD_CREATE_DIRS", "create_dirs", M, parse_bool, True,
         "1: create missing PID, socket and log directories"),
     Key("STEMD_STOP_SIGNAL", "stop_signal", P, parse_signal, "TERM",

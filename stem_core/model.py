@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from stem_core.errors import BadValue
+from stem_core.errors import BadValue, Problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +21,7 @@ class MasterSpec:
     pid_file: str
     log_file: str
     socket: str
+    socket_group: str | None  # operators' group (STEMD_SOCKET_GROUP); None: 0600
     log_level: str
     user: str | None
     group: str | None
@@ -98,6 +99,11 @@ class Config:
     programs: tuple[ProgramSpec, ...]
     nodes: tuple[NodeSpec, ...]
     _by_name: dict[str, NodeSpec] = field(default_factory=dict, compare=False, repr=False)
+    # What the loader found valid but probably not meant (celery multi
+    # habits, see stem_core.migration): printed by --check and at start,
+    # never a reason to refuse. Not part of the value: two configurations
+    # that run the same nodes are equal whatever their warnings.
+    warnings: tuple[Problem, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self._by_name.update({n.name: n for n in self.nodes})

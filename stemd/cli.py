@@ -16,6 +16,10 @@ from stem_core import keys as K
 from stem_core.config import config_path, load_config
 from stem_core.errors import ConfigError, Problem, StemError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from stem_core.model import Config
+
 EPILOG = """\
 examples:
   stemd --config /etc/default/stem            start the daemon (returns once it is ready)
@@ -72,9 +76,15 @@ def _overrides(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dic
     return values
 
 
-def _print_problems(problems: list[Problem]) -> None:
+def _print_problems(problems: list[Problem] | tuple[Problem, ...], prefix: str = "") -> None:
     for problem in problems:
-        sys.stderr.write(f"stemd: {problem}\n")
+        sys.stderr.write(f"stemd: {prefix}{problem}\n")
+
+
+def _print_warnings(config: Config) -> None:
+    """Warnings (valid, probably not meant: see stem_core.migration) never
+    fail a command; they go to stderr as ``stemd: warning: FILE:LINE: ...``."""
+    _print_problems(config.warnings, "warning: ")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,20 +100,43 @@ def main(argv: list[str] | None = None) -> int:
     from stemd import checks
 
     if args.dry_run:
+        _print_warnings(config)
         for node in config.nodes:
             print(f"{node.name} ({node.program}): {shlex.join(node.argv)}")
             print(f"    pid file: {node.pid_file}")
             print(f"    log file: {node.log_file}")
         return 0
     if args.check:
+        _print_warnings(config)
         problems = checks.check_environment(config, creating=config.master.create_dirs)
         if problems:
             _print_problems(problems)
             sys.stderr.write(f"stemd: {len(problems)} problem(s) in {config.source}\n")
             return 1
-        print(f"{config.source}: OK ({len(config.nodes)} nodes)")
+        warned = f", {len(config.warnings)} warning(s)" if config.warnings else ""
+        print(f"{config.source}: OK ({len(config.nodes)} nodes{warned})")
+        _check_open_files(config)
         return 0
     return _run(config, args.foreground, overrides)
+
+
+def _check_open_files(config) -> None:  # type: ignore[no-untyped-def]
+    """Say how many descriptors the fleet needs; warn when the hard limit
+    (which stemd raises its soft limit to) is below that."""
+    import resource
+
+    from stemd import checks
+
+    need = checks.open_files_needed(config)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    shown = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+    print(f"open files: the fleet needs about {need} (2 per node + {checks.FD_RESERVE}); "
+          f"limit {soft} soft, {shown} hard (stemd raises the soft limit to the hard one)")
+    if hard != resource.RLIM_INFINITY and hard < need:
+        sys.stderr.write(f"stemd: warning: the hard open-file limit {hard} is below the "
+                         f"{need} this fleet needs: nodes will fail to start; raise it "
+                         "(LimitNOFILE= in the systemd unit, ulimit -Hn, or "
+                         "/etc/security/limits.conf)\n")
 
 
 def _run(config, foreground: bool, overrides: dict[str, str]) -> int:  # type: ignore[no-untyped-def]
@@ -137,6 +170,11 @@ def _run(config, foreground: bool, overrides: dict[str, str]) -> int:  # type: i
     if fatal:
         _print_problems(fatal)
         return 1
+    if not foreground:  # in the foreground the log below is stderr already
+        _print_warnings(config)
+    # Before detaching, so the daemon and every node inherit it; logged once
+    # the log is open.
+    nofile = checks.raise_open_file_limit()
     notifier = Notifier.from_environ()
     readiness = Readiness(None) if foreground else daemonize(config.master.log_file)
 
@@ -151,6 +189,9 @@ def _run(config, foreground: bool, overrides: dict[str, str]) -> int:  # type: i
                                  None if foreground else config.master.log_file)
     except OSError as exc:
         return fail(f"cannot open the log file {config.master.log_file}: {exc.strerror}")
+    for warning in config.warnings:
+        log.warning("warning: %s", warning)
+    _log_open_files(log, config, nofile)
     try:
         lock = MasterLock.acquire(config.master.pid_file)
     except AlreadyRunning as exc:
@@ -166,6 +207,20 @@ def _run(config, foreground: bool, overrides: dict[str, str]) -> int:  # type: i
     except Exception as exc:
         log.exception("stemd crashed")
         return fail(f"internal error: {exc!r}")
+
+
+def _log_open_files(log, config, nofile: tuple[int, int, int]) -> None:  # type: ignore[no-untyped-def]
+    from stemd import checks
+
+    old, soft, hard = nofile
+    need = checks.open_files_needed(config)
+    if soft != old:
+        log.info("raised the open-file limit (RLIMIT_NOFILE) from %d to %d (hard limit %d); "
+                 "the fleet needs about %d", old, soft, hard, need)
+    if 0 <= soft < need:  # RLIM_INFINITY is -1
+        log.warning("the open-file limit %d is below the %d this fleet needs (2 per node + %d):"
+                    " raise the hard limit (LimitNOFILE=, ulimit -Hn)", soft, need,
+                    checks.FD_RESERVE)
 
 
 def _version() -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import socket
+import time
 
 from stem_core import protocol as P
 
@@ -29,22 +30,37 @@ class Client:
         self.timeout = timeout
 
     def _connect(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.path)
-        except OSError as exc:
-            sock.close()
-            if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR):
-                raise MasterNotRunning(self.path) from None
-            if exc.errno in (errno.EACCES, errno.EPERM):
-                raise AccessDenied(self.path) from None
-            raise
-        return sock
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(self.path)
+            except BlockingIOError:
+                # With a timeout the socket is non-blocking underneath, and a
+                # Unix socket whose accept queue is full fails with EAGAIN at
+                # once instead of waiting: retry until the deadline (a client
+                # may poll; the master never does).
+                sock.close()
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError("the master's connection queue is full") from None
+                time.sleep(0.02)
+                continue
+            except OSError as exc:
+                sock.close()
+                if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTDIR):
+                    raise MasterNotRunning(self.path) from None
+                if exc.errno in (errno.EACCES, errno.EPERM):
+                    raise AccessDenied(self.path) from None
+                raise
+            return sock
 
-    def call(self, cmd: str, hold: bool = False, **args: Any) -> dict[str, Any]:
+    def call(self, cmd: str, hold: bool = False, hold_timeout: float | None = None,
+             **args: Any) -> dict[str, Any]:
         """Send one request, return the response. With ``hold``, also wait
-        until the master closes the connection (it exits: ``shutdown``)."""
+        (up to ``hold_timeout``, None: for ever) until the master closes the
+        connection (it exits: ``shutdown``). Raises TimeoutError when the
+        master does not answer within the client's timeout."""
         sock = self._connect()
         try:
             # the master answers a refused peer before reading: read the answer
@@ -56,6 +72,7 @@ class Client:
                 raise MasterNotRunning(self.path)
             response = P.decode_response(line)
             if hold and response.get("ok"):
+                sock.settimeout(hold_timeout)
                 while reader.read(65536):
                     pass
             return response

@@ -4,17 +4,25 @@ Safety properties, each one because a supervisor running as root is a
 privilege boundary:
 
 - The socket is bound under a temporary name with a tight umask, given its
-  group and mode ``0660``, then renamed into place: there is no moment when
-  it is reachable with looser permissions.
+  group and mode ``0660`` (``0600`` without ``STEMD_SOCKET_GROUP``), then
+  renamed into place: there is no moment when it is reachable with looser
+  permissions.
 - A socket file left by a dead master is replaced only after a connect probe
   shows nobody listens (a live one means another master owns it).
 - Each peer is checked with ``SO_PEERCRED``: root, the master's user and
-  members of the socket's group (supplementary groups included, read from
-  ``/proc/PID/status``) are served; anyone else gets an error.
+  members of the socket's group (``STEMD_SOCKET_GROUP``, the operators';
+  supplementary groups included, read from ``/proc/PID/status``) are served;
+  anyone else gets an error naming the group and the key. The nodes' group
+  (``STEMD_GROUP``) is deliberately not the default: a compromised worker
+  must not be able to stop its own fleet.
 - Requests are bounded (64 KiB) and must arrive within a timeout; writes
   too. A client can delay only itself, never supervision or other clients.
 - Commands dispatch through an explicit table; nothing a client sends names
   a function, a path, a user or a command line.
+- Every request gets a JSON answer: a line nested deeper than
+  ``protocol.MAX_DEPTH`` is a ``bad_request`` (the json module would recurse
+  until RecursionError), and an unexpected exception in a handler is logged
+  and answered ``failed``, never a silent close.
 """
 
 from __future__ import annotations
@@ -49,6 +57,8 @@ class SocketInUse(StemError):
 
 
 def bind_control_socket(path: str, gid: int | None) -> socket.socket:
+    """Bind and listen on ``path``: mode 0660 with group ``gid``, or 0600 (root
+    and the master's user only) when ``gid`` is None."""
     probe_and_remove_stale(path)
     directory, name = os.path.split(path)
     tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
@@ -63,7 +73,7 @@ def bind_control_socket(path: str, gid: int | None) -> socket.socket:
     try:
         if gid is not None and gid != os.getegid():
             os.chown(tmp, -1, gid)
-        os.chmod(tmp, 0o660)
+        os.chmod(tmp, 0o600 if gid is None else 0o660)
         os.rename(tmp, path)
         sock.listen(128)
     except BaseException:
@@ -118,6 +128,8 @@ def _peer_groups(pid: int) -> set[int]:
 
 
 def authorised(pid: int, uid: int, gid: int, socket_gid: int | None) -> bool:
+    """Root, the master's own user, or a member (primary or supplementary) of
+    the socket group; with no socket group, only the first two."""
     if uid in (0, os.geteuid()):
         return True
     if socket_gid is None:
@@ -130,6 +142,7 @@ class ControlServer:
                  log: logging.Logger) -> None:
         self.path = path
         self.gid = gid
+        self.group_name = group_name(gid)
         self.handlers = handlers
         self.log = log
         self._server: asyncio.base_events.Server | None = None
@@ -209,10 +222,10 @@ class ControlServer:
         pid, uid, gid = peer_credentials(sock)
         if not authorised(pid, uid, gid, self.gid):
             self.log.warning("control: refused uid %d (pid %d): not root, not stemd's user, "
-                             "not in the socket's group", uid, pid)
+                             "not in the socket's group (%s)", uid, pid,
+                             self.group_name or "none")
             return P.error(P.ErrorCode.PERMISSION_DENIED, "permission denied",
-                           hint="run stemctl as root, as stemd's user, or as a member of "
-                                "the socket's group (STEMD_GROUP)"), False
+                           hint=denied_hint(self.group_name)), False
         try:
             line = await asyncio.wait_for(reader.readuntil(b"\n"), P.READ_TIMEOUT)
         except asyncio.LimitOverrunError:
@@ -237,18 +250,47 @@ class ControlServer:
         except P.ProtocolError as exc:
             return P.error(exc.code, exc.message, exc.hint,
                            getattr(exc, "result", None)), False
+        except (ConnectionError, TimeoutError):
+            raise  # the client is gone or too slow: _serve drops the connection
+        except Exception as exc:  # a bug must not take the master down, nor go unanswered
+            self.log.exception("control: unexpected error")
+            return P.error(P.ErrorCode.FAILED, f"internal error in the master: {exc!r}"[:200],
+                           hint="see the master log"), False
         if isinstance(result, Hold):
             return P.ok(result.result), True
         return P.ok(result), False
 
 
+def denied_hint(group: str | None) -> str:
+    """What grants access, for a refused peer: the group and the key."""
+    if group:
+        return (f"run stemctl as root, as stemd's user, or as a member of group {group!r} "
+                "(the socket's group, STEMD_SOCKET_GROUP / [stemd] socket_group)")
+    return ("run stemctl as root or as stemd's user; to let operators in, set "
+            "STEMD_SOCKET_GROUP (TOML [stemd] socket_group) to their group and restart stemd")
+
+
+def group_name(gid: int | None) -> str | None:
+    """The name of ``gid`` (its number if it has none); looked up once, at
+    start, never per refused connection (NSS may be slow)."""
+    if gid is None:
+        return None
+    import grp
+
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
 def socket_gid(group: str | None) -> int | None:
+    """The gid of ``STEMD_SOCKET_GROUP``, or None (unset: socket 0600)."""
     if not group:
-        return os.getegid()
+        return None
     import grp
 
     try:
         return grp.getgrnam(group).gr_gid
     except KeyError:
-        raise StemError(f"no such group: {group}") from None
+        raise StemError(f"no such group: {group} (STEMD_SOCKET_GROUP)") from None
 

@@ -37,13 +37,58 @@ examples:
   stemctl restart                     rolling restart, one node at a time
   stemctl kill -s USR1 beta           signal a node's main process (--group: its group)
   stemctl logs alpha -n 50 -f         the end of a node's log, then follow it
+  stemctl logs -f                     follow every node, lines prefixed "node | "
   stemctl --config /etc/default/stem-2 reload
 
 The socket is found from --socket, $STEMD_SOCKET, the config file
 (--config, $STEMD_CONFIG, /etc/default/stem), then /var/run/stem/stemd.sock.
 exit status: 0 ok, 1 failed or not all RUNNING, 2 usage, 3 master not running,
 4 permission denied.
+
+timeouts (--timeout SECONDS, or 'none'): status, kill, logs, diagnose, config,
+version: 10 s. Commands that wait for nodes derive theirs from the config:
+stop and shutdown: the longest stop timeout + 10 s (shutdown: 10 s for the
+master's answer, then that); start: start-secs + retries x (back-off cap +
+start-secs) + 10 s; restart (rolling): every node's stop timeout + start-secs,
+plus a start; reload: a stop plus a start. 300 s when the config has errors
+or with --socket.
+A master that does not answer in time: exit 1, "the master did not answer
+within N s".
 """
+
+
+#: Default --timeout of each command, in seconds; None: derived from the
+#: configuration (Ctl.node_wait), for the commands that wait for nodes.
+ANSWER_TIMEOUT = 10.0
+FALLBACK_WAIT = 300.0  # a wait for nodes when the configuration cannot be read
+TERM_GRACE = 20.0  # a hung master's time between TERM and KILL, config unknown
+TIMEOUTS: dict[str, float | None] = {
+    "status": ANSWER_TIMEOUT, "kill": ANSWER_TIMEOUT, "logs": ANSWER_TIMEOUT,
+    "diagnose": ANSWER_TIMEOUT, "version": ANSWER_TIMEOUT, "config": ANSWER_TIMEOUT,
+    "healthcheck": ANSWER_TIMEOUT,
+    "start": None, "stop": None, "restart": None, "reload": None, "shutdown": None,
+}
+_TIMEOUT_HELP = {
+    "start": "default: start-secs + retries x (back-off cap + start-secs) + 10",
+    "stop": "default: the longest stop timeout + 10",
+    "restart": "default: each node's stop timeout + start-secs, plus a start, + 10",
+    "reload": "default: the longest stop timeout + a start + 10",
+    "shutdown": "default: 10 for the answer, then the longest stop timeout + 10",
+}
+
+
+class NoAnswer(Exception):
+    """The master did not answer within the timeout (hung, stopped, or its
+    connection queue full)."""
+
+    def __init__(self, seconds: float | None, detail: str = "") -> None:
+        super().__init__(seconds, detail)
+        self.seconds = seconds
+        self.detail = detail
+
+    def __str__(self) -> str:
+        why = f" ({self.detail})" if self.detail and self.detail != "timed out" else ""
+        return f"the master did not answer within {self.seconds:g} s{why}"
 
 
 class Ctl:
@@ -54,6 +99,7 @@ class Ctl:
         self.json: bool = args.json
         self._config: Any = None
         self._config_error: Exception | None = None
+        self._warned = False
 
     # The configuration is read lazily: most commands need only the socket.
     def config(self, required: bool = False) -> Any:
@@ -72,16 +118,73 @@ class Ctl:
 
     def socket_path(self) -> str:
         """--socket, else what the config file (with $STEMD_SOCKET over it)
-        names, read cheaply and even when the rest of the file has errors:
-        never silently another master's default socket."""
+        names, read cheaply and even when the rest of the file has errors
+        (the key's own line is read leniently): never silently another
+        master's default socket."""
         if self.args.socket:
             return self.args.socket
+        return self._master_path("STEMD_SOCKET")
+
+    def master_pid_file(self) -> str:
+        return self._master_path("STEMD_MASTER_PID_FILE")
+
+    def _master_path(self, key: str) -> str:
         from stem_core.locate import config_path, master_path
 
-        return master_path("STEMD_SOCKET", config_path(self.args.config))
+        path = config_path(self.args.config)
+        problems: list[Any] = []
+        value = master_path(key, path, problems=problems)
+        if problems and not self._warned:
+            self._warned = True
+            sys.stderr.write(f"stemctl: warning: {problems[0]}"
+                             + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+                             + f"\n  {key} was read from its own line: {value}\n")
+        return value
+
+    def timeout(self) -> float | None:
+        """Seconds to wait for the master's answer: --timeout, else the
+        command's default (TIMEOUTS), derived from the configuration for the
+        commands that wait for nodes. None: wait for ever."""
+        given = self.args.timeout
+        if given is not None:
+            return None if given == 0 else given
+        default = TIMEOUTS.get(self.args.command, ANSWER_TIMEOUT)
+        return default if default is not None else self.node_wait()
+
+    def node_wait(self) -> float:
+        """How long the command may legitimately wait for nodes, from the
+        configuration (stop timeouts, start-secs, retries and back-off)."""
+        # With --socket no config file is named (the default one may be
+        # another fleet's), and stemctl does not load one it does not need.
+        config = None if self.args.socket else self.config()
+        if config is None or not config.nodes:
+            return FALLBACK_WAIT
+        nodes = config.nodes
+        stop = max(n.stop_timeout for n in nodes)
+        start = max(n.start_secs + n.start_retries * (n.backoff_max + n.start_secs)
+                    for n in nodes)
+        cmd = self.args.command
+        if cmd in ("stop", "shutdown"):
+            wait = stop
+        elif cmd == "start":
+            wait = start
+        elif cmd == "restart":  # rolling: one node after the other
+            wait = sum(n.stop_timeout + n.start_secs for n in nodes) + start
+        else:  # reload: stops, then starts, each in parallel
+            wait = stop + start
+        return wait + ANSWER_TIMEOUT
 
     def call(self, cmd: str, hold: bool = False, **args: Any) -> dict[str, Any]:
-        return Client(self.socket_path(), timeout=self.args.timeout).call(cmd, hold, **args)
+        timeout = self.timeout()
+        hold_timeout = None
+        if hold:  # shutdown: a quick answer, then the wait for the nodes
+            hold_timeout = timeout if self.args.timeout is not None else self.node_wait()
+            timeout = ANSWER_TIMEOUT if self.args.timeout is None else timeout
+        try:
+            return Client(self.socket_path(), timeout=timeout).call(
+                cmd, hold, hold_timeout=hold_timeout, **args)
+        except TimeoutError as exc:
+            raise NoAnswer(timeout, str(exc)) from None
 
     def out(self, value: Any, human: Callable[[], None]) -> None:
         if self.json:
@@ -113,6 +216,56 @@ def _nodes_line(nodes: list[dict[str, Any]]) -> None:
     for n in nodes:
         pid = f" (pid {n['pid']})" if n.get("pid") else ""
         print(f"{n['node']}: {n['state']}{pid}")
+
+
+def _fail(ctl: Ctl, code: int, name: str, *messages: str, hint: str | None = None,
+          **extra: Any) -> int:
+    """An error raised before any response came: on stderr, or with --json as
+    the same error object a master would send (scripts parse one shape);
+    ``extra`` adds fields to that object (``left_behind``)."""
+    if ctl.json:
+        from stemd.render import print_json
+
+        error: dict[str, Any] = {"code": name, "message": "; ".join(messages)}
+        if hint:
+            error["hint"] = hint
+        print_json({"v": 1, "ok": False, "error": error, **extra})
+    else:
+        for message in messages:
+            sys.stderr.write(f"stemctl: {message}\n")
+        if hint:
+            sys.stderr.write(f"  hint: {hint}\n")
+    return code
+
+
+def denied_message(path: str) -> tuple[str, str]:
+    """Why connecting to the socket was refused, from its owner, group and
+    mode, and what grants access (SPEC §3: name the group and the key)."""
+    import grp
+    import pwd
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return (f"permission denied on {path} ({exc.strerror})",
+                "run as root, or ask for access to the socket's directory")
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = str(st.st_uid)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o060 == 0o060:
+        return (f"permission denied on {path} (mode {mode:04o}, owner {owner}, group {group})",
+                f"run as root, as {owner}, or as a member of group {group!r}, the socket's "
+                "group (STEMD_SOCKET_GROUP / [stemd] socket_group)")
+    return (f"permission denied on {path} (mode {mode:04o}, owner {owner}: no socket group)",
+            f"run as root or as {owner}; to let operators in, set STEMD_SOCKET_GROUP "
+            "(TOML [stemd] socket_group) to their group and restart stemd")
 
 
 # ---------------------------------------------------------------- commands
@@ -183,12 +336,81 @@ def cmd_reload(ctl: Ctl) -> int:
 
 
 def cmd_shutdown(ctl: Ctl) -> int:
-    response = ctl.call("shutdown", hold=True)
+    """Stop every node and the master. When no master answers, stop the
+    nodes a dead master left behind (SPEC §2.2); with --force, a master that
+    does not answer is terminated (TERM, then KILL) first."""
+    try:
+        response = ctl.call("shutdown", hold=True)
+    except MasterNotRunning:
+        return _shutdown_without_answer(ctl, None)
+    except NoAnswer as exc:
+        return _shutdown_without_answer(ctl, exc)
     if not response["ok"]:
         return _error(ctl, response)
-    _wait_until_gone(response["result"]["pid"])
-    ctl.out({"stopped": True, "pid": response["result"]["pid"]},
-            lambda: print(f"stemd (pid {response['result']['pid']}) stopped"))
+    pid = response["result"]["pid"]
+    _wait_until_gone(pid)
+    # A master that stopped cleanly left nothing; one killed during its
+    # shutdown (kill -9) left nodes running, and "stopped" must not be said
+    # while they run: stop them as a dead master's nodes are stopped.
+    return _stop_left_behind(ctl, pid)
+
+
+def _shutdown_without_answer(ctl: Ctl, no_answer: NoAnswer | None) -> int:
+    from stemd import leftovers
+    from stemd.daemon import master_alive, read_master_pid
+
+    pidfile = ctl.master_pid_file()
+    master = None
+    alive = master_alive(pidfile)
+    if alive is None:
+        return _fail(ctl, FAILED, "failed", f"cannot tell whether the master runs: cannot "
+                     f"read {pidfile} (run as root or as stemd's user)")
+    if alive:
+        pid = read_master_pid(pidfile)
+        why = str(no_answer) if no_answer else f"no answer on {ctl.socket_path()}"
+        if not ctl.args.force:
+            return _fail(ctl, FAILED, "timeout", f"the master (pid {pid}) runs but {why}; "
+                         "'stemctl shutdown --force' terminates it and stops its nodes")
+        master = leftovers.verified_master(pidfile)
+        if master is None:
+            return _fail(ctl, FAILED, "failed", f"{why}, and the process holding {pidfile} "
+                         "cannot be verified as its stemd master: not signalling it")
+        sys.stderr.write(f"stemctl: {why}: terminating the master (pid {master})\n")
+        # Time to stop its nodes itself, as its configuration says; when that
+        # cannot be read, the default stop timeout's worth.
+        known = not ctl.args.socket and ctl.config() is not None
+        grace = ctl.node_wait() if known else TERM_GRACE
+        if not leftovers.terminate_master(master, grace):
+            return _fail(ctl, FAILED, "failed",
+                         f"the master (pid {master}) is still running after SIGKILL")
+    # else: no master holds the lock (it died, perhaps while we waited for
+    # its answer): stop what it left behind.
+    return _stop_left_behind(ctl, master)
+
+
+def _stop_left_behind(ctl: Ctl, master: int | None) -> int:
+    """Stop the nodes a master that is gone left running; "stopped" is said
+    only when none is left (SPEC §2.2)."""
+    from stemd import leftovers
+
+    report = leftovers.stop_left_behind(ctl.config(), ctl.master_pid_file())
+    for note in report.notes:
+        sys.stderr.write(f"stemctl: {note}\n")
+    left = [{"node": s.name, "pid": s.pid} for s in report.stopped]
+    if report.failed or report.unknown:
+        problems = [f"still running: {f}" for f in report.failed]
+        problems += [report.unknown] if report.unknown else []
+        return _fail(ctl, FAILED, "failed", "stemd is not running, but " + "; ".join(problems),
+                     left_behind=left)
+    if master is None and not left:
+        raise MasterNotRunning(ctl.socket_path())
+
+    def human() -> None:
+        print(f"stemd (pid {master}) stopped" if master else "stemd was not running")
+        if left:
+            print("stopped the nodes it left behind: "
+                  + ", ".join(f"{n['node']} (pid {n['pid']})" for n in left))
+    ctl.out({"stopped": True, "pid": master, "left_behind": left}, human)
     return OK
 
 
@@ -211,65 +433,73 @@ def _wait_until_gone(pid: int, timeout: float = 10.0) -> None:
 
 
 def cmd_logs(ctl: Ctl) -> int:
-    response = ctl.call("logs", names=[ctl.args.name], lines=ctl.args.lines)
+    """The master names each node's log; stemctl reads the files itself, as
+    the operator (issue 11 B1: a node controls its log's size and shape, and
+    reading it inside the master stalled supervision). One named node: its
+    lines as they are. No name or several: each line prefixed ``node | ``."""
+    from stemd import logtail
+
+    response = ctl.call("logs", names=ctl.args.names)
     if not response["ok"]:
         return _error(ctl, response)
-    r = response["result"]
+    logs = [(e["node"], e["path"]) for e in response["result"]["logs"]]
+    single = len(ctl.args.names) == 1 and len(logs) == 1
+    elsewhere = [name for name, path in logs if path == "-"]
+    if elsewhere:
+        message = (f"{', '.join(elsewhere)}: logs to the master's output; see the "
+                   "container's or the journal's log")
+        if single:
+            return _fail(ctl, FAILED, "failed", message)
+        sys.stderr.write(f"stemctl: {message}\n")
+    logs = [(name, path) for name, path in logs if path != "-"]
+    tails: list[tuple[str, str, list[bytes], int]] = []
+    status = OK
+    for name, path in logs:
+        try:
+            lines, size = logtail.tail(path, ctl.args.lines)
+        except FileNotFoundError:
+            if not ctl.args.follow:
+                status = _fail(ctl, FAILED, "failed", f"cannot read {path}: no such file "
+                               f"(has {name} written anything yet?)")
+                continue
+            lines, size = [], 0  # nothing written yet: follow waits for it
+        except OSError as exc:
+            status = _fail(ctl, FAILED, "failed", logtail.cannot_read(path, exc))
+            continue
+        tails.append((name, path, lines, size))
     if ctl.json and not ctl.args.follow:
-        ctl.out(r, lambda: None)
-        return OK
-    for line in r["lines"]:
-        print(line)
-    if ctl.args.follow:
-        return _follow(r["path"], r["size"])
-    return OK
+        from stemd.render import print_json
 
-
-def _follow(path: str, offset: int) -> int:
-    """Follow a log like ``tail -F``: survive truncation and rotation. The
-    client reads the file itself (it needs read access); a client may poll,
-    the master never does."""
-    sys.stdout.flush()
-    f = None
+        records = [{"node": name, "path": path, "size": size,
+                    "lines": [line.decode("utf-8", "replace") for line in lines]}
+                   for name, path, lines, size in tails]
+        print_json(records[0] if single and records else records)
+        return status
+    colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    marks = [b""] if single else logtail.prefixes([t[0] for t in tails], colour)
+    out = sys.stdout.buffer
     try:
-        while True:
-            if f is None:
-                try:
-                    f = open(path, "rb")  # noqa: SIM115 - kept open across iterations
-                    f.seek(offset)
-                except FileNotFoundError:
-                    time.sleep(0.5)
-                    continue
-            chunk = f.read(65536)
-            if chunk:
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.buffer.flush()
-                continue
-            st = os.stat(path) if os.path.exists(path) else None
-            if st is None or st.st_ino != os.fstat(f.fileno()).st_ino or st.st_size < f.tell():
-                f.close()
-                f, offset = None, 0  # rotated or truncated: start the new file
-                continue
-            time.sleep(0.25)
+        for (_name, _path, lines, _size), mark in zip(tails, marks, strict=True):
+            out.write(b"".join(mark + line + b"\n" for line in lines))
+        out.flush()
+        if ctl.args.follow and tails:
+            logtail.follow([logtail.Followed(name, path, size, mark) for
+                            (name, path, _lines, size), mark in zip(tails, marks, strict=True)])
     except KeyboardInterrupt:
-        return OK
-    except PermissionError:
-        sys.stderr.write(f"stemctl: cannot read {path}: permission denied\n")
-        return DENIED
-    finally:
-        if f is not None:
-            f.close()
+        return status
+    except BrokenPipeError:
+        # the reader (head, less) is gone: no traceback, and no second one at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return status
+    except OSError as exc:
+        return _fail(ctl, FAILED, "failed", f"cannot follow: {exc}")
+    return status
 
 
 def cmd_healthcheck(ctl: Ctl) -> int:
     from stemd.daemon import master_alive, read_master_pid
 
-    if ctl.args.pidfile:
-        path = ctl.args.pidfile
-    else:
-        from stem_core.locate import config_path, master_path
-
-        path = master_path("STEMD_MASTER_PID_FILE", config_path(ctl.args.config))
+    path = ctl.args.pidfile or ctl.master_pid_file()
     alive = master_alive(path)
     pid = read_master_pid(path)
     if alive is False and ctl.args.pidfile and pid:
@@ -320,13 +550,14 @@ def cmd_diagnose(ctl: Ctl) -> int:
             try:
                 response = ctl.call("diagnose")
                 master = response.get("result")
-            except (MasterNotRunning, AccessDenied, OSError) as exc:
+            except (MasterNotRunning, AccessDenied, NoAnswer, OSError) as exc:
                 problems.append(Problem(f"the master does not answer on {sock}: {exc}"))
         else:
             notes.append("the master is not running")
+    warnings = list(config.warnings) if config is not None else []
     result = {"problems": [{"message": p.message, "hint": p.hint, "file": p.file,
                             "line": p.line, "key": p.key, "text": str(p)} for p in problems],
-              "master": master, "notes": notes}
+              "warnings": [str(w) for w in warnings], "master": master, "notes": notes}
 
     def human() -> None:
         for note in notes:
@@ -336,6 +567,8 @@ def cmd_diagnose(ctl: Ctl) -> int:
             print(f"master pid {master['pid']}: {states}")
         for p in problems:
             print(f"problem: {p}")
+        for w in warnings:  # valid, probably not meant: never a failure
+            print(f"warning: {w}")
         if not problems:
             print("no problems found")
     ctl.out(result, human)
@@ -362,7 +595,8 @@ def cmd_config(ctl: Ctl) -> int:
         import shlex
 
         print(f"# {config.source}")
-        for name in ("pid_file", "socket", "log_file", "log_level", "user", "group"):
+        for name in ("pid_file", "socket", "socket_group", "log_file", "log_level", "user",
+                     "group"):
             print(f"master.{name} = {getattr(config.master, name)}")
         for node in config.nodes:
             print(f"{node.name} ({node.program}): {shlex.join(node.argv)}")
@@ -419,6 +653,14 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         super().__init__(prog, **kwargs)
 
 
+def _count(text: str) -> int:
+    """A line count for ``logs -n``: a whole number, 0 or more."""
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
 def _columns() -> int:
     try:
         return int(os.environ["COLUMNS"])
@@ -428,6 +670,19 @@ def _columns() -> int:
         return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
     except (AttributeError, ValueError, OSError):
         return 80
+
+
+def _seconds(text: str) -> float:
+    """--timeout's value: seconds > 0, or 'none' (0: wait for ever)."""
+    if text.lower() in ("none", "inf", "infinity"):
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value != value:
+        raise argparse.ArgumentTypeError("must be more than 0 (or 'none')")
+    return value
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -444,8 +699,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     where.add_argument("--config", "-c", metavar="PATH", help="the master's config file")
     where.add_argument("--socket", "-S", metavar="PATH", help="the master's control socket")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                        help="give up waiting for the master after this long")
+    parser.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
+                        help="give up waiting for the master after this long ('none': "
+                        "wait for ever); each command has a default, see below")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, fn: Callable[[Ctl], int], help: str, example: str,
@@ -456,6 +712,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                            formatter_class=_Formatter)
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                        help="machine-readable output")
+        p.add_argument("--timeout", type=_seconds, default=argparse.SUPPRESS,
+                       metavar="SECONDS", help="give up when the master has not answered "
+                       f"after SECONDS, or 'none' "
+                       f"({_TIMEOUT_HELP.get(name, f'default {ANSWER_TIMEOUT:g}')})")
         if names:
             p.add_argument("names", nargs="*", metavar="NAME",
                            help="nodes or programs (default: all)")
@@ -479,13 +739,17 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("-s", "--signal", default="TERM", help="signal name or number (default TERM)")
     add("reload", cmd_reload, "re-read the configuration and apply only the difference",
         "stemctl reload", names=False)
-    add("shutdown", cmd_shutdown, "stop every node and the master; wait until it is gone",
-        "stemctl shutdown", names=False)
-    p = add("logs", cmd_logs, "print or follow a node's log", "stemctl logs alpha -n 100 -f",
-            names=False)
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("-n", "--lines", type=int, default=20, help="lines to print (default 20)")
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p = add("shutdown", cmd_shutdown, "stop every node and the master; wait until it is "
+            "gone. With no master running, stop the nodes a dead master left behind",
+            "stemctl shutdown --force", names=False)
+    p.add_argument("--force", action="store_true", help="when the master does not answer "
+                   "within the timeout, terminate it (TERM, then KILL) and stop its nodes")
+    p = add("logs", cmd_logs, "print or follow nodes' logs (no name or several: each line "
+            "prefixed with its node)", "stemctl logs alpha -n 100 -f")
+    p.add_argument("-n", "--lines", type=_count, default=20,
+                   help="lines to print from each log (default 20)")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="keep printing new lines, across logrotate's copytruncate and renames")
     p = add("healthcheck", cmd_healthcheck, "exit 0 if the master is alive, 1 otherwise "
             "(needs no socket)", "stemctl healthcheck --pidfile /run/stem/stemd.pid", names=False)
     p.add_argument("--pidfile", metavar="PATH", help="check the process in this PID file")
@@ -512,30 +776,20 @@ def main(argv: list[str] | None = None) -> int:
         from stem_core.locate import config_path
 
         config = config_path(args.config)
-        message = (f"master not running (no answer on {exc}): start it with "
-                   f"'stemd --config {config}'")
-        if ctl.json:
-            from stemd.render import print_json
-
-            print_json({"v": 1, "ok": False, "error": {"code": "not_running",
-                                                       "message": message}})
-        else:
-            sys.stderr.write(f"stemctl: {message}\n")
-        return NOT_RUNNING
+        return _fail(ctl, NOT_RUNNING, "not_running",
+                     f"master not running (no answer on {exc}): start it with "
+                     f"'stemd --config {config}'")
     except ConfigError as exc:
         # The file named cannot even be lexed, so which master it means is
         # unknown: a usage error (2), not "failed" (1), which init scripts and
         # healthchecks would read as "not running".
-        for problem in getattr(exc, "problems", [exc]):
-            sys.stderr.write(f"stemctl: {problem}\n")
-        return USAGE
+        return _fail(ctl, USAGE, "bad_config",
+                     *(str(p) for p in getattr(exc, "problems", [exc])))
     except AccessDenied as exc:
-        sys.stderr.write(f"stemctl: permission denied on {exc}: run as root, as stemd's user, "
-                         "or as a member of the socket's group\n")
-        return DENIED
-    except TimeoutError:
-        sys.stderr.write("stemctl: the master did not answer in time\n")
-        return FAILED
+        message, hint = denied_message(str(exc))
+        return _fail(ctl, DENIED, "permission_denied", message, hint=hint)
+    except NoAnswer as exc:
+        return _fail(ctl, FAILED, "timeout", str(exc))
     except KeyboardInterrupt:
         return 130
 

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 S = NodeState
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
-MAX_LOG_LINES = 10_000
 
 
 def _names(args: dict[str, Any]) -> list[str]:
@@ -33,14 +32,6 @@ def _names(args: dict[str, Any]) -> list[str]:
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise P.ProtocolError(P.ErrorCode.BAD_ARGUMENT, "names must be a list of strings")
     return names
-
-
-def _flag(args: dict[str, Any], name: str, default: bool) -> bool:
-    """A boolean argument, strictly: ``"wait": "no"`` is an error, not true."""
-    value = args.get(name, default)
-    if not isinstance(value, bool):
-        raise P.ProtocolError(P.ErrorCode.BAD_ARGUMENT, f"{name} must be true or false")
-    return value
 
 
 def _failed(message: str, result: Any = None, hint: str | None = None) -> P.ProtocolError:
@@ -65,7 +56,7 @@ def table(master: Master) -> dict[str, Handler]:
         return P.ProtocolError(P.ErrorCode.BUSY, str(exc))
 
     async def status(args: dict[str, Any]) -> Any:
-        return master.snapshot(select(args), _flag(args, "stats", False))
+        return master.snapshot(select(args), P.flag(args, "stats", False))
 
     async def start(args: dict[str, Any]) -> Any:
         nodes = select(args)
@@ -82,7 +73,7 @@ def table(master: Master) -> dict[str, Handler]:
     async def stop(args: dict[str, Any]) -> Any:
         nodes = select(args)
         try:
-            await master.stop(nodes, _flag(args, "wait", True))
+            await master.stop(nodes, P.flag(args, "wait", True))
         except ShuttingDown as exc:
             raise busy(exc) from None
         return master.snapshot(nodes)
@@ -103,7 +94,7 @@ def table(master: Master) -> dict[str, Handler]:
             sig = signal_number(parse_signal(args.get("signal", "TERM")))
         except BadValue as exc:
             raise P.ProtocolError(P.ErrorCode.BAD_ARGUMENT, exc.message, exc.hint) from None
-        sent = master.kill(select(args), sig, _flag(args, "group", False))
+        sent = master.kill(select(args), sig, P.flag(args, "group", False))
         if not sent:
             raise P.ProtocolError(P.ErrorCode.FAILED, "no running node to signal")
         return {"signalled": sent}
@@ -127,23 +118,12 @@ def table(master: Master) -> dict[str, Handler]:
         return Hold({"pid": os.getpid()})
 
     async def logs(args: dict[str, Any]) -> Any:
+        """Name each node's log file; stemctl reads it itself (as the operator,
+        with its own bounds). The master never reads a node's log: a node user
+        controls its size and shape (a 20 GB sparse file, one 100 MB line),
+        and nothing it writes may stall supervision (issue 11 B1)."""
         nodes = select(args)
-        if len(nodes) != 1:
-            raise P.ProtocolError(P.ErrorCode.BAD_ARGUMENT, "logs takes exactly one node")
-        count = args.get("lines", 20)
-        if not isinstance(count, int) or not 0 <= count <= MAX_LOG_LINES:
-            raise P.ProtocolError(P.ErrorCode.BAD_ARGUMENT,
-                                  f"lines must be between 0 and {MAX_LOG_LINES}")
-        path = nodes[0].spec.log_file
-        if path == "-":
-            raise P.ProtocolError(P.ErrorCode.FAILED, "this node logs to the master's output",
-                                  hint="see the container's or the journal's log")
-        try:
-            lines, size = tail(path, count)
-        except OSError as exc:
-            raise P.ProtocolError(P.ErrorCode.FAILED, f"cannot read {path}: {exc.strerror}"
-                                  ) from None
-        return {"path": path, "lines": lines, "size": size}
+        return {"logs": [{"node": n.name, "path": n.spec.log_file} for n in nodes]}
 
     async def version(args: dict[str, Any]) -> Any:
         from stemd import __version__
@@ -165,21 +145,3 @@ def table(master: Master) -> dict[str, Handler]:
         "reload": reload, "shutdown": shutdown, "logs": logs, "version": version,
         "config": config, "diagnose": diagnose,
     }
-
-
-def tail(path: str, count: int, block: int = 65536) -> tuple[list[str], int]:
-    """The last ``count`` lines of ``path`` (read backwards, so a 10 GB log
-    costs no more than a small one) and the file's size."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    try:
-        size = os.fstat(fd).st_size
-        data = b""
-        pos = size
-        while pos > 0 and data.count(b"\n") <= count:
-            step = min(block, pos)
-            pos -= step
-            data = os.pread(fd, step, pos) + data
-    finally:
-        os.close(fd)
-    lines = data.decode("utf-8", "replace").splitlines()
-    return (lines[-count:] if count else []), size

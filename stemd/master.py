@@ -226,7 +226,7 @@ class Master:
 
         try:
             self.server = ControlServer(self.config.master.socket,
-                                        socket_gid(self.config.master.group),
+                                        socket_gid(self.config.master.socket_group),
                                         handlers.table(self), self.log)
             await self.server.start()
         except (OSError, StemError) as exc:
@@ -654,6 +654,8 @@ class Master:
             self.log.error("reload: keeping the running configuration; the new one has "
                            "errors:\n%s", exc)
             raise
+        for warning in new.warnings:
+            self.log.warning("reload: warning: %s", warning)
         change = diff(self.config, new)
         # The master's own settings (socket, PID file, user, force_root...)
         # take effect when stemd restarts; only the log level applies now.

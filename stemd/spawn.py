@@ -88,10 +88,15 @@ def open_log(path: str, account: Account) -> int:
 def node_environment(spec: NodeSpec, account: Account,
                      base: Mapping[str, str]) -> dict[str, str]:
     """The master's environment (as a shell would pass it on), the node's
-    configured variables, and ``STEMD_NODE``/``STEMD_PROGRAM``."""
+    configured variables, and ``STEMD_NODE``/``STEMD_PROGRAM``.
+
+    ``PWD`` names the node's working directory (``STEMD_CHDIR``), as a shell
+    that ``cd``-ed there would: the master's own PWD (``/`` for a daemon)
+    would mislead programs that trust $PWD over getcwd()."""
     env = {k: v for k, v in base.items() if k not in _PRIVATE_ENV}
     if account.switch:
         env.update(HOME=account.home, USER=account.name, LOGNAME=account.name)
+    env["PWD"] = spec.directory
     env.update(spec.env)
     return env
 

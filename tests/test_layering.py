@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CLIENT = ("client", "ctl", "render")
+CLIENT = ("client", "ctl", "render", "logtail", "leftovers")
 MASTER_ONLY = {"stemd.master", "stemd.node", "stemd.reaper", "stemd.spawn", "stemd.handlers",
                "stemd.control", "stemd.notify", "stemd.logsetup"}
 

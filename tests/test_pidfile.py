@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from stem_core.errors import PidFileError
@@ -60,14 +62,21 @@ def test_untrusted_owner_and_junk(tmp_path: Path) -> None:
 
 def _node(name: str, program: str = "worker") -> subprocess.Popen[bytes]:
     env = dict(os.environ, STEMD_NODE=name, STEMD_PROGRAM=program)
-    return subprocess.Popen(["/bin/sleep", "30"], env=env, start_new_session=True)
+    proc = subprocess.Popen(["/bin/sleep", "30"], env=env, start_new_session=True)
+    # Popen returns once exec closes its CLOEXEC pipe, which the kernel does
+    # before it lays out the new environment: /proc/PID/environ can read
+    # empty for a moment (seen under load). Adoption reads long-running
+    # processes; a test reading a just-spawned one must wait.
+    deadline = time.monotonic() + 10
+    while "STEMD_NODE" not in psutil.Process(proc.pid).environ():
+        assert time.monotonic() < deadline, "the child's environment never appeared"
+        time.sleep(0.001)
+    return proc
 
 
 def test_identity_of_a_real_node() -> None:
     proc = _node("alpha")
     try:
-        import time
-
         record = PidRecord(proc.pid, time.time())
         assert check_node_identity(record, "alpha", "worker", os.getuid()) is None
         assert "not node beta" in (check_node_identity(record, "beta", "worker", None) or "")

@@ -105,3 +105,74 @@ def test_encode_survives_values_json_cannot_represent() -> None:
             return "odd"
 
     assert json.loads(P.encode(P.ok(Odd())))["result"] == "odd"
+
+
+# -- abuse (issue 11 §2, "control abuse") --------------------------------
+
+
+@pytest.mark.parametrize("opener", [b"[", b'{"a":'])
+def test_deep_nesting_is_a_bad_request_not_a_recursion_error(opener: bytes) -> None:
+    # 50,000 '[' fit in a request line and made json.loads raise RecursionError.
+    line = (opener * 50_000)[: P.MAX_REQUEST - 1] + b"\n"
+    with pytest.raises(P.ProtocolError) as info:
+        P.decode_request(line)
+    assert info.value.code is P.ErrorCode.BAD_REQUEST
+    assert f"nested deeper than {P.MAX_DEPTH}" in info.value.message
+
+
+def test_nesting_up_to_the_limit_is_accepted() -> None:
+    inner: object = "x"
+    for _ in range(P.MAX_DEPTH - 2):  # the request object and args are two levels
+        inner = [inner]
+    req = P.decode_request(P.encode(P.request("status", names=inner)))
+    assert req.args["names"] == inner
+    too_deep = P.encode(P.request("status", names=[inner]))
+    with pytest.raises(P.ProtocolError, match="nested deeper"):
+        P.decode_request(too_deep)
+
+
+def test_brackets_inside_strings_do_not_count() -> None:
+    text = '[[[["\\"' * 20  # brackets and escaped quotes inside one string
+    req = P.decode_request(P.encode(P.request("status", names=[text])))
+    assert req.args["names"] == [text]
+    assert P.nesting_depth(P.encode(P.request("status", names=[text]))) == 3
+
+
+@pytest.mark.parametrize("line", [
+    b'"' + b'\\"' * 21_000,  # a string that never closes: escaped quotes only
+    b'"a"' * 21_000,
+    b'"' * 65_000,
+    b"\\" * 65_000 + b'"',
+])
+def test_depth_scan_is_linear_on_hostile_strings(line: bytes) -> None:
+    # A first scan pattern had to find each string's closing quote; on the
+    # first line it re-scanned from every quote: 6.8 s of CPU for 64 KiB.
+    import time
+
+    started = time.process_time()
+    with pytest.raises(P.ProtocolError):
+        P.decode_request(line[: P.MAX_REQUEST - 1] + b"\n")
+    assert time.process_time() - started < 0.5
+
+
+def test_depth_scan_stops_at_the_limit() -> None:
+    assert P.nesting_depth(b"[" * 10, limit=3) == 4
+    assert P.nesting_depth(b"[[]][[[]]]") == 3
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    ({}, True), ({"wait": True}, True), ({"wait": False}, False)])
+def test_flag_takes_real_booleans_and_the_default(args: dict[str, object],
+                                                  expected: bool) -> None:
+    assert P.flag(args, "wait", True) is expected
+    assert P.flag({}, "stats", False) is False
+
+
+@pytest.mark.parametrize("value", ["no", "false", "", 0, 1, None, [], {}, "x" * 100])
+def test_flag_refuses_anything_but_a_boolean(value: object) -> None:
+    # "wait": "no" counted as true.
+    with pytest.raises(P.ProtocolError) as info:
+        P.flag({"wait": value}, "wait", True)
+    assert info.value.code is P.ErrorCode.BAD_ARGUMENT
+    assert info.value.message.startswith("argument 'wait' must be true or false, got ")
+    assert len(info.value.message) < 100

@@ -168,10 +168,15 @@ def test_a_second_master_refuses_to_double_a_fleet_whose_run_dir_was_removed(
     fleet.start()
     first = fleet.master_pid()
     nodes = sorted(fleet.node_pids())
+    assert first
     shutil.rmtree(fleet.run_dir)
     fleet.run_dir.mkdir()
-    result = fleet.stemd()
-    assert result.returncode == 1
-    assert f"already runs under another stemd (pid {first})" in result.stderr
-    assert sorted(fleet.node_pids()) == nodes  # nothing started twice
-    assert first and pid_alive(first)
+    try:
+        result = fleet.stemd()
+        assert result.returncode == 1
+        assert f"already runs under another stemd (pid {first})" in result.stderr
+        assert sorted(fleet.node_pids()) == nodes  # nothing started twice
+        assert pid_alive(first)
+    finally:
+        # its PID file is gone: the harness's cleanup cannot find it
+        os.kill(first, signal.SIGKILL)

@@ -398,12 +398,9 @@ def test_a_node_cannot_connect_to_the_control_socket(open_fleet: Fleet) -> None:
     assert pid_alive(fleet.status()["alpha"]["pid"])
 
 
-@pytest.mark.xfail(strict=True, reason="B12: the socket's group is STEMD_GROUP until "
-                                       "STEMD_SOCKET_GROUP lands (operator-truth issue)")
 def test_a_node_cannot_connect_even_with_its_group_named(open_fleet: Fleet) -> None:
-    """B12: with STEMD_GROUP set, today's socket is 0660 in the nodes' own
-    group, so a node can connect. Remove the xfail once STEMD_SOCKET_GROUP
-    is merged."""
+    """B12: with STEMD_GROUP set, the socket was 0660 in the nodes' own
+    group, so a node could connect. STEMD_SOCKET_GROUP is a group of its own."""
     import grp
 
     fleet = nobody_fleet(open_fleet, group=grp.getgrgid(_nobody().pw_gid).gr_name)

@@ -7,6 +7,7 @@ file without ever signalling what it names.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -116,3 +117,26 @@ def test_node_pid_file_naming_another_process_is_stale(fleet: Fleet, whom: str) 
         if other is not None:
             other.kill()
             other.wait()
+
+
+@pytest.mark.parametrize("kill_mode", ["mixed", "control-group"])
+def test_shutdown_after_a_master_crash_stops_what_it_left(fleet: Fleet, kill_mode: str) -> None:
+    """SPEC §2.2: `stemctl shutdown` with the master dead stops its nodes, as the master
+    would: the stop signal per STEMD_KILL_MODE, then SIGKILL to what is left of the group
+    (here a child of the node's shell that ignores nothing and outlives it)."""
+    fleet.write(nodes="alpha beta", kill_mode=kill_mode,
+                command="/bin/sh -c 'sleep 1001 & wait'")
+    fleet.start()
+    pids = {n: i["pid"] for n, i in fleet.wait_state("RUNNING").items()}
+    wait_until(lambda: len(fleet.node_pids()) == 4, 5, what="each node's child")
+    kill_master(fleet)
+
+    result = fleet.ctl("shutdown", "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["pid"] is None
+    assert {(n["node"], n["pid"]) for n in out["left_behind"]} == set(pids.items())
+    assert fleet.node_pids() == []
+    assert not list(fleet.run_dir.glob("*.pid"))
+    result = fleet.ctl("shutdown")
+    assert result.returncode == 3  # nothing left: "not running"

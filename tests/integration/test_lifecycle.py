@@ -246,3 +246,25 @@ def test_sighup_during_start_up_does_not_kill_the_daemon(fleet: Fleet) -> None:
     assert launcher.returncode == 0, err
     assert pid_alive(master)
     fleet.wait_state("RUNNING")
+
+
+def test_kill_9_of_the_master_during_shutdown_is_not_reported_as_stopped(fleet: Fleet
+                                                                        ) -> None:
+    """stemctl printed "stemd (pid N) stopped" and exited 0 while three
+    TERM-ignoring nodes still ran. "Stopped" means no node is left."""
+    deaf = script(fleet, "deaf.sh", "#!/bin/sh\ntrap '' TERM\nwhile :; do sleep 0.05; done\n")
+    fleet.write(nodes="a b c", stop_timeout=4, command=deaf)
+    fleet.start()
+    nodes = fleet.node_pids()
+    master = fleet.master_pid()
+    assert master
+    shutdown = subprocess.Popen([STEMCTL, "--config", str(fleet.config), "shutdown"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=fleet.env())
+    wait_until(lambda: "shutting down" in fleet.master_log(), 10, what="the shutdown")
+    os.kill(master, signal.SIGKILL)
+    out, err = shutdown.communicate(timeout=60)
+    assert all(not pid_alive(p) for p in nodes), "nodes left running"
+    assert shutdown.returncode == 0, err
+    assert "stopped the nodes it left behind" in out
+    assert fleet.node_pids() == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -186,6 +187,23 @@ def test_node_environment(fleet: Fleet) -> None:
     assert env["STEM_QUEUE"] == "high priority"
     assert "STEMD_SOCKET" not in env and "STEMD_NODES" not in env  # settings, not exports
     assert "STEMD_CONFIG" not in env and "NOTIFY_SOCKET" not in env
+
+
+def test_node_pwd_is_its_working_directory(fleet: Fleet, tmp_path: Path) -> None:
+    """Issue 12 §3: nodes got the daemon's PWD=/ while their cwd was STEMD_CHDIR.
+    The node is Python, not sh: a POSIX shell silently repairs a wrong $PWD."""
+    workdir = tmp_path / "app"
+    workdir.mkdir()
+    node = tmp_path / "node.py"
+    node.write_text("import os, sys, time\n"
+                    "print(f'PWD={os.environ.get(\"PWD\")} cwd={os.getcwd()}', flush=True)\n"
+                    "time.sleep(1000)\n")
+    fleet.write(nodes="alpha", chdir=str(workdir), command=f"{sys.executable} {node}")
+    fleet.start()
+    log = fleet.log_dir / "alpha.log"
+    text = wait_until(lambda: log.exists() and "PWD=" in log.read_text() and log.read_text(),
+                      20, what="the node to print its PWD")
+    assert f"PWD={workdir} cwd={workdir}" in text, text
 
 
 def test_node_output_is_appended_to_its_log(fleet: Fleet) -> None:

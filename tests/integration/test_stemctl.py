@@ -720,7 +720,7 @@ def test_exit_3_with_a_dead_socket_file(fleet: Fleet) -> None:
 
 
 @pytest.mark.parametrize("args", [
-    (), ("frobnicate",), ("logs",), ("logs", "alpha", "-n", "many"), ("stop", "--bogus"),
+    (), ("frobnicate",), ("logs", "-n"), ("logs", "alpha", "-n", "many"), ("stop", "--bogus"),
     ("start", "nosuch"), ("stop", "nosuch"), ("restart", "alpha", "nosuch"),
     ("kill", "-s", "USR1", "nosuch"), ("logs", "nosuch"), ("status", "nosuch"),
 ])
@@ -758,13 +758,21 @@ def test_help_teaches(fleet: Fleet) -> None:
 
 def test_a_config_with_errors_still_names_its_own_socket(running: Fleet) -> None:
     """Regression: stemctl used to fall back to the default socket (another
-    master's, perhaps) when the config file had an error."""
+    master's, perhaps) when the config file had an error; then it refused any
+    file that did not lex (issue 12: `stop` said "not running" and left the
+    fleet up). The socket's own line is read leniently; only when that line is
+    broken is the master unknown (exit 2), never the default."""
     text = running.config.read_text()
     running.config.write_text(text + "STEMD_RESTART=sometimes\n")
     assert running.ctl("status").returncode == 0  # its STEMD_SOCKET still found
     running.config.write_text(text + "STEMD_NODES=$(reboot)\n")  # not even parseable
+    result = running.ctl("status")
+    assert result.returncode == 0, result.stderr
+    assert "stem.env" in result.stderr and "warning" in result.stderr
+    sock = str(running.run_dir / "stemd.sock")
+    running.config.write_text(text.replace(f"STEMD_SOCKET={sock}", f'STEMD_SOCKET="{sock}'))
     result = running.ctl("stop")
-    assert result.returncode == 2  # a config stemctl cannot read is a usage error
-    assert "stem.env" in result.stderr
+    assert result.returncode == 2, result.stderr  # which master is unknown: a usage error
+    assert "stem.env" in result.stderr and "never closed" in result.stderr
     running.config.write_text(text)
     assert running.ctl("status").returncode == 0  # the stop never reached anyone

@@ -1,0 +1,279 @@
+"""``stemctl logs`` against logs a node user shaped (issue 11 B1), and the
+multi-node follow (issue 12 §5).
+
+The master used to read the tail itself, inside its event loop: a 20 GB
+sparse log froze supervision for minutes, a 100 MB one-line log crashed
+stemctl past its reply limit. Now the master names the file and stemctl
+reads it with a bounded, linear tail. Real master, real nodes, real files.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pty
+import queue
+import select
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.faults.accounts import ctl_as, nobody, open_fleet, temp_group
+from tests.fleet import STEMCTL, Fleet, pid_alive, wait_until
+
+__all__ = ["open_fleet", "temp_group"]
+
+
+def quick_status(fleet: Fleet) -> dict[str, dict[str, object]] | None:
+    """``status`` with a short client timeout: None when the master does not answer."""
+    result = fleet.ctl("--timeout", "3", "status", "--json", timeout=30)
+    try:
+        nodes = json.loads(result.stdout)
+    except ValueError:
+        return None
+    if not isinstance(nodes, list):  # an error object: "the master did not answer in time"
+        return None
+    return {n["node"]: n for n in nodes}
+
+
+@pytest.mark.slow
+def test_a_20g_sparse_log_neither_stalls_the_master_nor_stemctl(fleet: Fleet) -> None:
+    fleet.write(nodes="alpha beta", log_level="DEBUG")
+    fleet.start()
+    nodes = fleet.wait_state("RUNNING")
+    log = fleet.log_dir / "alpha.log"
+    subprocess.run(["truncate", "-s", "20G", str(log)], check=True, timeout=30)
+
+    t0 = time.monotonic()
+    logs = subprocess.Popen([STEMCTL, "--config", str(fleet.config), "logs", "alpha"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=fleet.env(), stdin=subprocess.DEVNULL)
+    try:
+        # the request has reached the master (it logs each command before running it)
+        wait_until(lambda: "control: uid 0: logs" in fleet.master_log(), 30,
+                   what="the master to receive the logs request")
+        # meanwhile a node dies: it is respawned, and status answers
+        os.kill(nodes["beta"]["pid"], signal.SIGKILL)
+
+        def beta_back() -> bool:
+            status = quick_status(fleet)
+            return bool(status and status["beta"]["state"] == "RUNNING"
+                        and status["beta"]["pid"] != nodes["beta"]["pid"])
+        wait_until(beta_back, 30, interval=0.2, what="beta respawned and status answering")
+        out, err = logs.communicate(timeout=60)
+    finally:
+        if logs.poll() is None:
+            logs.kill()
+            logs.wait()
+    assert time.monotonic() - t0 < 60
+    assert logs.returncode == 0, err
+    assert b"Traceback" not in err
+    # 20 GB of NULs with no newline: one line, read only 8 MiB back, shown cut and marked
+    assert out.count(b"\n") == 1
+    assert out.startswith(b"[...] ") and b"more bytes]" in out
+    assert len(out) < 70_000
+
+
+@pytest.mark.slow
+def test_a_100mb_one_line_log_gives_a_truncated_line_and_no_traceback(fleet: Fleet) -> None:
+    fleet.write(nodes="alpha")
+    fleet.start()
+    fleet.wait_state("RUNNING")
+    log = fleet.log_dir / "alpha.log"
+    with log.open("ab") as f:
+        f.write(b"first line\n")
+        chunk = b"y" * (1 << 20)
+        for _ in range(100):
+            f.write(chunk)
+        f.write(b"\n")
+    t0 = time.monotonic()
+    result = subprocess.run([STEMCTL, "--config", str(fleet.config), "logs", "alpha", "-n", "5"],
+                            capture_output=True, timeout=60, env=fleet.env(),
+                            stdin=subprocess.DEVNULL)
+    assert time.monotonic() - t0 < 30
+    assert result.returncode == 0, result.stderr
+    assert b"Traceback" not in result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, [line[:80] for line in lines]
+    assert lines[0].startswith(b"[...] yyyy") and lines[0].endswith(b"more bytes]")
+    assert len(lines[0]) < 70_000
+    # --json: the same, as data
+    result = subprocess.run([STEMCTL, "--config", str(fleet.config), "logs", "alpha", "--json"],
+                            capture_output=True, timeout=60, env=fleet.env(),
+                            stdin=subprocess.DEVNULL)
+    data = json.loads(result.stdout)
+    assert len(data["lines"]) == 1 and data["lines"][0].endswith("more bytes]")
+    assert data["size"] == log.stat().st_size
+
+
+def test_a_fifo_or_symlink_for_a_log_is_refused_not_read(fleet: Fleet) -> None:
+    fleet.write(nodes="alpha")
+    fleet.start()
+    fleet.wait_state("RUNNING")
+    log = fleet.log_dir / "alpha.log"
+    log.unlink()
+    os.mkfifo(log)  # a node user can do this in its log directory
+    result = fleet.ctl("logs", "alpha", timeout=30)
+    assert result.returncode == 1 and "not a regular file" in result.stderr
+    log.unlink()
+    log.symlink_to("/etc/shadow")
+    result = fleet.ctl("logs", "alpha", timeout=30)
+    assert result.returncode == 1 and "symlink" in result.stderr
+    assert "root:" not in result.stdout
+
+
+def test_an_operator_who_cannot_read_the_log_is_told_why(open_fleet: Fleet,
+                                                         temp_group: grp.struct_group) -> None:
+    fleet, ops = open_fleet, temp_group
+    user = nobody()
+    fleet.write(nodes="alpha", socket_group=ops.gr_name)
+    fleet.start()
+    fleet.wait_state("RUNNING")
+    fleet.run_dir.chmod(0o755)
+    log = fleet.log_dir / "alpha.log"
+    log.write_text("secret\n")
+    os.chmod(log, 0o640)
+    log_group = grp.getgrgid(log.stat().st_gid).gr_name
+    result = ctl_as(user, "--socket", str(fleet.run_dir / "stemd.sock"), "logs", "alpha",
+                    extra_groups=[ops.gr_gid])
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert f"cannot read {log}: Permission denied" in result.stderr
+    assert f"ask for membership of group {log_group!r}" in result.stderr
+    assert "or run as root" in result.stderr
+    assert "secret" not in result.stdout
+
+
+# ------------------------------------------------------------------ follow
+
+
+class Reader:
+    """A process's output, line by line, read by a thread; waits have deadlines."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.lines: list[bytes] = []
+        self._queue: queue.Queue[bytes] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line)
+
+    def wait_for(self, predicate: Callable[[bytes], bool], timeout: float, what: str) -> bytes:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}; "
+                                     f"last lines: {self.lines[-5:]}")
+            try:
+                line = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            self.lines.append(line)
+            if predicate(line):
+                return line
+
+
+def counter_node(root: Path) -> str:
+    """A node that prints ``NAME N`` with N counting up, ten times a second."""
+    script = root / "counter.sh"
+    script.write_text('#!/bin/sh\ni=0\nwhile :; do i=$((i+1)); echo "$STEMD_NODE $i"; '
+                      "sleep 0.1; done\n")
+    script.chmod(0o755)
+    return f"/bin/sh {script}"
+
+
+def number(line: bytes) -> int:
+    return int(line.rstrip().rsplit(b" ", 1)[1])
+
+
+@pytest.mark.slow
+def test_follow_every_node_interleaved_across_copytruncate_and_rename(fleet: Fleet) -> None:
+    fleet.write(nodes="alpha beta", command=counter_node(fleet.root))
+    fleet.start()
+    fleet.wait_state("RUNNING")
+    proc = subprocess.Popen([STEMCTL, "--config", str(fleet.config), "logs", "-f", "-n", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=fleet.env(),
+                            stdin=subprocess.DEVNULL)
+    out = Reader(proc)
+    try:
+        # both nodes, each line with its node's prefix, padded, uncoloured in a pipe
+        last_alpha = number(out.wait_for(lambda ln: ln.startswith(b"alpha | alpha "), 20,
+                                         "a line of alpha"))
+        out.wait_for(lambda ln: ln.startswith(b"beta  | beta "), 20, "a line of beta")
+        assert all(b"\x1b[" not in ln for ln in out.lines)
+
+        # logrotate's copytruncate of alpha: copy, then truncate in place
+        alpha = fleet.log_dir / "alpha.log"
+        shutil.copyfile(alpha, fleet.log_dir / "alpha.log-1")
+        os.truncate(alpha, 0)
+        last_alpha = number(out.wait_for(lambda ln: ln.startswith(b"alpha | "), 20,
+                                         "alpha after the truncation"))
+        # the counter keeps rising: what came after the truncation is shown
+        out.wait_for(lambda ln: ln.startswith(b"alpha | ") and number(ln) > last_alpha + 5,
+                     20, "alpha's new lines after copytruncate")
+
+        # rotation by rename of beta: a new file at the path is followed from its start
+        beta = fleet.log_dir / "beta.log"
+        os.rename(beta, fleet.log_dir / "beta.log-1")
+        beta.write_bytes(b"beta reopened 0\n")
+        out.wait_for(lambda ln: ln == b"beta  | beta reopened 0\n", 20,
+                     "the line written into beta's new file")
+        # and alpha is still followed, in the same loop
+        seen = number(out.lines[-1]) if out.lines[-1].startswith(b"alpha") else 0
+        out.wait_for(lambda ln: ln.startswith(b"alpha | ") and number(ln) > seen, 20,
+                     "alpha after beta's rotation")
+        assert proc.poll() is None
+        assert all(ln.startswith((b"alpha | ", b"beta  | ")) for ln in out.lines)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert b"Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+
+
+def test_follow_colours_each_node_on_a_terminal(fleet: Fleet) -> None:
+    fleet.write(nodes="alpha beta", command=counter_node(fleet.root))
+    fleet.start()
+    fleet.wait_state("RUNNING")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([STEMCTL, "--config", str(fleet.config), "logs", "-n", "1"],
+                            stdout=slave, stderr=subprocess.PIPE, env=fleet.env(),
+                            stdin=subprocess.DEVNULL)
+    os.close(slave)
+    data = b""
+    try:
+        deadline = time.monotonic() + 30
+        while data.count(b"\n") < 2 and time.monotonic() < deadline:
+            if select.select([master], [], [], 1)[0]:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the other end is closed
+                    break
+                if not chunk:
+                    break
+                data += chunk
+        proc.wait(timeout=30)
+    finally:
+        os.close(master)
+        if pid_alive(proc.pid):
+            proc.kill()
+    assert proc.returncode == 0
+    lines = data.replace(b"\r\n", b"\n").splitlines()
+    assert len(lines) == 2, data
+    codes = {ln.split(b"m", 1)[0] for ln in lines}
+    assert all(ln.startswith(b"\x1b[") for ln in lines), lines
+    assert len(codes) == 2  # a colour per node

@@ -1,0 +1,62 @@
+"""stem_core/locate.py: the master's socket and PID file, read even from a file with errors
+(issue 12: a typo while the fleet runs must not hide the running master)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stem_core.errors import ConfigError, Problem
+from stem_core.locate import DEFAULT_SOCKET, master_path
+
+
+def locate(tmp_path: Path, text: str, key: str = "STEMD_SOCKET",
+           name: str = "stem.env") -> tuple[str, list[Problem]]:
+    path = tmp_path / name
+    path.write_text(text)
+    problems: list[Problem] = []
+    return master_path(key, str(path), {}, problems), problems
+
+
+def test_a_valid_file_is_read_strictly(tmp_path: Path) -> None:
+    assert locate(tmp_path, "STEMD_SOCKET=/a.sock\nSTEMD_SOCKET=/b.sock\n") == ("/b.sock", [])
+
+
+@pytest.mark.parametrize("broken", ['STEMD_OPTS="--broken\n', "STEMD_NODES=$(id -u)\n",
+                                    "if true; then\n", "STEMD_X=`reboot`\n"])
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_the_keys_own_line_is_read_despite_errors_elsewhere(tmp_path: Path, broken: str,
+                                                            where: str) -> None:
+    good = "RUN=/srv/run\nexport STEMD_SOCKET=\"$RUN/s.sock\"  # comment\n"
+    text = broken + good if where == "before" else good + broken
+    value, problems = locate(tmp_path, text)
+    assert value == "/srv/run/s.sock"
+    assert problems and all(p.file and p.file.endswith("stem.env") for p in problems)
+
+
+def test_a_file_with_errors_that_does_not_set_the_key_gives_the_default(tmp_path: Path) -> None:
+    value, problems = locate(tmp_path, 'STEMD_OPTS="--broken\n')
+    assert value == DEFAULT_SOCKET and problems
+
+
+@pytest.mark.parametrize("text", ['STEMD_SOCKET="/a.sock\n', "STEMD_SOCKET=$(pwd)/s\n",
+                                  "STEMD_SOCKET=$UNDEFINED/s\nSTEMD_OPTS='\n",
+                                  "A=1 STEMD_SOCKET=/x.sock ;\n"])
+def test_a_broken_key_line_is_an_error_never_the_default(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError):
+        locate(tmp_path, text)
+
+
+def test_the_error_names_the_keys_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        locate(tmp_path, "A=1\nB=2\nSTEMD_SOCKET=\"/a.sock\n")
+    assert info.value.problems[0].line == 3
+
+
+def test_toml_is_read_leniently_too(tmp_path: Path) -> None:
+    text = '[stemd]\nsocket = "/t.sock"\npid_file = "/t.pid"\n[programs.w]\ncommand = "x\n'
+    assert locate(tmp_path, text, name="s.toml")[0] == "/t.sock"
+    assert locate(tmp_path, text, "STEMD_MASTER_PID_FILE", name="s.toml")[0] == "/t.pid"
+    text = '[programs.w]\nsocket = "/not-this.sock"\ncommand = "x\n'
+    assert locate(tmp_path, text, name="s.toml")[0] == DEFAULT_SOCKET
