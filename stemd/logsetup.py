@@ -108,9 +108,14 @@ def configure(level: str, log_file: str | None) -> logging.Logger:
     return log
 
 
-def reopen(log: logging.Logger) -> None:
+def reopen(log: logging.Logger) -> bool:
+    """Reopen the log file (SIGUSR1, logrotate); False when it could not be
+    (the reason is logged to the file still open)."""
+    done = True
     for handler in log.handlers:
         if isinstance(handler, ReopenableFileHandler):
             why = handler.reopen()
             if why:
                 log.error("%s", why)
+                done = False
+    return done

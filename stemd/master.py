@@ -429,8 +429,8 @@ class Master:
             self.log.warning("reload (SIGHUP): %s", exc)
 
     def _reopen_log(self) -> None:
-        logsetup.reopen(self.log)
-        self.log.info("reopened the log file (SIGUSR1)")
+        if logsetup.reopen(self.log):
+            self.log.info("reopened the log file (SIGUSR1)")
 
     def _status_line(self) -> str:
         running = sum(1 for n in self.nodes.values() if n.state is S.RUNNING)

@@ -407,3 +407,16 @@ def test_a_node_cannot_connect_even_with_its_group_named(open_fleet: Fleet) -> N
     fleet.start()
     fleet.wait_state("RUNNING")
     assert _connect_as_nobody(fleet.run_dir / "stemd.sock") == "PermissionError"
+
+
+def test_a_node_log_path_naming_a_file_of_the_masters_user_is_not_given_away(
+        open_fleet: Fleet) -> None:
+    """A typo in STEMD_LOG_FILE naming an existing root-owned file must not
+    hand that file to the node user (only an empty, new log is chowned)."""
+    fleet = open_fleet
+    precious = fleet.root / "precious"
+    precious.write_text("root's data\n")
+    nobody_fleet(fleet, log_file=str(precious))
+    fleet.start()
+    assert precious.stat().st_uid == 0
+    assert precious.read_text().startswith("root's data\n")
