@@ -21,6 +21,7 @@ import tomli_w
 from stem_core import keys as K
 from stem_core.envfile import Assignment, quote_env_value, read_envfile
 from stem_core.errors import BadValue, ConfigError, Problem
+from stem_core.importers import foreign_format
 from stem_core.locate import DEFAULT_CONFIG, config_path  # noqa: F401 - re-exported
 from stem_core.model import Config, MasterSpec, NodeSpec, ProgramSpec
 from stem_core.nodes import expand_opts, parse_node_list
@@ -79,6 +80,7 @@ def load_config(
         if name not in K.BY_ENV:
             problems.add(f"unknown setting {name}", hint=K.suggest(name, K.BY_ENV), key=name,
                          file="command line")
+    _refuse_foreign_format(path)
     if path.endswith(".toml"):
         config = _load_toml(path, environ, overrides, problems)
     else:
@@ -87,6 +89,23 @@ def load_config(
         raise ConfigError(problems.items)
     assert config is not None
     return config
+
+
+def _refuse_foreign_format(path: str) -> None:
+    """A supervisord or celeryd file would otherwise fail with a lexer error
+    about its first line ("'[program:x]' is a command"): name the format and
+    the command that converts it."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(1 << 20).decode("utf-8", errors="replace")
+    except OSError:
+        return  # the loader reports it
+    found = foreign_format(text)
+    if found is not None:
+        kind, line = found
+        raise ConfigError(Problem(
+            f"this is a {kind} configuration: convert it with `stemctl import {kind} {path}`",
+            file=path, line=line, hint="docs/migrating.md lists what stemd does differently"))
 
 
 # -------------------------------------------------------------- env files

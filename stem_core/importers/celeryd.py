@@ -34,7 +34,7 @@ from stem_core.errors import BadValue
 from stem_core.importers import ImportResult, Note
 from stem_core.nodes import expand_opts, validate_node_name
 
-__all__ = ["celery_argv", "import_celeryd", "looks_like_celeryd"]
+__all__ = ["celery_argv", "celery_template", "import_celeryd"]
 
 # Options celery multi moves between "celery" and "worker" (apps/multi.py).
 _MOVED = ("-A", "--app", "-b", "--broker", "--result-backend", "--loader", "--config",
@@ -47,13 +47,6 @@ _KNOWN = {"CELERYD_NODES", "CELERY_BIN", "CELERY_APP", "CELERYD_CHDIR", "CELERYD
           "CELERYBEAT_CHDIR", "CELERYBEAT_OPTS", "CELERYBEAT_LOG_FILE", "CELERYBEAT_PID_FILE",
           "CELERYBEAT_LOG_LEVEL", "CELERYBEAT_USER", "CELERYBEAT_GROUP", "CELERY_CREATE_RUNDIR",
           "CELERY_CREATE_LOGDIR"}
-
-
-def looks_like_celeryd(names: list[str]) -> bool:
-    """An env file with celeryd settings and no stemd ones."""
-    return (any(n.startswith(("CELERYD_", "CELERYBEAT_")) or n in ("CELERY_BIN", "CELERY_APP")
-                for n in names)
-            and not any(n.startswith("STEMD_") or n.startswith("STEM_") for n in names))
 
 
 def celery_template(value: str) -> str:

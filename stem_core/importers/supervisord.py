@@ -36,7 +36,7 @@ from stem_core.errors import BadValue, ConfigError, Problem
 from stem_core.importers import ImportResult, Note
 from stem_core.nodes import validate_node_name
 
-__all__ = ["import_supervisord", "looks_like_supervisord", "parse_environment"]
+__all__ = ["import_supervisord", "parse_environment"]
 
 _SECTION_LINE = re.compile(r"^\[([^\]]+)\]")
 _KEY_LINE = re.compile(r"^([^\s=:;#\[][^=:]*?)\s*[=:]")
@@ -47,19 +47,6 @@ _STANDARD_RPC = "supervisor.rpcinterface:make_main_rpcinterface"
 _LOGROTATE = ("rotation is logrotate's job in stemd: see etc/logrotate.d/stem "
               "(size, rotate and copytruncate or a `stemctl kill -s HUP` postrotate)")
 _LATER = "not yet supported by stemd; once it is, write: "
-
-
-def looks_like_supervisord(text: str) -> bool:
-    """True when the first line that is not blank or a comment is a
-    supervisord section header (``[supervisord]``, ``[program:x]``, ...)."""
-    for line in text.splitlines():
-        stripped = line.strip()
-        if not stripped or stripped[0] in "#;":
-            continue
-        return bool(re.match(r"\[(supervisord|program:|group:|include|unix_http_server"
-                             r"|inet_http_server|supervisorctl|eventlistener:|rpcinterface:)",
-                             stripped))
-    return False
 
 
 def parse_environment(value: str) -> dict[str, str]:
