@@ -171,8 +171,9 @@ class _Importer:
 
     def problem(self, value: _Value | None, section: str, key: str, message: str,
                 hint: str | None = None) -> None:
-        file, line = (value.file, value.line) if value else self.source.section_at.get(
-            section, (self.path, None))
+        file, line = self.source.section_at.get(section, (self.path, None))
+        if value is not None and value.line is not None:
+            file, line = value.file, value.line
         self.problems.append(Problem(message, file=file, line=line, key=f"[{section}] {key}",
                                      hint=hint))
 
