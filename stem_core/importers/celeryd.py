@@ -58,6 +58,15 @@ def celery_template(value: str) -> str:
     return re.sub(r"%(.)", lambda m: table.get(m.group(1), "%%" + m.group(1)), value)
 
 
+def host_template(value: str) -> str:
+    """A host name as celery multi expands it (``host_format`` without a
+    node: ``%h`` the host, ``%d`` its domain), as a stemd template. celery's
+    ``%n`` here is the host's first label, which stemd cannot name: kept
+    literal."""
+    table = {"h": "%h", "d": "%d", "%": "%%", "i": "%%i", "I": "%I"}
+    return re.sub(r"%(.)", lambda m: table.get(m.group(1), "%%" + m.group(1)), value)
+
+
 # --------------------------------------------------------- celery multi
 
 
@@ -118,7 +127,7 @@ def celery_argv(multi_args: list[str], executable: str) -> list[tuple[str, str, 
     append = options.pop("--append", "")
     host = options.pop("-n", None)
     host = options.pop("--hostname", host)
-    suffix = celery_template(host) if host else "%h"
+    suffix = host_template(host) if host else "%h"
     prefix = options.pop("--prefix", "") or ""
     range_prefix = options.pop("--range-prefix", "") or "celery"
     ranges = len(names) == 1
@@ -138,7 +147,7 @@ def celery_argv(multi_args: list[str], executable: str) -> list[tuple[str, str, 
     for name in names:
         if "@" in name:
             short, _, node_host = name.partition("@")
-            nodename = f"{celery_template(short)}@{celery_template(node_host)}"
+            nodename = f"{host_template(short)}@{host_template(node_host)}"
             node, label = short, nodename
         else:
             node = f"{prefix}{name}"
