@@ -22,6 +22,7 @@ from stem_core import keys as K
 from stem_core import migration
 from stem_core.envfile import Assignment, quote_env_value, read_config_bytes, read_envfile
 from stem_core.errors import MAX_REPORTED, BadValue, ConfigError, Problem
+from stem_core.importers import foreign_format
 from stem_core.locate import DEFAULT_CONFIG, config_path  # noqa: F401 - re-exported
 from stem_core.model import Config, MasterSpec, NodeSpec, ProgramSpec
 from stem_core.nodes import expand_opts, parse_node_list
@@ -134,14 +135,36 @@ def load_config(
         if name not in K.BY_ENV:
             problems.add(f"unknown setting {name}", hint=problems.setting_hint(name),
                          key=name, file="command line")
-    if path.endswith(".toml"):
-        config = _load_toml(path, environ, overrides, problems)
-    else:
-        config = _load_env(path, environ, overrides, problems)
-    if problems.items:
-        raise problems.error()
+    try:
+        if path.endswith(".toml"):
+            config = _load_toml(path, environ, overrides, problems)
+        else:
+            config = _load_env(path, environ, overrides, problems)
+        if problems.items:
+            raise problems.error()
+    except ConfigError:
+        # A whole file of another format always fails to load; only then is
+        # it worth a second look, to name the format and the converter.
+        _refuse_foreign_format(path)
+        raise
     assert config is not None
     return config
+
+
+def _refuse_foreign_format(path: str) -> None:
+    """A supervisord or celeryd file would otherwise fail with a lexer error
+    about its first line ("'[program:x]' is a command"): name the format and
+    the command that converts it."""
+    try:
+        text = read_config_bytes(path).decode("utf-8", errors="replace")
+    except ConfigError:
+        return  # the loader's own error stands
+    found = foreign_format(text)
+    if found is not None:
+        kind, line = found
+        raise ConfigError(Problem(
+            f"this is a {kind} configuration: convert it with `stemctl import {kind} {path}`",
+            file=path, line=line, hint="docs/migrating.md lists what stemd does differently"))
 
 
 # -------------------------------------------------------------- env files

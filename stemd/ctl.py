@@ -621,11 +621,25 @@ def cmd_version(ctl: Ctl) -> int:
     return OK
 
 
+def cmd_import(ctl: Ctl) -> int:
+    """Needs neither the socket nor a stemd config: stemd/importcmd.py."""
+    from stemd.importcmd import run
+
+    return run(ctl.args)
+
+
+def _import_arguments(p: argparse.ArgumentParser, only: str | None) -> None:
+    if only in (None, "import"):  # its module is imported only when needed
+        from stemd.importcmd import add_arguments
+
+        add_arguments(p)
+
+
 # ------------------------------------------------------------------ parser
 
 
 COMMANDS = ("status", "start", "stop", "restart", "kill", "reload", "shutdown", "logs",
-            "healthcheck", "diagnose", "config", "version")
+            "healthcheck", "diagnose", "config", "version", "import")
 _GLOBAL_WITH_VALUE = ("--config", "-c", "--socket", "-S", "--timeout")
 
 
@@ -760,6 +774,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--toml", action="store_true", help="as a TOML file")
     add("version", cmd_version, "versions of stemctl and of the running master",
         "stemctl version", names=False)
+    _import_arguments(add("import", cmd_import, "translate a supervisord or celeryd "
+                          "configuration (no master needed)",
+                          "stemctl import supervisord supervisord.conf -o stem.toml",
+                          names=False), only)
     return parser
 
 
