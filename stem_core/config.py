@@ -8,6 +8,7 @@ so that ``stemd --check`` can list them all.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
@@ -24,7 +25,7 @@ from stem_core.envfile import Assignment, quote_env_value, read_config_bytes, re
 from stem_core.errors import MAX_REPORTED, BadValue, ConfigError, Problem
 from stem_core.importers import foreign_format
 from stem_core.locate import DEFAULT_CONFIG, config_path  # noqa: F401 - re-exported
-from stem_core.model import Config, MasterSpec, NodeSpec, ProgramSpec
+from stem_core.model import Config, MasterSpec, NodeSpec, Policy, ProgramSpec, RunAs
 from stem_core.nodes import expand_opts, parse_node_list
 from stem_core.statefile import state_path
 from stem_core.templates import expand, master_values, node_values
@@ -389,8 +390,13 @@ def _warn_celery(problems: _Problems, program: ProgramSpec, raws: Mapping[str, _
 
 
 def _program(name: str, settings: dict[str, Any], nodes: tuple[str, ...]) -> ProgramSpec:
-    values = {k: settings[k] for k in ProgramSpec.__slots__ if k not in ("name", "nodes")}
-    return ProgramSpec(name=name, nodes=nodes, **values)
+    """Build a program's spec, each part from the keys that name it."""
+    parts: dict[str, dict[str, Any]] = {"program": {}, "policy": {}, "run_as": {}}
+    for key in K.PROGRAM_KEYS.values():
+        if key.toml != "nodes":
+            parts[key.part][key.toml] = settings[key.toml]
+    return ProgramSpec(name=name, nodes=nodes, policy=Policy(**parts["policy"]),
+                       run_as=RunAs(**parts["run_as"]), **parts["program"])
 
 
 def _finish(path: str, master: MasterSpec, programs: list[ProgramSpec], problems: _Problems,
@@ -399,7 +405,7 @@ def _finish(path: str, master: MasterSpec, programs: list[ProgramSpec], problems
     master = MasterSpec(**{
         name: expand(value, host) if isinstance(value, str) and name in (
             "pid_file", "log_file", "socket") else value
-        for name, value in ((n, getattr(master, n)) for n in MasterSpec.__slots__)
+        for name, value in dataclasses.asdict(master).items()
     })
     nodes: list[NodeSpec] = []
     program_names = {p.name for p in programs}
@@ -433,15 +439,10 @@ def _finish(path: str, master: MasterSpec, programs: list[ProgramSpec], problems
             nodes.append(NodeSpec(
                 name=name, program=program.name, index=index, argv=argv,
                 directory=expand(program.directory, values),
-                environment=program.environment, user=program.user, group=program.group,
-                umask=program.umask,
+                environment=program.environment,
                 pid_file=expand(program.pid_file, values),
                 log_file=expand(program.log_file, values),
-                stop_signal=program.stop_signal, stop_timeout=program.stop_timeout,
-                kill_mode=program.kill_mode,
-                restart=program.restart, start_secs=program.start_secs,
-                start_retries=program.start_retries, backoff_max=program.backoff_max,
-                restart_burst=program.restart_burst, restart_window=program.restart_window,
+                policy=program.policy, run_as=program.run_as,
             ))
     _check_paths(path, master, nodes, problems, where)
     return Config(source=os.path.abspath(path), master=master, programs=tuple(programs),
@@ -543,21 +544,16 @@ def _check_paths(source: str, master: MasterSpec, nodes: list[NodeSpec], problem
 
 def to_dict(config: Config) -> dict[str, Any]:
     """The effective configuration as TOML-shaped data (defaults included)."""
-    stemd = {name: getattr(config.master, name) for name in MasterSpec.__slots__}
+    stemd = dataclasses.asdict(config.master)
     programs: dict[str, Any] = {}
     for p in config.programs:
-        table: dict[str, Any] = {}
-        for name in ProgramSpec.__slots__:
-            if name == "name":
-                continue
-            value = getattr(p, name)
-            if name == "nodes":
-                value = list(value)
-            elif name == "environment":
-                value = dict(value)
-            elif name == "umask":
-                value = f"{value:03o}"
-            table[name] = value
+        # the parts flatten back into one table: their fields are the keys
+        table = {f.name: getattr(p, f.name) for f in dataclasses.fields(ProgramSpec)
+                 if f.name not in ("name", "policy", "run_as")}
+        table.update(dataclasses.asdict(p.policy), **dataclasses.asdict(p.run_as))
+        table["nodes"] = list(p.nodes)
+        table["environment"] = dict(p.environment)
+        table["umask"] = f"{p.run_as.umask:03o}"
         programs[p.name] = table
     return {"stemd": {k: v for k, v in stemd.items() if v is not None},
             "programs": {n: {k: v for k, v in t.items() if v is not None}

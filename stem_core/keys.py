@@ -218,6 +218,10 @@ class Key:
     doc: str
     aliases: tuple[str, ...] = ()
     example: str | None = None  # shown in the sample file when there is no default
+    # Which part of a program's spec a program key fills: "program" (a field
+    # of ProgramSpec itself), "policy" (model.Policy) or "run_as"
+    # (model.RunAs). The loader builds each part from the keys that name it.
+    part: str = "program"
 
     @property
     def default_text(self) -> str:
@@ -247,11 +251,11 @@ KEYS: tuple[Key, ...] = (
         example="-c 8 -c:worker1 4"),
     Key("STEMD_CHDIR", "directory", P, parse_required_str, "/", "working directory of the nodes"),
     Key("STEMD_USER", "user", B, parse_optional_str, None,
-        "account the nodes run as (default: the invoking user)", example="stem"),
+        "account the nodes run as (default: the invoking user)", example="stem", part="run_as"),
     Key("STEMD_GROUP", "group", B, parse_optional_str, None,
         "group the nodes run as (default: STEMD_USER's primary group)",
-        example="stem"),
-    Key("STEMD_UMASK", "umask", P, parse_umask, 0o022, "umask of the nodes"),
+        example="stem", part="run_as"),
+    Key("STEMD_UMASK", "umask", P, parse_umask, 0o022, "umask of the nodes", part="run_as"),
     Key("STEMD_PID_FILE", "pid_file", P, parse_required_str, "/var/run/stem/%n.pid",
         "per-node PID file template"),
     Key("STEMD_LOG_FILE", "log_file", P, parse_required_str, "/var/log/stem/%n.log",
@@ -271,28 +275,31 @@ KEYS: tuple[Key, ...] = (
     Key("STEMD_CREATE_DIRS", "create_dirs", M, parse_bool, True,
         "1: create missing PID, socket and log directories"),
     Key("STEMD_STOP_SIGNAL", "stop_signal", P, parse_signal, "TERM",
-        "signal a stop sends first (TERM, INT, QUIT, ...)"),
+        "signal a stop sends first (TERM, INT, QUIT, ...)", part="policy"),
     Key("STEMD_STOP_TIMEOUT", "stop_timeout", P, parse_seconds, 10.0,
-        "seconds before a stop escalates to SIGKILL of the node's process group"),
+        "seconds before a stop escalates to SIGKILL of the node's process group", part="policy"),
     Key("STEMD_KILL_MODE", "kill_mode", P, parse_kill_mode, "mixed",
         "mixed: the stop signal to the main process only (a prefork worker's warm shutdown), "
         "SIGKILL to what is left of its process group once it exits or the stop timeout "
-        "passes; control-group: the stop signal to the whole group (as systemd's KillMode=)"),
+        "passes; control-group: the stop signal to the whole group (as systemd's KillMode=)",
+        part="policy"),
     Key("STEMD_START_WAIT", "start_wait", M, parse_optional_seconds, None,
         "seconds the launcher waits for every node to be RUNNING before it returns (exit 1 "
         "naming the nodes that are not); 0 returns once the nodes are spawned; "
         "default: the longest start-secs + 5", example=""),
-    Key("STEMD_RESTART", "restart", P, parse_restart, "always", "always, on-failure or no"),
+    Key("STEMD_RESTART", "restart", P, parse_restart, "always", "always, on-failure or no",
+        part="policy"),
     Key("STEMD_START_SECS", "start_secs", P, parse_seconds, 1.0,
-        "seconds a node must stay up to count as started (RUNNING)"),
+        "seconds a node must stay up to count as started (RUNNING)", part="policy"),
     Key("STEMD_START_RETRIES", "start_retries", P, parse_count, 5,
-        "failed starts in a row before the node is FATAL"),
+        "failed starts in a row before the node is FATAL", part="policy"),
     Key("STEMD_BACKOFF_MAX", "backoff_max", P, parse_seconds, 30.0,
-        "cap of the exponential delay between failed starts, seconds"),
+        "cap of the exponential delay between failed starts, seconds", part="policy"),
     Key("STEMD_RESTART_BURST", "restart_burst", P, parse_count, 5,
-        "restarts of a RUNNING node allowed within STEMD_RESTART_WINDOW before it backs off"),
+        "restarts of a RUNNING node allowed within STEMD_RESTART_WINDOW before it backs off",
+        part="policy"),
     Key("STEMD_RESTART_WINDOW", "restart_window", P, parse_seconds, 60.0,
-        "crash-loop detection window, seconds"),
+        "crash-loop detection window, seconds", part="policy"),
     Key("STEMD_FORCE_ROOT", "force_root", M, parse_bool, False,
         "1 allows nodes to run as root (otherwise refused)"),
     Key("STEM_SCHEDULER_COMMAND", "", P, parse_optional_str, None,

@@ -31,21 +31,12 @@ class MasterSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class ProgramSpec:
-    """One program as written in the configuration, before expansion into
-    nodes. Kept so that ``stemctl config --toml`` can write the file back."""
+class Policy:
+    """How the nodes of a program are started, stopped and restarted. One
+    value shared by a program and each of its nodes: a key of this part is
+    declared once, in :data:`stem_core.keys.KEYS` (``part="policy"``), and
+    its field here has the key's TOML name (tests/test_keys_model.py)."""
 
-    name: str
-    command: str
-    nodes: tuple[str, ...]
-    opts: str
-    directory: str
-    environment: tuple[tuple[str, str], ...]
-    user: str | None
-    group: str | None
-    umask: int
-    pid_file: str
-    log_file: str
     stop_signal: str
     stop_timeout: float
     kill_mode: str  # "mixed" or "control-group"
@@ -58,6 +49,33 @@ class ProgramSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class RunAs:
+    """The account and umask the nodes of a program run with
+    (``part="run_as"`` in the key table)."""
+
+    user: str | None
+    group: str | None
+    umask: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramSpec:
+    """One program as written in the configuration, before expansion into
+    nodes. Kept so that ``stemctl config --toml`` can write the file back."""
+
+    name: str
+    command: str
+    nodes: tuple[str, ...]
+    opts: str
+    directory: str
+    environment: tuple[tuple[str, str], ...]
+    pid_file: str
+    log_file: str
+    policy: Policy
+    run_as: RunAs
+
+
+@dataclass(frozen=True, slots=True)
 class NodeSpec:
     """Everything needed to run one node, fully expanded."""
 
@@ -67,20 +85,10 @@ class NodeSpec:
     argv: tuple[str, ...]
     directory: str
     environment: tuple[tuple[str, str], ...]
-    user: str | None
-    group: str | None
-    umask: int
     pid_file: str
     log_file: str  # "-" sends output to the master's own stdout/stderr
-    stop_signal: str
-    stop_timeout: float
-    kill_mode: str  # "mixed" or "control-group"
-    restart: str
-    start_secs: float
-    start_retries: int
-    backoff_max: float
-    restart_burst: int
-    restart_window: float
+    policy: Policy
+    run_as: RunAs
 
     @property
     def env(self) -> dict[str, str]:
@@ -162,7 +170,7 @@ def diff(old: Config, new: Config) -> ConfigDiff:
     unchanged = tuple(n for n in new.nodes
                       if n.name in old_nodes and runs_the_same(old_nodes[n.name], n))
     master_changed = tuple(
-        name for name in MasterSpec.__slots__
-        if getattr(old.master, name) != getattr(new.master, name)
+        f.name for f in dataclasses.fields(MasterSpec)
+        if getattr(old.master, f.name) != getattr(new.master, f.name)
     )
     return ConfigDiff(added, removed, changed, unchanged, master_changed)

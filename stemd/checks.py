@@ -101,7 +101,7 @@ def _node_accounts(config: Config) -> list[Account]:
     accounts = []
     for node in config.nodes:
         try:
-            accounts.append(resolve_account(node.user, node.group))
+            accounts.append(resolve_account(node.run_as.user, node.run_as.group))
         except SpawnError:
             continue
     return accounts
@@ -128,7 +128,7 @@ def check_environment(config: Config, *, creating: bool) -> list[Problem]:
     problems: list[Problem] = []
     for node in config.nodes:
         try:
-            account = resolve_account(node.user, node.group)
+            account = resolve_account(node.run_as.user, node.run_as.group)
         except SpawnError as exc:
             problems.append(Problem(str(exc), key=f"{node.name}: user/group",
                                     hint="create the account or fix STEMD_USER/STEMD_GROUP"))
@@ -222,7 +222,7 @@ def stale_pidfiles(config: Config) -> list[Problem]:
         if record is None:
             continue
         try:
-            uid = resolve_account(node.user, node.group).uid
+            uid = resolve_account(node.run_as.user, node.run_as.group).uid
         except SpawnError:
             uid = None
         why = check_node_identity(record, node.name, node.program, uid)

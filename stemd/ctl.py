@@ -159,17 +159,17 @@ class Ctl:
         config = None if self.args.socket else self.config()
         if config is None or not config.nodes:
             return FALLBACK_WAIT
-        nodes = config.nodes
-        stop = max(n.stop_timeout for n in nodes)
-        start = max(n.start_secs + n.start_retries * (n.backoff_max + n.start_secs)
-                    for n in nodes)
+        policies = [n.policy for n in config.nodes]
+        stop = max(p.stop_timeout for p in policies)
+        start = max(p.start_secs + p.start_retries * (p.backoff_max + p.start_secs)
+                    for p in policies)
         cmd = self.args.command
         if cmd in ("stop", "shutdown"):
             wait = stop
         elif cmd == "start":
             wait = start
         elif cmd == "restart":  # rolling: one node after the other
-            wait = sum(n.stop_timeout + n.start_secs for n in nodes) + start
+            wait = sum(p.stop_timeout + p.start_secs for p in policies) + start
         else:  # reload: stops, then starts, each in parallel
             wait = stop + start
         return wait + ANSWER_TIMEOUT
@@ -601,7 +601,7 @@ def cmd_config(ctl: Ctl) -> int:
         for node in config.nodes:
             print(f"{node.name} ({node.program}): {shlex.join(node.argv)}")
             print(f"    pid file: {node.pid_file}  log file: {node.log_file}  "
-                  f"user: {node.user or '(invoking user)'}")
+                  f"user: {node.run_as.user or '(invoking user)'}")
     return OK
 
 

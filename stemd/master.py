@@ -316,7 +316,7 @@ class Master:
                 continue
             found = orphans[0]
             try:
-                uid = resolve_account(node.spec.user, node.spec.group).uid
+                uid = resolve_account(node.spec.run_as.user, node.spec.run_as.group).uid
                 if found.uid != uid or found.program != node.spec.program:
                     continue
                 created = psutil.Process(found.pid).create_time()
@@ -373,7 +373,7 @@ class Master:
         master keeps supervising either way."""
         wait = self.config.master.start_wait
         if wait is None:
-            wait = max((n.spec.start_secs for n in self.nodes.values()), default=0.0) + 5
+            wait = max((n.spec.policy.start_secs for n in self.nodes.values()), default=0.0) + 5
         waiting = [n for n in self.nodes.values() if n.wanted and n.state in (S.STARTING,
                                                                               S.BACKOFF)]
         if wait > 0 and waiting:
@@ -549,7 +549,7 @@ class Master:
         if record is None:
             return False
         try:
-            uid: int | None = resolve_account(spec.user, spec.group).uid
+            uid: int | None = resolve_account(spec.run_as.user, spec.run_as.group).uid
         except SpawnError:
             uid = None
         why = check_node_identity(record, spec.name, spec.program, uid)

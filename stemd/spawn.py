@@ -108,7 +108,7 @@ def node_environment(spec: NodeSpec, account: Account,
 def spawn_node(spec: NodeSpec, base_env: Mapping[str, str], force_root: bool
                ) -> subprocess.Popen[bytes]:
     """Start the node's process in its own session. Raises SpawnError."""
-    account = resolve_account(spec.user, spec.group)
+    account = resolve_account(spec.run_as.user, spec.run_as.group)
     if account.uid == 0 and not force_root:
         raise SpawnError("refusing to run a node as root: set STEMD_USER to an unprivileged "
                          "account, or STEMD_FORCE_ROOT=1 if you really mean it")
@@ -126,7 +126,7 @@ def spawn_node(spec: NodeSpec, base_env: Mapping[str, str], force_root: bool
             stderr=log_fd,
             close_fds=True,
             start_new_session=True,
-            umask=spec.umask,
+            umask=spec.run_as.umask,
             **kwargs,  # type: ignore[arg-type]
         )
     except OSError as exc:
