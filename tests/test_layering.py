@@ -47,3 +47,15 @@ def test_stemctl_status_path_loads_neither_master_nor_rich() -> None:
             "print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_every_package_is_shipped() -> None:
+    """A subpackage missing from pyproject's list installs a stemd that
+    cannot import it (found by test_install)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())
+                 ["tool"]["setuptools"]["packages"])
+    found = {str(p.parent.relative_to(ROOT)).replace("/", ".")
+             for top in ("stem_core", "stemd") for p in (ROOT / top).rglob("__init__.py")}
+    assert found == listed
