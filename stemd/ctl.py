@@ -275,7 +275,9 @@ def cmd_status(ctl: Ctl) -> int:
     from stemd import render
 
     tty = sys.stdout.isatty() and not ctl.json
-    response = ctl.call("status", names=ctl.args.names, stats=not ctl.json or ctl.args.stats)
+    pss = getattr(ctl.args, "pss", False)
+    response = ctl.call("status", names=ctl.args.names,
+                        stats=not ctl.json or ctl.args.stats or pss, pss=pss)
     if not response["ok"]:
         return _error(ctl, response)
     nodes = response["result"]
@@ -724,7 +726,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     p = add("status", cmd_status, "show nodes: state, pid, uptime, restarts, CPU, RSS",
             "stemctl status alpha beta")
-    p.add_argument("--stats", action="store_true", help="include CPU and RSS in --json")
+    p.add_argument("--stats", action="store_true", help="include CPU, RSS and descendants "
+                   "in --json (cpu_percent, cpu_seconds, rss, children)")
+    p.add_argument("--pss", action="store_true", help="also the proportional set size of "
+                   "each tree (pss; reads /proc/PID/smaps_rollup: slower)")
+    if only == "status" or only is None:
+        from stemd.render import COLUMN_HELP
+
+        p.epilog = f"{COLUMN_HELP}\n\nexample:\n  stemctl status alpha beta"
     add("start", _simple("start"), "start nodes and wait until each is RUNNING or failed",
         "stemctl start worker")
     p = add("stop", cmd_stop, "stop nodes and wait until they are stopped", "stemctl stop beta")

@@ -56,7 +56,8 @@ def table(master: Master) -> dict[str, Handler]:
         return P.ProtocolError(P.ErrorCode.BUSY, str(exc))
 
     async def status(args: dict[str, Any]) -> Any:
-        return master.snapshot(select(args), P.flag(args, "stats", False))
+        return master.snapshot(select(args), P.flag(args, "stats", False),
+                               P.flag(args, "pss", False))
 
     async def start(args: dict[str, Any]) -> Any:
         nodes = select(args)

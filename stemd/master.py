@@ -62,8 +62,9 @@ from stemd.node import ExitStatus, Node, SpawnError
 from stemd.notify import Notifier
 from stemd.reaper import Reaper
 from stemd.signals import SignalPipe
-from stemd.snapshot import node_info, system_uptime
+from stemd.snapshot import snapshot as build_snapshot
 from stemd.spawn import resolve_account, spawn_node
+from stemd.usage import CpuTracker
 
 S = NodeState
 T = TypeVar("T")
@@ -205,6 +206,8 @@ class Master:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._state_write: asyncio.TimerHandle | None = None
         self._state_written = 0.0
+        # observe (issue 15): CPU% since the previous status --stats
+        self.cpu = CpuTracker()
 
     # ---------------------------------------------------------------- life
 
@@ -527,9 +530,9 @@ class Master:
         specs = self.config.select(names)  # raises BadValue for unknown names
         return [self.nodes[s.name] for s in specs]
 
-    def snapshot(self, nodes: Iterable[Node], stats: bool = False) -> list[dict[str, Any]]:
-        uptime = system_uptime() if stats else 0.0
-        return [node_info(n, stats, uptime) for n in nodes]
+    def snapshot(self, nodes: Iterable[Node], stats: bool = False,
+                 pss: bool = False) -> list[dict[str, Any]]:
+        return build_snapshot(nodes, stats, self.cpu, pss)
 
     async def start(self, nodes: list[Node]) -> list[NodeState]:
         """Start nodes (the operator wants them up) and wait until each is
