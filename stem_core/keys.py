@@ -103,6 +103,29 @@ def parse_optional_seconds(value: Any) -> float | None:
     return parse_seconds(value)
 
 
+def parse_listen(value: Any) -> str | None:
+    """``HOST:PORT`` (an IPv4 or bracketed IPv6 address, or localhost) for
+    the read-only metrics endpoint; empty: off."""
+    import ipaddress
+
+    text = parse_str(value).strip()
+    if not text:
+        return None
+    host, sep, port = text.rpartition(":")
+    hint = "use 127.0.0.1:9839 (an address and a port)"
+    if not sep or not host:
+        raise BadValue(f"expected HOST:PORT, got {value!r}", hint=hint)
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if bare != "localhost":
+        try:
+            ipaddress.ip_address(bare)
+        except ValueError:
+            raise BadValue(f"not an IP address: {host!r}", hint=hint) from None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise BadValue(f"not a port number: {port!r}", hint=hint)
+    return f"{host}:{int(port)}"
+
+
 def parse_umask(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
@@ -293,6 +316,10 @@ KEYS: tuple[Key, ...] = (
         "restarts of a RUNNING node allowed within STEMD_RESTART_WINDOW before it backs off"),
     Key("STEMD_RESTART_WINDOW", "restart_window", P, parse_seconds, 60.0,
         "crash-loop detection window, seconds"),
+    Key("STEMD_METRICS_LISTEN", "metrics_listen", M, parse_listen, None,
+        "HOST:PORT on which the master serves Prometheus metrics at GET /metrics, read-only "
+        "(nothing else is served: no control over HTTP); unset: off. Takes effect at "
+        "restart", example="127.0.0.1:9839"),
     Key("STEMD_FORCE_ROOT", "force_root", M, parse_bool, False,
         "1 allows nodes to run as root (otherwise refused)"),
     Key("STEM_SCHEDULER_COMMAND", "", P, parse_optional_str, None,

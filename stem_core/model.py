@@ -28,6 +28,7 @@ class MasterSpec:
     create_dirs: bool
     force_root: bool
     start_wait: float | None  # None: the longest start_secs + 5
+    metrics_listen: str | None = None  # HOST:PORT of GET /metrics; None: off
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,7 +65,7 @@ TERM_GRACE = 20.0  # a hung master's time between TERM and KILL, config unknown
 TIMEOUTS: dict[str, float | None] = {
     "status": ANSWER_TIMEOUT, "kill": ANSWER_TIMEOUT, "logs": ANSWER_TIMEOUT,
     "diagnose": ANSWER_TIMEOUT, "version": ANSWER_TIMEOUT, "config": ANSWER_TIMEOUT,
-    "healthcheck": ANSWER_TIMEOUT,
+    "healthcheck": ANSWER_TIMEOUT, "metrics": ANSWER_TIMEOUT,
     "start": None, "stop": None, "restart": None, "reload": None, "shutdown": None,
 }
 _TIMEOUT_HELP = {
@@ -627,7 +627,7 @@ def cmd_version(ctl: Ctl) -> int:
 
 
 COMMANDS = ("status", "start", "stop", "restart", "kill", "reload", "shutdown", "logs",
-            "healthcheck", "diagnose", "config", "version")
+            "healthcheck", "diagnose", "config", "version", "metrics")
 _GLOBAL_WITH_VALUE = ("--config", "-c", "--socket", "-S", "--timeout")
 
 
@@ -769,6 +769,12 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--toml", action="store_true", help="as a TOML file")
     add("version", cmd_version, "versions of stemctl and of the running master",
         "stemctl version", names=False)
+    # issue 15: commands in their own modules (NAME, HELP, EXAMPLE, add_arguments, run)
+    from stemd import ctl_metrics
+
+    for module in (ctl_metrics,):
+        p = add(module.NAME, module.run, module.HELP, module.EXAMPLE, names=False)
+        module.add_arguments(p)
     return parser
 
 

@@ -141,7 +141,15 @@ def table(master: Master) -> dict[str, Handler]:
         return {"pid": os.getpid(), "config": master.config.source, "states": counts,
                 "watched": master.reaper.watched}
 
+    async def metrics(args: dict[str, Any]) -> Any:
+        """The Prometheus text format, built now (stemd.metrics): what
+        'stemctl metrics' prints for node_exporter's textfile collector."""
+        from stemd.metrics import exposition
+
+        return {"text": exposition(master).decode()}
+
     return {
+        "metrics": metrics,
         "status": status, "start": start, "stop": stop, "restart": restart, "kill": kill,
         "reload": reload, "shutdown": shutdown, "logs": logs, "version": version,
         "config": config, "diagnose": diagnose,

@@ -60,6 +60,7 @@ from stemd.control import ControlServer, socket_gid
 from stemd.daemon import MasterLock, Readiness
 from stemd.node import ExitStatus, Node, SpawnError
 from stemd.notify import Notifier
+from stemd.observe import ReloadRecord, Transitions
 from stemd.reaper import Reaper
 from stemd.signals import SignalPipe
 from stemd.snapshot import snapshot as build_snapshot
@@ -206,8 +207,12 @@ class Master:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._state_write: asyncio.TimerHandle | None = None
         self._state_written = 0.0
-        # observe (issue 15): CPU% since the previous status --stats
+        # observe (issue 15): CPU% since the previous status --stats; who
+        # watches transitions (metrics, hooks); the last reload's outcome
         self.cpu = CpuTracker()
+        self.transitions = Transitions()
+        self.reloads = ReloadRecord()
+        self.metrics_server: Any = None  # stemd.metrics.MetricsServer when listening
 
     # ---------------------------------------------------------------- life
 
@@ -241,10 +246,13 @@ class Master:
             self.readiness.fail(reason)
             return 1
         self._install_signals()
+        await self._start_metrics()
         try:
             adopted = self._take_over()
         except StartupError as exc:
             self.log.error("%s", exc)
+            if self.metrics_server is not None:
+                self.metrics_server.close()
             self.server.close()
             lock.release()
             self.readiness.fail(str(exc))
@@ -255,6 +263,8 @@ class Master:
         self._save_state()
         await self._await_readiness(adopted)
         code = await self._done
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         self.server.close()
         self.signals.close()
         self.reaper.close()
@@ -262,6 +272,23 @@ class Master:
         lock.release()
         self.notifier.close()
         return code
+
+    async def _start_metrics(self) -> None:
+        """Serve GET /metrics if STEMD_METRICS_LISTEN asks (stemd.metrics).
+        A port that cannot be bound is logged, not fatal: the fleet matters
+        more than its graphs, and Prometheus sees the target down."""
+        if not self.config.master.metrics_listen:
+            return
+        from stemd.metrics import MetricsServer
+
+        server = MetricsServer(self, self.log)
+        try:
+            await server.start(self.config.master.metrics_listen)
+        except OSError as exc:
+            self.log.error("cannot serve metrics on %s: %s", self.config.master.metrics_listen,
+                           exc.strerror or exc)
+            return
+        self.metrics_server = server
 
     def _take_over(self) -> int:
         """Build the node table, taking up what a master that died left: its
@@ -442,6 +469,7 @@ class Master:
     # ---------------------------------------------------------- the state
 
     def _node_changed(self, node: Node) -> None:
+        self.transitions.changed(node)
         self._state_changed()
 
     def _state_changed(self) -> None:
@@ -583,7 +611,16 @@ class Master:
         async with self._reload_lock:
             self.notifier.send("RELOADING=1")
             try:
-                return await self._operation(self._reload())
+                result = await self._operation(self._reload())
+            except ConfigError:
+                self.reloads.record(False)
+                raise
+            except ReloadFailed:
+                self.reloads.record(True)  # the new configuration applies
+                raise
+            else:
+                self.reloads.record(True)
+                return result
             finally:
                 if not self.shutting_down:
                     self.notifier.send("READY=1", self._status_line())
