@@ -126,6 +126,53 @@ def parse_listen(value: Any) -> str | None:
     return f"{host}:{int(port)}"
 
 
+def parse_command_line(value: Any) -> str | None:
+    """A command line split with shell word rules (run without a shell);
+    empty: none."""
+    import shlex
+
+    text = parse_str(value).strip()
+    if not text:
+        return None
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise BadValue(f"cannot split the command: {exc}") from None
+    if not words:
+        return None
+    return text
+
+
+#: what on_state_change_states may name, besides a state (any move into it)
+HOOK_EVENTS = ("crash-loop", "failed-exit")
+_STATES = ("STARTING", "RUNNING", "BACKOFF", "STOPPING", "STOPPED", "EXITED", "FATAL")
+
+
+def parse_hook_states(value: Any) -> tuple[str, ...]:
+    """Which transitions run the hook: state names (any move into that
+    state) and ``crash-loop`` (RUNNING -> BACKOFF), ``failed-exit`` (EXITED
+    with a non-zero status or a signal)."""
+    words = value if isinstance(value, list) else parse_str(value).replace(",", " ").split()
+    chosen = []
+    for word in words:
+        if not isinstance(word, str):
+            raise BadValue(f"expected state names, got {word!r}")
+        name = word.strip()
+        if name.upper() in _STATES:
+            name = name.upper()
+        elif name.lower() in HOOK_EVENTS:
+            name = name.lower()
+        else:
+            close = difflib.get_close_matches(name.upper(), _STATES, n=1) or \
+                difflib.get_close_matches(name.lower(), HOOK_EVENTS, n=1)
+            raise BadValue(f"unknown state or event {word!r}",
+                           hint=f"did you mean {close[0]}?" if close else
+                           "use state names (FATAL, EXITED...), crash-loop or failed-exit")
+        if name not in chosen:
+            chosen.append(name)
+    return tuple(chosen)
+
+
 def parse_umask(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
@@ -253,6 +300,8 @@ class Key:
             return f"{self.default:03o}"
         if isinstance(self.default, float) and self.default.is_integer():
             return str(int(self.default))
+        if isinstance(self.default, tuple) and all(isinstance(v, str) for v in self.default):
+            return " ".join(self.default)
         return str(self.default)
 
 
@@ -320,6 +369,21 @@ KEYS: tuple[Key, ...] = (
         "HOST:PORT on which the master serves Prometheus metrics at GET /metrics, read-only "
         "(nothing else is served: no control over HTTP); unset: off. Takes effect at "
         "restart", example="127.0.0.1:9839"),
+    Key("STEMD_ON_STATE_CHANGE", "on_state_change", B, parse_command_line, None,
+        "command run when a node makes a transition named in STEMD_ON_STATE_CHANGE_STATES, "
+        "as the node's user, in its own session, without a shell; its environment names "
+        "STEMD_NODE, STEMD_PROGRAM, STEMD_FROM_STATE, STEMD_TO_STATE, STEMD_EXIT_STATUS, "
+        "STEMD_LAST_ERROR; its output goes to the node's log. A program's own value replaces "
+        "the [stemd] one", example="/usr/local/bin/page-oncall"),
+    Key("STEMD_ON_STATE_CHANGE_STATES", "on_state_change_states", B, parse_hook_states,
+        ("FATAL", "crash-loop", "failed-exit"),
+        "transitions that run on_state_change: state names (any move into that state), "
+        "crash-loop (RUNNING -> BACKOFF), failed-exit (EXITED with a failure)"),
+    Key("STEMD_HOOK_TIMEOUT", "hook_timeout", B, parse_seconds, 30.0,
+        "seconds a hook may run before its session is killed (SIGKILL)"),
+    Key("STEMD_HOOKS_MAX", "hooks_max", M, parse_count, 4,
+        "hooks running at once; further events wait, coalesced to the latest per node "
+        "(the count is logged). Takes effect at restart"),
     Key("STEMD_FORCE_ROOT", "force_root", M, parse_bool, False,
         "1 allows nodes to run as root (otherwise refused)"),
     Key("STEM_SCHEDULER_COMMAND", "", P, parse_optional_str, None,

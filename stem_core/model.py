@@ -29,6 +29,12 @@ class MasterSpec:
     force_root: bool
     start_wait: float | None  # None: the longest start_secs + 5
     metrics_listen: str | None = None  # HOST:PORT of GET /metrics; None: off
+    # state-change hooks (stemd.hooks): the [stemd] defaults of the programs'
+    # values, and how many run at once
+    on_state_change: str | None = None
+    on_state_change_states: tuple[str, ...] = ("FATAL", "crash-loop", "failed-exit")
+    hook_timeout: float = 30.0
+    hooks_max: int = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +62,11 @@ class ProgramSpec:
     backoff_max: float
     restart_burst: int
     restart_window: float
+    # Read from the program at the moment they apply (not copied into
+    # NodeSpec): changing them at a reload restarts no node.
+    on_state_change: str | None = None  # command line; None: no hook
+    on_state_change_states: tuple[str, ...] = ("FATAL", "crash-loop", "failed-exit")
+    hook_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,6 +58,7 @@ from stemd import logsetup
 from stemd.checks import create_directories, needed_directories
 from stemd.control import ControlServer, socket_gid
 from stemd.daemon import MasterLock, Readiness
+from stemd.hooks import HookRunner
 from stemd.node import ExitStatus, Node, SpawnError
 from stemd.notify import Notifier
 from stemd.observe import ReloadRecord, Transitions
@@ -75,6 +76,10 @@ START_SETTLED = frozenset({S.RUNNING, S.FATAL, S.EXITED, S.STOPPED})
 #: the least time between two writes of the state file caused by the
 #: restart policy (a crash storm); the operator's commands write at once
 STATE_WRITE_INTERVAL = 0.2
+#: [stemd] settings a reload applies: the log level, and the hook settings,
+#: which the programs inherit and the hooks read from them (issue 15)
+RELOADABLE = frozenset({"log_level", "on_state_change", "on_state_change_states",
+                        "hook_timeout"})
 
 
 class StartupError(StemError):
@@ -213,6 +218,7 @@ class Master:
         self.transitions = Transitions()
         self.reloads = ReloadRecord()
         self.metrics_server: Any = None  # stemd.metrics.MetricsServer when listening
+        self.hooks: HookRunner
 
     # ---------------------------------------------------------------- life
 
@@ -228,6 +234,8 @@ class Master:
         self._reload_lock = asyncio.Lock()
         self._rolling_lock = asyncio.Lock()
         self.reaper = Reaper(self.loop, self.log)
+        self.hooks = HookRunner(self, self.log)
+        self.transitions.observers.append(self.hooks.observe)
         if lock.stale:
             self.log.warning("replaced stale master PID file %s (%s)", lock.path, lock.stale)
         from stemd import handlers
@@ -263,6 +271,7 @@ class Master:
         self._save_state()
         await self._await_readiness(adopted)
         code = await self._done
+        self.hooks.close()
         if self.metrics_server is not None:
             self.metrics_server.close()
         self.server.close()
@@ -699,7 +708,7 @@ class Master:
         change = diff(self.config, new)
         # The master's own settings (socket, PID file, user, force_root...)
         # take effect when stemd restarts; only the log level applies now.
-        pending = [name for name in change.master_changed if name != "log_level"]
+        pending = [name for name in change.master_changed if name not in RELOADABLE]
         if pending:
             self.log.warning("reload: master settings changed (%s); they take effect when "
                              "stemd restarts", ", ".join(pending))

@@ -123,6 +123,20 @@ class FleetCollector:
             have.add_metric([program], running[program])
         yield want
         yield have
+        hooks = getattr(m, "hooks", None)
+        if hooks is not None:
+            for name, value, text in (
+                    ("started", hooks.started, "state-change hooks started"),
+                    ("failed", hooks.failed, "hooks that could not start, exited non-zero or "
+                     "were killed"),
+                    ("timed_out", hooks.timed_out, "hooks killed at their timeout"),
+                    ("coalesced", hooks.coalesced, "hook events replaced by a newer event of "
+                     "the same node while waiting for a free slot")):
+                yield CounterMetricFamily(f"stemd_hooks_{name}", text, value=value)
+            yield GaugeMetricFamily("stemd_hooks_running", "hooks running now",
+                                    value=len(hooks.running))
+            yield GaugeMetricFamily("stemd_hooks_waiting", "hook events waiting for a slot",
+                                    value=len(hooks.waiting))
         from stemd import __version__
 
         info = GaugeMetricFamily("stemd_build_info", "always 1; the version of the running "
