@@ -173,6 +173,38 @@ def parse_hook_states(value: Any) -> tuple[str, ...]:
     return tuple(chosen)
 
 
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+
+
+def parse_size(value: Any) -> int | None:
+    """A size in bytes: ``512M``, ``1.5G``, ``65536`` (K, M, G, T are powers
+    of 1024; ``MB``/``MiB`` are read as ``M``); empty: none."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number, unit = float(value), ""
+    elif isinstance(value, str):
+        text = value.strip().upper().removesuffix("IB").removesuffix("B")
+        if not text:
+            return None
+        unit = text[-1] if text[-1] in "KMGT" else ""
+        try:
+            number = float(text[:-1] if unit else text)
+        except ValueError:
+            raise BadValue(f"expected a size such as 512M, got {value!r}",
+                           hint="a number with K, M, G or T (powers of 1024)") from None
+    else:
+        raise BadValue(f"expected a size such as 512M, got {value!r}")
+    if not number > 0 or number == float("inf"):
+        raise BadValue(f"a size must be more than 0, got {value!r}")
+    return int(number * _SIZE_UNITS[unit])
+
+
+def parse_interval(value: Any) -> float:
+    number = parse_seconds(value)
+    if number < 0.1:
+        raise BadValue(f"must be at least 0.1 s, got {value!r}")
+    return number
+
+
 def parse_umask(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
@@ -384,6 +416,12 @@ KEYS: tuple[Key, ...] = (
     Key("STEMD_HOOKS_MAX", "hooks_max", M, parse_count, 4,
         "hooks running at once; further events wait, coalesced to the latest per node "
         "(the count is logged). Takes effect at restart"),
+    Key("STEMD_MAX_RSS", "max_rss", P, parse_size, None,
+        "restart a node (warm, the normal stop sequence) whose whole process tree's RSS "
+        "exceeds this size (512M, 2G); unset: no limit and no sampling", example="512M"),
+    Key("STEMD_MEMORY_CHECK_INTERVAL", "memory_check_interval", M, parse_interval, 5.0,
+        "seconds between two checks of max_rss (one pass over /proc); the master samples "
+        "only while some program sets max_rss. Takes effect at restart"),
     Key("STEMD_FORCE_ROOT", "force_root", M, parse_bool, False,
         "1 allows nodes to run as root (otherwise refused)"),
     Key("STEM_SCHEDULER_COMMAND", "", P, parse_optional_str, None,

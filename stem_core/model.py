@@ -35,6 +35,7 @@ class MasterSpec:
     on_state_change_states: tuple[str, ...] = ("FATAL", "crash-loop", "failed-exit")
     hook_timeout: float = 30.0
     hooks_max: int = 4
+    memory_check_interval: float = 5.0  # seconds between two max_rss checks
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,7 @@ class ProgramSpec:
     on_state_change: str | None = None  # command line; None: no hook
     on_state_change_states: tuple[str, ...] = ("FATAL", "crash-loop", "failed-exit")
     hook_timeout: float = 30.0
+    max_rss: int | None = None  # bytes of the whole tree; None: no limit
 
 
 @dataclass(frozen=True, slots=True)

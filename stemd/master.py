@@ -59,6 +59,7 @@ from stemd.checks import create_directories, needed_directories
 from stemd.control import ControlServer, socket_gid
 from stemd.daemon import MasterLock, Readiness
 from stemd.hooks import HookRunner
+from stemd.memlimit import MemoryLimits
 from stemd.node import ExitStatus, Node, SpawnError
 from stemd.notify import Notifier
 from stemd.observe import ReloadRecord, Transitions
@@ -219,6 +220,7 @@ class Master:
         self.reloads = ReloadRecord()
         self.metrics_server: Any = None  # stemd.metrics.MetricsServer when listening
         self.hooks: HookRunner
+        self.memory: MemoryLimits
 
     # ---------------------------------------------------------------- life
 
@@ -236,6 +238,7 @@ class Master:
         self.reaper = Reaper(self.loop, self.log)
         self.hooks = HookRunner(self, self.log)
         self.transitions.observers.append(self.hooks.observe)
+        self.memory = MemoryLimits(self, self.log)
         if lock.stale:
             self.log.warning("replaced stale master PID file %s (%s)", lock.path, lock.stale)
         from stemd import handlers
@@ -269,8 +272,10 @@ class Master:
             if node.state is S.STOPPED and node.wanted:
                 node.start()
         self._save_state()
+        self.memory.update()  # a timer only if some program sets max_rss
         await self._await_readiness(adopted)
         code = await self._done
+        self.memory.close()
         self.hooks.close()
         if self.metrics_server is not None:
             self.metrics_server.close()
@@ -631,6 +636,7 @@ class Master:
                 self.reloads.record(True)
                 return result
             finally:
+                self.memory.update()
                 if not self.shutting_down:
                     self.notifier.send("READY=1", self._status_line())
 

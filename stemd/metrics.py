@@ -88,6 +88,13 @@ class FleetCollector:
         rss = GaugeMetricFamily("stemd_node_resident_memory_bytes", "resident memory of the "
                                 "node's process tree, summed over its processes",
                                 labels=_NODE)
+        memory = CounterMetricFamily("stemd_node_memory_restarts", "restarts of the node "
+                                     "because its tree exceeded max_rss, since the master "
+                                     "started", labels=_NODE)
+        limit = GaugeMetricFamily("stemd_node_max_rss_bytes", "the node's max_rss (absent: "
+                                  "no limit)", labels=_NODE)
+        limits = {p.name: p.max_rss for p in m.config.programs if p.max_rss}
+        memory_restarts = m.memory.restarts if hasattr(m, "memory") else {}
         children = GaugeMetricFamily("stemd_node_children", "descendants of the node's main "
                                      "process", labels=_NODE)
         desired: dict[str, int] = {p.name: 0 for p in m.config.programs}
@@ -100,6 +107,9 @@ class FleetCollector:
             up.add_metric(labels, 1.0 if n.state is S.RUNNING else 0.0)
             restarts.add_metric(labels, n.restarts)
             failures.add_metric(labels, m.transitions.start_failures.get(n.name, 0))
+            memory.add_metric(labels, memory_restarts.get(n.name, 0))
+            if n.spec.program in limits:
+                limit.add_metric(labels, limits[n.spec.program])
             if n.exit_status is not None and n.exit_status.as_int is not None:
                 exit_code.add_metric(labels, n.exit_status.as_int)
             if n.pid is not None and n.started_at is not None:
@@ -113,7 +123,8 @@ class FleetCollector:
             desired[n.spec.program] = desired.get(n.spec.program, 0) + (1 if n.wanted else 0)
             running[n.spec.program] = running.get(n.spec.program, 0) + (
                 1 if n.state is S.RUNNING else 0)
-        yield from (state, up, restarts, failures, exit_code, uptime, cpu, rss, children)
+        yield from (state, up, restarts, failures, memory, exit_code, uptime, cpu, rss, limit,
+                    children)
         want = GaugeMetricFamily("stemd_program_desired_nodes", "nodes of the program the "
                                  "operator wants up", labels=["program"])
         have = GaugeMetricFamily("stemd_program_running_nodes", "nodes of the program that "

@@ -62,3 +62,19 @@ def test_bad_listen_address(tmp_path: Path, value: str) -> None:
                  '[programs.x]\ncommand = "/bin/true"\n')
     with pytest.raises(ConfigError, match="metrics_listen"):
         load_config(path, environ={})
+
+
+@pytest.mark.parametrize(("value", "size"), [
+    ('"512M"', 512 * 2 ** 20), ('"1.5G"', 3 * 2 ** 29), ('"64MiB"', 64 * 2 ** 20),
+    ("65536", 65536), ('"100k"', 102400)])
+def test_max_rss_sizes(tmp_path: Path, value: str, size: int) -> None:
+    path = write(tmp_path, f'[programs.x]\ncommand = "/bin/true"\nmax_rss = {value}\n')
+    assert load_config(path, environ={}).programs[0].max_rss == size
+
+
+@pytest.mark.parametrize("value", ['"lots"', '"0"', '"-1M"', '"12X"'])
+def test_bad_max_rss(tmp_path: Path, value: str) -> None:
+    path = write(tmp_path, f'[programs.x]\ncommand = "/bin/true"\nmax_rss = {value}\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert f"{path}:3" in str(err.value) and "max_rss" in str(err.value)
