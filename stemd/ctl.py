@@ -65,7 +65,7 @@ TERM_GRACE = 20.0  # a hung master's time between TERM and KILL, config unknown
 TIMEOUTS: dict[str, float | None] = {
     "status": ANSWER_TIMEOUT, "kill": ANSWER_TIMEOUT, "logs": ANSWER_TIMEOUT,
     "diagnose": ANSWER_TIMEOUT, "version": ANSWER_TIMEOUT, "config": ANSWER_TIMEOUT,
-    "healthcheck": ANSWER_TIMEOUT, "metrics": ANSWER_TIMEOUT,
+    "healthcheck": ANSWER_TIMEOUT, "metrics": ANSWER_TIMEOUT, "scale": None,
     "start": None, "stop": None, "restart": None, "reload": None, "shutdown": None,
 }
 _TIMEOUT_HELP = {
@@ -587,6 +587,9 @@ def cmd_config(ctl: Ctl) -> int:
         for p in exc.problems:
             sys.stderr.write(f"stemctl: {p}\n")
         return FAILED
+    from stemd.ctl_scale import config_note
+
+    config_note(ctl)  # issue 15: programs the running master has scaled
     if ctl.json:
         from stemd.render import print_json
 
@@ -627,7 +630,7 @@ def cmd_version(ctl: Ctl) -> int:
 
 
 COMMANDS = ("status", "start", "stop", "restart", "kill", "reload", "shutdown", "logs",
-            "healthcheck", "diagnose", "config", "version", "metrics")
+            "healthcheck", "diagnose", "config", "version", "metrics", "scale")
 _GLOBAL_WITH_VALUE = ("--config", "-c", "--socket", "-S", "--timeout")
 
 
@@ -770,9 +773,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     add("version", cmd_version, "versions of stemctl and of the running master",
         "stemctl version", names=False)
     # issue 15: commands in their own modules (NAME, HELP, EXAMPLE, add_arguments, run)
-    from stemd import ctl_metrics
+    from stemd import ctl_metrics, ctl_scale
 
-    for module in (ctl_metrics,):
+    for module in (ctl_metrics, ctl_scale):
         p = add(module.NAME, module.run, module.HELP, module.EXAMPLE, names=False)
         module.add_arguments(p)
     return parser

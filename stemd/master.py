@@ -221,6 +221,9 @@ class Master:
         self.metrics_server: Any = None  # stemd.metrics.MetricsServer when listening
         self.hooks: HookRunner
         self.memory: MemoryLimits
+        # stemctl scale: program -> its node count in the file, while the
+        # running count differs (until the next reload or restart)
+        self.scaled: dict[str, int] = {}
 
     # ---------------------------------------------------------------- life
 
@@ -636,9 +639,21 @@ class Master:
                 self.reloads.record(True)
                 return result
             finally:
+                if self.reloads.ok:
+                    self.scaled.clear()  # the file's node counts apply again
                 self.memory.update()
                 if not self.shutting_down:
                     self.notifier.send("READY=1", self._status_line())
+
+    async def scale(self, program: str, count: int) -> dict[str, Any]:
+        """Run ``count`` nodes of ``program`` until the next reload or
+        restart (the file is not touched): new nodes take the program's
+        name pattern and start; the highest-numbered go first, stopped warm
+        (their normal stop sequence). Serialised with reloads. Raises
+        BadValue for an unknown program or a count out of range."""
+        self._refuse_when_stopping()
+        async with self._reload_lock:
+            return await self._operation(self._scale(program, count))
 
     def request_shutdown(self, why: str) -> None:
         if not self.shutting_down:
@@ -691,6 +706,8 @@ class Master:
     async def _rolling_restart(self, nodes: list[Node]) -> list[Node]:
         done: list[Node] = []
         for node in nodes:
+            if self.nodes.get(node.name) is not node:
+                continue  # removed meanwhile (stemctl scale, a reload): nothing to restart
             # Shielded: a client that disconnects mid-step must not leave
             # the node stopped; the rest of its restarts are dropped.
             step = asyncio.ensure_future(self._restart_node(node))
@@ -698,7 +715,7 @@ class Master:
             step.add_done_callback(self._operations.discard)
             state = await asyncio.shield(step)
             done.append(node)
-            if state is not S.RUNNING:
+            if state is not S.RUNNING and self.nodes.get(node.name) is node:
                 raise RestartHalted(f"restart halted: {node.name} is {state}", done)
         return nodes
 
@@ -760,6 +777,42 @@ class Master:
                   if state is not S.RUNNING]
         if failed:
             raise ReloadFailed(f"reload: not running: {', '.join(failed)}", summary)
+        return summary
+
+    async def _scale(self, program: str, count: int) -> dict[str, Any]:
+        from stem_core.config import scaled
+
+        new = scaled(self.config, program, count)  # raises BadValue
+        file_count = self.scaled.get(program, len(self.config.select([program])))
+        change = diff(self.config, new)
+        self.config = new
+        if count == file_count:
+            self.scaled.pop(program, None)
+        else:
+            self.scaled[program] = file_count
+        removed = [self.nodes.pop(s.name) for s in change.removed]
+        for node in removed:
+            node.wanted = False
+            node.closed = True  # no start of any kind: a queued restart must not revive it
+            self.removed[node.name] = node
+        added = [self._add_node(spec) for spec in change.added]
+        for node in added:
+            self._recover(node)
+        self.nodes = {s.name: self.nodes[s.name] for s in new.nodes}
+        self._save_state()
+        self.memory.update()
+        self.log.info("scale: %s to %d nodes (the file says %d): %d added, %d removed",
+                      program, count, file_count, len(added), len(removed))
+        await asyncio.gather(*(self._stop_node(n) for n in removed))
+        for node in removed:
+            self._forget_removed(node)
+        starting = [n for n in added if n.state is not S.RUNNING]
+        results = await asyncio.gather(*(self._start_node(n) for n in starting))
+        failed = [n.name for n, state in zip(starting, results, strict=True)
+                  if state is not S.RUNNING]
+        summary = {"program": program, "nodes": count, "configured": file_count,
+                   "added": [s.name for s in change.added],
+                   "removed": [s.name for s in change.removed], "not_running": failed}
         return summary
 
     async def _shutdown(self, why: str) -> None:

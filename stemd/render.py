@@ -76,7 +76,20 @@ def status_rows(nodes: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
     return rows
 
 
+def scaled_notes(nodes: Sequence[dict[str, Any]]) -> list[str]:
+    """Programs scaled at run time (stemctl scale), for a line under the table."""
+    counts: dict[str, list[int]] = {}
+    for n in nodes:
+        if n.get("scaled_from") is not None:
+            counts.setdefault(n["program"], [n["scaled_from"], 0])[1] += 1
+    return [f"{program}: scaled with 'stemctl scale' (the file says {configured} nodes) until "
+            "the next reload or restart" for program, (configured, _) in sorted(counts.items())]
+
+
 def print_status(nodes: Sequence[dict[str, Any]], tty: bool) -> None:
+    notes = scaled_notes(nodes)
+    if notes:
+        sys.stderr.write("".join(f"note: {line}\n" for line in notes))
     rows = status_rows(nodes)
     if tty:
         from rich.console import Console
