@@ -630,7 +630,7 @@ def cmd_version(ctl: Ctl) -> int:
 
 
 COMMANDS = ("status", "start", "stop", "restart", "kill", "reload", "shutdown", "logs",
-            "healthcheck", "diagnose", "config", "version", "metrics", "scale")
+            "healthcheck", "diagnose", "config", "version", "metrics", "scale", "top")
 _GLOBAL_WITH_VALUE = ("--config", "-c", "--socket", "-S", "--timeout")
 
 
@@ -773,9 +773,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     add("version", cmd_version, "versions of stemctl and of the running master",
         "stemctl version", names=False)
     # issue 15: commands in their own modules (NAME, HELP, EXAMPLE, add_arguments, run)
-    from stemd import ctl_metrics, ctl_scale
+    from stemd import ctl_metrics, ctl_scale, ctl_top
 
-    for module in (ctl_metrics, ctl_scale):
+    for module in (ctl_metrics, ctl_scale, ctl_top):
         p = add(module.NAME, module.run, module.HELP, module.EXAMPLE, names=False)
         module.add_arguments(p)
     return parser
