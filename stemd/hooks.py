@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 from stem_core.model import ProgramSpec
 from stem_core.states import NodeState
 from stemd.node import ExitStatus, SpawnError
-from stemd.spawn import node_environment, open_log, resolve_account
+from stemd.spawn import spawn_node
 
 if TYPE_CHECKING:
     import asyncio
@@ -156,36 +156,20 @@ class HookRunner:
                                                         event)
 
     def _spawn(self, event: Event) -> subprocess.Popen[bytes]:
+        """Spawned exactly as the node is (stemd.spawn: its account, no
+        root unless STEMD_FORCE_ROOT, its directory, umask and log file, a
+        new session), with the hook's command and the event's variables."""
         m = self.master
         node = m.nodes.get(event.node) or m.removed.get(event.node)
         if node is None:
             raise SpawnError("the node is gone")
-        spec = node.spec
-        account = resolve_account(spec.user, spec.group)
-        if account.uid == 0 and not m.config.master.force_root:
-            raise SpawnError("refusing to run a hook as root (STEMD_FORCE_ROOT=0)")
-        env = node_environment(spec, account, m.base_env)
-        env.pop("STEMD_INSTANCE", None)
-        env.update(STEMD_FROM_STATE=event.old, STEMD_TO_STATE=event.new,
-                   STEMD_EXIT_STATUS=event.exit_status, STEMD_LAST_ERROR=event.last_error)
-        log_fd = None if spec.log_file == "-" else open_log(spec.log_file, account)
-        kwargs: dict[str, object] = {}
-        if account.switch:
-            kwargs.update(user=account.uid, group=account.gid,
-                          extra_groups=list(account.extra_groups))
-        try:
-            return subprocess.Popen(
-                shlex.split(event.command), cwd=spec.directory, env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_fd if log_fd is not None else subprocess.DEVNULL,
-                stderr=log_fd if log_fd is not None else subprocess.DEVNULL,
-                close_fds=True, start_new_session=True, umask=spec.umask,
-                **kwargs)  # type: ignore[arg-type]
-        except OSError as exc:
-            raise SpawnError(f"{exc.filename or event.command}: {exc.strerror}") from None
-        finally:
-            if log_fd is not None:
-                os.close(log_fd)
+        extra = (("STEMD_FROM_STATE", event.old), ("STEMD_TO_STATE", event.new),
+                 ("STEMD_EXIT_STATUS", event.exit_status),
+                 ("STEMD_LAST_ERROR", event.last_error))
+        spec = replace(node.spec, argv=tuple(shlex.split(event.command)),
+                       environment=node.spec.environment + extra)
+        base = {k: v for k, v in m.base_env.items() if k != "STEMD_INSTANCE"}
+        return spawn_node(spec, base, m.config.master.force_root)
 
     def _timeout(self, pid: int, event: Event) -> None:
         if pid in self.running:

@@ -43,7 +43,10 @@ class Transitions:
             # for want of the master's own resources)
             self.start_failures[node.name] = self.start_failures.get(node.name, 0) + 1
         for observer in self.observers:
-            observer(node, old, new)
+            try:
+                observer(node, old, new)
+            except Exception:  # an observer's bug must never break supervision
+                node.log.exception("%s: observer of %s -> %s failed", node.name, old, new)
 
 
 class ReloadRecord:
