@@ -38,7 +38,7 @@ def test_hook_gets_the_event_and_runs_as_a_plain_command(fleet: Fleet, tmp_path:
     out.mkdir()
     hook = hook_script(tmp_path, f"""\
         env | grep '^STEMD_' | sort > {out}/$STEMD_NODE.$STEMD_TO_STATE.tmp
-        echo "sid=$(ps -o sid= -p $$) pid=$$" >> {out}/$STEMD_NODE.$STEMD_TO_STATE.tmp
+        echo "sid=$(ps -o sid= -p $$ | tr -d ' ') pid=$$" >> {out}/$STEMD_NODE.$STEMD_TO_STATE.tmp
         mv {out}/$STEMD_NODE.$STEMD_TO_STATE.tmp {out}/$STEMD_NODE.$STEMD_TO_STATE
         echo "hook output goes to the node's log"
         """)
