@@ -97,6 +97,10 @@ class HookRunner:
     # ------------------------------------------------------------- events
 
     def observe(self, node: Node, old: NodeState, new: NodeState) -> None:
+        if old is S.STOPPED and new in (S.EXITED, S.FATAL):
+            # a verdict a restarted master restores from its state file: it
+            # was reported when it happened, not again at every restart
+            return
         program = self._program(node)
         command = program.on_state_change if program else \
             self.master.config.master.on_state_change

@@ -147,3 +147,27 @@ def test_a_thousand_crash_events_are_bounded_and_leave_no_zombie(fleet: Fleet,
     wait_until(lambda: not zombies_of(master), 10, what="no zombie")
     assert pid_alive(master)
     os.kill(master, signal.SIGTERM)
+
+
+def test_a_restored_verdict_runs_no_hook_again(fleet: Fleet, tmp_path: Path) -> None:
+    """A master that dies and is started again restores FATAL from its state
+    file (STOPPED -> FATAL): that is not a new event, the hook ran for it."""
+    out = tmp_path / "events"
+    hook = hook_script(tmp_path, f"echo $STEMD_NODE $STEMD_FROM_STATE $STEMD_TO_STATE >> {out}\n")
+    fleet.write(nodes="alpha", command="/bin/false", start_retries=1, start_secs=0.5,
+                on_state_change=str(hook))
+    fleet.start_failing()
+    wait_until(lambda: out.exists() and "FATAL" in out.read_text(), 20, what="FATAL hook")
+    master = fleet.master_pid()
+    assert master is not None
+    state = fleet.run_dir / "stemd.state"
+    # the state file is written at most 0.2 s after a change
+    wait_until(lambda: '"state":"FATAL"' in state.read_text(), 10, what="FATAL on disk")
+    os.kill(master, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(master), 10, what="the master to die")
+    fleet.start_failing()
+    assert fleet.status("alpha")["alpha"]["state"] == "FATAL"
+    wait_until(lambda: "restored from the state file" in fleet.master_log(), 10,
+               what="the restore")
+    assert metric(fleet, "stemd_hooks_started_total") == 0
+    assert out.read_text().splitlines() == ["alpha STARTING FATAL"]
