@@ -633,17 +633,20 @@ class Master:
                 self.reloads.record(False)
                 raise
             except ReloadFailed:
-                self.reloads.record(True)  # the new configuration applies
+                self._reloaded()  # the new configuration applies
                 raise
             else:
-                self.reloads.record(True)
+                self._reloaded()
                 return result
             finally:
-                if self.reloads.ok:
-                    self.scaled.clear()  # the file's node counts apply again
                 self.memory.update()
                 if not self.shutting_down:
                     self.notifier.send("READY=1", self._status_line())
+
+    def _reloaded(self) -> None:
+        """The file's configuration applies again: its node counts too."""
+        self.reloads.record(True)
+        self.scaled.clear()
 
     async def scale(self, program: str, count: int) -> dict[str, Any]:
         """Run ``count`` nodes of ``program`` until the next reload or
