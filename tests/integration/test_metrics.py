@@ -189,3 +189,35 @@ def test_shipped_cron_line_writes_the_textfile_atomically(fleet: Fleet, tmp_path
     subprocess.run(["/bin/sh", "-c", command], check=True, timeout=30, env=fleet.env())
     assert [p.name for p in out.iterdir()] == ["stemd.prom"]
     promtool_check((out / "stemd.prom").read_text())
+
+
+def test_idle_metrics_connections_never_stall_the_master(fleet: Fleet) -> None:
+    """20 connections that never send a request: the endpoint holds at most
+    8 (the rest are closed at once), each for at most its timeout; the
+    control socket answers throughout."""
+    import time
+
+    port = free_port()
+    fleet.write(nodes="alpha", metrics_listen=f"127.0.0.1:{port}")
+    fleet.start()
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(20)]
+    try:
+        started = time.monotonic()
+        assert fleet.ctl("status").returncode == 0
+        assert time.monotonic() - started < 5
+        closed = 0
+        for s in idle[8:]:  # beyond the limit: closed by the master without a word
+            s.settimeout(10)
+            closed += s.recv(1) == b""
+        assert closed == 12
+    finally:
+        for s in idle:
+            s.close()
+
+    def scraped() -> bool:  # once the master has seen the idle ones go
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                return r.status == 200
+        except OSError:
+            return False
+    wait_until(scraped, 15, interval=0.1, what="a scrape after the idle connections")
