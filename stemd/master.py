@@ -647,6 +647,7 @@ class Master:
         """The file's configuration applies again: its node counts too."""
         self.reloads.record(True)
         self.scaled.clear()
+        self.cpu.forget_except(self.nodes)
 
     async def scale(self, program: str, count: int) -> dict[str, Any]:
         """Run ``count`` nodes of ``program`` until the next reload or
@@ -804,6 +805,7 @@ class Master:
         self.nodes = {s.name: self.nodes[s.name] for s in new.nodes}
         self._save_state()
         self.memory.update()
+        self.cpu.forget_except(self.nodes)
         self.log.info("scale: %s to %d nodes (the file says %d): %d added, %d removed",
                       program, count, file_count, len(added), len(removed))
         await asyncio.gather(*(self._stop_node(n) for n in removed))
