@@ -772,12 +772,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--toml", action="store_true", help="as a TOML file")
     add("version", cmd_version, "versions of stemctl and of the running master",
         "stemctl version", names=False)
-    # issue 15: commands in their own modules (NAME, HELP, EXAMPLE, add_arguments, run)
-    from stemd import ctl_metrics, ctl_scale, ctl_top
+    # issue 15: commands in their own modules (NAME, HELP, EXAMPLE, add_arguments,
+    # run), imported only when their parser is built
+    for name in ("metrics", "scale", "top"):
+        if only is None or only == name:
+            import importlib
 
-    for module in (ctl_metrics, ctl_scale, ctl_top):
-        p = add(module.NAME, module.run, module.HELP, module.EXAMPLE, names=False)
-        module.add_arguments(p)
+            module = importlib.import_module(f"stemd.ctl_{name}")
+            p = add(module.NAME, module.run, module.HELP, module.EXAMPLE, names=False)
+            module.add_arguments(p)
     return parser
 
 
