@@ -61,11 +61,17 @@ class TreeUsage:
 def _stat(pid: str) -> tuple[int, int, int, int] | None:
     """(session, cpu ticks, start ticks, rss bytes) of one process, or None
     if it is gone or unreadable."""
+    # os.open/os.read, not open(): no file object, half the cost per process
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        data = os.read(fd, 4096)  # one line of ~300 bytes (the name is <= 16)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     # the command name (field 2) may hold spaces and ")": split after the last ")"
     fields = data[data.rfind(b")") + 2:].split()
     try:
