@@ -28,6 +28,14 @@ class MasterSpec:
     create_dirs: bool
     force_root: bool
     start_wait: float | None  # None: the longest start_secs + 5
+    metrics_listen: str | None = None  # HOST:PORT of GET /metrics; None: off
+    # state-change hooks (stemd.hooks): the [stemd] defaults of the programs'
+    # values, and how many run at once
+    on_state_change: str | None = None
+    on_state_change_states: tuple[str, ...] = ("FATAL", "crash-loop", "failed-exit")
+    hook_timeout: float = 30.0
+    hooks_max: int = 4
+    memory_check_interval: float = 5.0  # seconds between two max_rss checks
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +81,12 @@ class ProgramSpec:
     log_file: str
     policy: Policy
     run_as: RunAs
+    # Read from the program at the moment they apply (not copied into
+    # NodeSpec): changing them at a reload restarts no node.
+    on_state_change: str | None = None  # command line; None: no hook
+    on_state_change_states: tuple[str, ...] = ("FATAL", "crash-loop", "failed-exit")
+    hook_timeout: float = 30.0
+    max_rss: int | None = None  # bytes of the whole tree; None: no limit
 
 
 @dataclass(frozen=True, slots=True)

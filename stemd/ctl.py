@@ -65,7 +65,7 @@ TERM_GRACE = 20.0  # a hung master's time between TERM and KILL, config unknown
 TIMEOUTS: dict[str, float | None] = {
     "status": ANSWER_TIMEOUT, "kill": ANSWER_TIMEOUT, "logs": ANSWER_TIMEOUT,
     "diagnose": ANSWER_TIMEOUT, "version": ANSWER_TIMEOUT, "config": ANSWER_TIMEOUT,
-    "healthcheck": ANSWER_TIMEOUT,
+    "healthcheck": ANSWER_TIMEOUT, "metrics": ANSWER_TIMEOUT, "scale": None,
     "start": None, "stop": None, "restart": None, "reload": None, "shutdown": None,
 }
 _TIMEOUT_HELP = {
@@ -275,7 +275,9 @@ def cmd_status(ctl: Ctl) -> int:
     from stemd import render
 
     tty = sys.stdout.isatty() and not ctl.json
-    response = ctl.call("status", names=ctl.args.names, stats=not ctl.json or ctl.args.stats)
+    pss = getattr(ctl.args, "pss", False)
+    response = ctl.call("status", names=ctl.args.names,
+                        stats=not ctl.json or ctl.args.stats or pss, pss=pss)
     if not response["ok"]:
         return _error(ctl, response)
     nodes = response["result"]
@@ -585,6 +587,9 @@ def cmd_config(ctl: Ctl) -> int:
         for p in exc.problems:
             sys.stderr.write(f"stemctl: {p}\n")
         return FAILED
+    from stemd.ctl_scale import config_note
+
+    config_note(ctl)  # issue 15: programs the running master has scaled
     if ctl.json:
         from stemd.render import print_json
 
@@ -639,7 +644,8 @@ def _import_arguments(p: argparse.ArgumentParser, only: str | None) -> None:
 
 
 COMMANDS = ("status", "start", "stop", "restart", "kill", "reload", "shutdown", "logs",
-            "healthcheck", "diagnose", "config", "version", "import")
+            "healthcheck", "diagnose", "config", "version", "import", "metrics", "scale",
+            "top")
 _GLOBAL_WITH_VALUE = ("--config", "-c", "--socket", "-S", "--timeout")
 
 
@@ -738,7 +744,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     p = add("status", cmd_status, "show nodes: state, pid, uptime, restarts, CPU, RSS",
             "stemctl status alpha beta")
-    p.add_argument("--stats", action="store_true", help="include CPU and RSS in --json")
+    p.add_argument("--stats", action="store_true", help="include CPU, RSS and descendants "
+                   "in --json (cpu_percent, cpu_seconds, rss, children)")
+    p.add_argument("--pss", action="store_true", help="also the proportional set size of "
+                   "each tree (pss; reads /proc/PID/smaps_rollup: slower)")
+    if only == "status" or only is None:
+        from stemd.render import COLUMN_HELP
+
+        p.epilog = f"{COLUMN_HELP}\n\nexample:\n  stemctl status alpha beta"
     add("start", _simple("start"), "start nodes and wait until each is RUNNING or failed",
         "stemctl start worker")
     p = add("stop", cmd_stop, "stop nodes and wait until they are stopped", "stemctl stop beta")
@@ -778,6 +791,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                           "configuration (no master needed)",
                           "stemctl import supervisord supervisord.conf -o stem.toml",
                           names=False), only)
+    # issue 15: commands in their own modules (NAME, HELP, EXAMPLE, add_arguments,
+    # run), imported only when their parser is built
+    for name in ("metrics", "scale", "top"):
+        if only is None or only == name:
+            import importlib
+
+            module = importlib.import_module(f"stemd.ctl_{name}")
+            p = add(module.NAME, module.run, module.HELP, module.EXAMPLE, names=False)
+            module.add_arguments(p)
     return parser
 
 
