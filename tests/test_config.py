@@ -297,3 +297,27 @@ def test_environment_overrides_do_not_rename_toml_nodes(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, FEATURES, "stem.toml"),
                          environ={"STEMD_NODE_NAME": "%p-x%i", "STEMD_AUTOSTART": "0"})
     assert config.nodes[0].name == "web" and config.nodes[0].autostart is False
+
+
+def test_stemctl_waits_for_each_priority_group_in_turn(tmp_path: Path) -> None:
+    """stemctl's derived timeout for start and stop: the groups start one
+    after the other, so their waits add up."""
+    import argparse
+
+    from stemd.ctl import ANSWER_TIMEOUT, Ctl
+
+    text = ('[programs.a]\ncommand = "/bin/a"\nstart_secs = 10\nstart_retries = 0\n'
+            'stop_timeout = 7\npriority = 1\n'
+            '[programs.b]\ncommand = "/bin/b"\nstart_secs = 20\nstart_retries = 0\n'
+            'stop_timeout = 3\n')
+    path = write(tmp_path, text, "stem.toml")
+
+    def wait(command: str) -> float:
+        args = argparse.Namespace(config=path, socket=None, json=False, command=command,
+                                  timeout=None)
+        return Ctl(args).node_wait() - ANSWER_TIMEOUT
+    assert wait("start") == 30 and wait("stop") == 10
+    same = write(tmp_path, text.replace("priority = 1\n", ""), "same.toml")
+    args = argparse.Namespace(config=same, socket=None, json=False, command="start",
+                              timeout=None)
+    assert Ctl(args).node_wait() - ANSWER_TIMEOUT == 20  # one group: the longest

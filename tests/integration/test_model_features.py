@@ -141,6 +141,8 @@ def test_stderr_log_file_gets_stderr_alone(fleet: Fleet) -> None:
     write_toml(fleet, program(fleet, "split", command,
                               stderr_log_file=f"{fleet.log_dir}/%n.err"),
                program(fleet, "joined", command))
+    dry = fleet.stemd("--dry-run")
+    assert f"stderr log file: {fleet.log_dir}/split.err" in dry.stdout, dry.stdout
     fleet.start()
     split_out, split_err = fleet.log_dir / "split.log", fleet.log_dir / "split.err"
     wait_until(lambda: split_err.exists() and "to-stderr" in split_err.read_text(), 10,
