@@ -390,6 +390,8 @@ class Master:
             # Shielded: past the wait, the later priority groups still start.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(booting), wait)
+        elif boot:
+            await asyncio.sleep(0)  # booting's first step: the first group spawns
         if self.shutting_down:
             reason = "stopped during start-up (shutdown requested)"
             self.log.warning("%s", reason)
@@ -680,16 +682,23 @@ class Master:
         every one RUNNING or given up before the next priority starts. The
         states come back in the order of ``nodes``. The start-up sequence
         runs ``locked=False``: it is not a command, and a ``stop`` of a
-        node still STARTING must not queue behind it."""
-        start = self._start_node if locked else self._start_unlocked
+        node still STARTING must not queue behind it; it spawns each group
+        before its first ``await`` (STEMD_START_WAIT=0 returns once the
+        first group is spawned)."""
         states: dict[str, NodeState] = {}
         for group in _by_priority(nodes):
             if self.shutting_down:
                 break
-            if not locked:  # start-up: an operator's stop meanwhile stands
-                group = [n for n in group if n.wanted]
-            self._save_state()
-            results = await asyncio.gather(*(start(n) for n in group))
+            if locked:
+                self._save_state()
+                results = await asyncio.gather(*(self._start_node(n) for n in group))
+            else:
+                group = [n for n in group if n.wanted]  # an operator's stop meanwhile stands
+                for node in group:
+                    node.start()
+                self._save_state()
+                results = await asyncio.gather(*(self.wait_for(
+                    n, lambda n: n.state in START_SETTLED or n.closed) for n in group))
             states.update({n.name: s for n, s in zip(group, results, strict=True)})
         return [states.get(n.name, n.state) for n in nodes]
 
