@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
-from tests.fleet import Fleet, wait_until
+from tests.fleet import STEMD, Fleet, wait_until
 
 
 def program(fleet: Fleet, prog: str, command: str, **keys: Any) -> str:
@@ -169,3 +170,23 @@ def test_name_pattern_names_the_nodes(fleet: Fleet) -> None:
         assert (fleet.run_dir / f"{name}.pid").exists()
     assert fleet.ctl("restart", "celery_02").returncode == 0
     assert fleet.ctl("shutdown").returncode == 0
+
+
+def test_a_shutdown_during_start_up_preempts_the_later_priority_groups(fleet: Fleet) -> None:
+    """The shutdown still pre-empts everything: a group still STARTING is
+    stopped, the groups after it are never started."""
+    write_toml(fleet, program(fleet, "slow", "/bin/sleep 1000", priority=1, start_secs=60),
+               program(fleet, "later", "/bin/sleep 1000", priority=2))
+    launcher = subprocess.Popen([STEMD, "--config", str(fleet.config)], env=fleet.env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: fleet.master_pid() and "slow: STOPPED -> STARTING"
+                   in fleet.master_log(), 20, what="the first group STARTING")
+        assert fleet.ctl("shutdown").returncode == 0
+        _, err = launcher.communicate(timeout=30)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 1 and "stopped during start-up" in err, err
+    assert "later: STOPPED -> STARTING" not in fleet.master_log()
+    assert fleet.node_pids() == []
