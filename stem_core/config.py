@@ -26,7 +26,13 @@ from stem_core.errors import MAX_REPORTED, BadValue, ConfigError, Problem
 from stem_core.importers import foreign_format
 from stem_core.locate import DEFAULT_CONFIG, config_path  # noqa: F401 - re-exported
 from stem_core.model import Config, MasterSpec, NodeSpec, Policy, ProgramSpec, RunAs
-from stem_core.nodes import MAX_NODES, expand_opts, parse_node_list, validate_node_name
+from stem_core.nodes import (
+    MAX_NODES,
+    expand_opts,
+    parse_node_list,
+    pattern_names,
+    validate_node_name,
+)
 from stem_core.statefile import state_path
 from stem_core.templates import expand, master_values, node_values
 from stem_core.trust import check_config_file
@@ -213,7 +219,8 @@ def _load_env(path: str, environ: dict[str, str], overrides: dict[str, str],
                          hint="the command every node runs, e.g. "
                               "STEMD_COMMAND=\"/usr/local/bin/stem-worker\"")
         else:
-            names = _node_names(settings["nodes"], ENV_PROGRAM, nodes_raw, problems)
+            names = _node_names(settings["nodes"], ENV_PROGRAM, nodes_raw, problems,
+                                settings["name"], get("STEMD_NODE_NAME"))
             programs.append(_program(ENV_PROGRAM, settings, names))
             _warn_celery(problems, programs[-1], {
                 "command": command_raw, "opts": get("STEMD_OPTS"),
@@ -327,7 +334,7 @@ def _load_toml(path: str, environ: dict[str, str], overrides: dict[str, str],
         raws: dict[str, _Raw | None] = {}
         for key in K.PROGRAM_KEYS.values():
             raw: _Raw | None = None
-            if key.env and key.env in env_raw and key.toml != "nodes":
+            if key.env and key.env in env_raw and key.toml not in ("nodes", "name"):
                 raw = env_raw[key.env]
             elif key.toml in table:
                 raw = raw_at(section, key.toml, table[key.toml])
@@ -340,10 +347,11 @@ def _load_toml(path: str, environ: dict[str, str], overrides: dict[str, str],
                          line=lines.get((section, "")), key=f"[{section}] command")
             continue
         nodes_raw = raw_at(section, "nodes", table["nodes"]) if "nodes" in table else None
-        if nodes_raw is None:
+        if nodes_raw is None and raws["name"] is None:
             names: tuple[str, ...] = (prog_name,)
         else:
-            names = _node_names(settings["nodes"], prog_name, nodes_raw, problems)
+            names = _node_names(settings["nodes"] if nodes_raw else 1, prog_name, nodes_raw,
+                                problems, settings["name"], raws["name"])
         programs.append(_program(prog_name, settings, names))
         _warn_celery(problems, programs[-1], raws)
     return _finish(path, master, programs, problems, _toml_where(path, env_raw, lines))
@@ -352,9 +360,17 @@ def _load_toml(path: str, environ: dict[str, str], overrides: dict[str, str],
 # ------------------------------------------------------- shared expansion
 
 
-def _node_names(value: Any, prefix: str, raw: _Raw | None, problems: _Problems
+def _node_names(value: Any, prefix: str, raw: _Raw | None, problems: _Problems,
+                pattern: str | None = None, pattern_raw: _Raw | None = None
                 ) -> tuple[str, ...]:
     try:
+        if pattern is not None:
+            try:
+                return pattern_names(str(value), pattern, prefix)
+            except BadValue as exc:
+                # about the pattern itself, or (a list of names) about nodes
+                problems.add(exc.message, pattern_raw or raw, exc.hint)
+                return ()
         return parse_node_list(str(value), prefix=prefix)
     except BadValue as exc:
         problems.add(exc.message, raw, exc.hint)
@@ -393,8 +409,8 @@ def _program(name: str, settings: dict[str, Any], nodes: tuple[str, ...]) -> Pro
     """Build a program's spec, each part from the keys that name it."""
     parts: dict[str, dict[str, Any]] = {"program": {}, "policy": {}, "run_as": {}}
     for key in K.PROGRAM_KEYS.values():
-        if key.toml != "nodes":
-            parts[key.part][key.toml] = settings[key.toml]
+        if key.toml != "nodes" and key.part in parts:  # not "node_names": spent
+            parts[key.part][key.toml] = settings.get(key.toml, key.default)
     return ProgramSpec(name=name, nodes=nodes, policy=Policy(**parts["policy"]),
                        run_as=RunAs(**parts["run_as"]), **parts["program"])
 
@@ -451,6 +467,8 @@ def _node_spec(program: ProgramSpec, name: str, index: int, words: list[str],
         pid_file=expand(program.pid_file, values),
         log_file=expand(program.log_file, values),
         policy=program.policy, run_as=program.run_as,
+        stderr_log_file=expand(program.stderr_log_file or program.log_file, values),
+        autostart=program.autostart, priority=program.priority,
     )
 
 
@@ -526,7 +544,9 @@ def _toml_where(path: str, env_raw: Mapping[str, _Raw], lines: Mapping[Any, Any]
     return where
 
 
-_NODE_FILES = {"pid_file": "the PID file", "log_file": "the log file"}
+_NODE_FILES = {"pid_file": "the PID file", "log_file": "the log file",
+               "stderr_log_file": "the stderr log file"}
+_LOGS = ("log_file", "stderr_log_file")
 
 
 def _check_paths(source: str, master: MasterSpec, nodes: list[NodeSpec], problems: _Problems,
@@ -560,10 +580,12 @@ def _check_paths(source: str, master: MasterSpec, nodes: list[NodeSpec], problem
     # path -> (node, what) of the first node file seen there
     node_files: dict[str, tuple[NodeSpec, str]] = {}
     for node in nodes:
-        for name in ("pid_file", "log_file"):
+        for name in ("pid_file", "log_file", "stderr_log_file"):
             value = getattr(node, name)
-            if value == "-" and name == "log_file":
+            if value == "-" and name in _LOGS:
                 continue
+            if name == "stderr_log_file" and value == node.log_file:
+                continue  # stderr with stdout: checked as the log file
             at = where(False, node.program, name)
             if not os.path.isabs(value):
                 add(f"{name} of node {node.name} is not an absolute path: {value}", at,
@@ -579,9 +601,9 @@ def _check_paths(source: str, master: MasterSpec, nodes: list[NodeSpec], problem
             if other is None:
                 node_files[norm] = (node, name)
                 continue
-            if name == "log_file" and other[1] == "log_file":
+            if name in _LOGS and other[1] in _LOGS:
                 continue  # a shared log is fine
-            theirs = f"{_NODE_FILES[other[1]][4:]} of node {other[0].name}"
+            theirs = f"{_NODE_FILES[other[1]]} of node {other[0].name}"
             if name == "pid_file" and other[1] == "pid_file":
                 add(f"node {node.name} shares its PID file {value} with node {other[0].name}",
                     at, "put %n in the PID file template")

@@ -296,6 +296,57 @@ def parse_nodes(value: Any) -> str | int:
     return parse_str(value)
 
 
+MAX_EXIT_CODE = 255
+
+
+def parse_exitcodes(value: Any) -> tuple[int, ...]:
+    """``[0, 2]`` in TOML; ``"0 2"`` or ``"0,2"`` in an env file (supervisord
+    writes ``0,2``). Each an exit status 0-255; at least one."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        items: list[Any] = [value]
+    elif isinstance(value, list):
+        items = value
+    elif isinstance(value, str):
+        items = value.replace(",", " ").split()
+    else:
+        raise BadValue(f"expected a list of exit statuses, got {value!r}", hint="e.g. [0, 2]")
+    codes: list[int] = []
+    for item in items:
+        if isinstance(item, bool):
+            raise BadValue(f"expected an exit status, got {item!r}")
+        try:
+            code = int(item.strip()) if isinstance(item, str) else item
+        except ValueError:
+            raise BadValue(f"expected an exit status, got {item!r}", hint="e.g. [0, 2]") from None
+        if not isinstance(code, int) or not 0 <= code <= MAX_EXIT_CODE:
+            raise BadValue(f"exit status out of range: {item!r}", hint="between 0 and 255")
+        if code not in codes:
+            codes.append(code)
+    if not codes:
+        raise BadValue("the list of expected exit statuses is empty", hint="e.g. [0, 2]")
+    return tuple(codes)
+
+
+def parse_priority(value: Any) -> int:
+    """A start order: lower starts first, stops last (supervisord's 999 is
+    the default)."""
+    if isinstance(value, bool):
+        raise BadValue(f"expected a whole number, got {value!r}")
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise BadValue(f"expected a whole number, got {value!r}") from None
+    if not isinstance(value, int):
+        raise BadValue(f"expected a whole number, got {value!r}")
+    return value
+
+
+def parse_name_pattern(value: Any) -> str | None:
+    """Checked against the node list in :func:`stem_core.nodes.pattern_names`."""
+    return parse_optional_str(value)
+
+
 def parse_environment(value: Any) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, dict):
         raise BadValue("expected a table of NAME = \"value\"")
@@ -323,6 +374,8 @@ class Key:
     # Which part of a program's spec a program key fills: "program" (a field
     # of ProgramSpec itself), "policy" (model.Policy) or "run_as"
     # (model.RunAs). The loader builds each part from the keys that name it.
+    # "node_names" (the name pattern) is spent on naming the nodes: the names
+    # are ProgramSpec.nodes, the pattern is not kept.
     part: str = "program"
 
     @property
@@ -334,6 +387,8 @@ class Key:
             return "1" if self.default else "0"
         if self.parse is parse_umask:
             return f"{self.default:03o}"
+        if isinstance(self.default, tuple):
+            return " ".join(str(v) for v in self.default)
         if isinstance(self.default, float) and self.default.is_integer():
             return str(int(self.default))
         if isinstance(self.default, tuple) and all(isinstance(v, str) for v in self.default):
@@ -347,6 +402,11 @@ KEYS: tuple[Key, ...] = (
     Key("STEMD_NODES", "nodes", P, parse_nodes, "1",
         "space-separated node names, or a count N (nodes worker1..workerN)",
         example="alpha beta"),
+    Key("STEMD_NODE_NAME", "name", P, parse_name_pattern, None,
+        "node name pattern for a count of nodes: %p program, %i index from 1 with "
+        "printf-style zero padding (%02i: 01, 02 ...), %h host, %% a literal %; "
+        "unset: the program name followed by the index (worker1 ...)", example="",
+        part="node_names"),
     Key("STEMD_COMMAND", "command", P, parse_required_str, None,
         "command line of every node, split with shell word rules and run without a shell",
         aliases=("STEM_WORKER_COMMAND",), example="/usr/local/bin/stem-worker --queues=default"),
@@ -365,6 +425,15 @@ KEYS: tuple[Key, ...] = (
     Key("STEMD_LOG_FILE", "log_file", P, parse_required_str, "/var/log/stem/%n.log",
         "per-node log file template (stdout and stderr); - sends node output to the "
         "master's own stdout/stderr"),
+    Key("STEMD_STDERR_LOG_FILE", "stderr_log_file", P, parse_optional_str, None,
+        "per-node log file template for stderr alone (- : the master's own stderr); "
+        "unset: stderr goes to log_file with stdout", example="/var/log/stem/%n.err"),
+    Key("STEMD_AUTOSTART", "autostart", P, parse_bool, True,
+        "0: the nodes are configured but not started with the master or by a reload that "
+        "adds them; stemctl start runs them"),
+    Key(None, "priority", P, parse_priority, 999,
+        "TOML only: start order; lower starts first, each priority's nodes in parallel and "
+        "RUNNING (or given up) before the next; stops in reverse"),
     Key("STEMD_LOG_LEVEL", "log_level", M, parse_log_level, "INFO", "the master's log level"),
     Key("STEMD_MASTER_PID_FILE", "pid_file", M, parse_required_str, DEFAULT_MASTER_PID_FILE,
         "the master's PID file (locked while the master runs)"),
@@ -392,6 +461,10 @@ KEYS: tuple[Key, ...] = (
         "naming the nodes that are not); 0 returns once the nodes are spawned; "
         "default: the longest start-secs + 5", example=""),
     Key("STEMD_RESTART", "restart", P, parse_restart, "always", "always, on-failure or no",
+        part="policy"),
+    Key("STEMD_EXITCODES", "exitcodes", P, parse_exitcodes, (0,),
+        "exit statuses that count as expected: restart = on-failure does not restart a "
+        "node that exits with one (space- or comma-separated in the env file)",
         part="policy"),
     Key("STEMD_START_SECS", "start_secs", P, parse_seconds, 1.0,
         "seconds a node must stay up to count as started (RUNNING)", part="policy"),
@@ -459,17 +532,17 @@ SUPERVISORD_NAMES: dict[str, tuple[str | None, str]] = {
     "startretries": ("start_retries", ""),
     "autorestart": ("restart", ": always, on-failure or no"),
     "numprocs": ("nodes", ": a count, or a list of node names"),
-    "process_name": ("nodes", ": a list of node names"),
+    "process_name": ("name", ": a pattern such as \"%p_%02i\" with nodes = N"),
     "stopasgroup": ("kill_mode", ": \"control-group\" signals the whole group"),
     "killasgroup": ("kill_mode", ": stemd always SIGKILLs what is left of the group"),
-    "stdout_logfile": ("log_file", " (stdout and stderr)"),
-    "redirect_stderr": ("log_file", ", which always holds stdout and stderr"),
+    "stdout_logfile": ("log_file", " (stdout, and stderr unless stderr_log_file is set)"),
+    "redirect_stderr": ("log_file", ", which holds stderr too unless stderr_log_file is set"),
     "logfile": ("log_file", ""),
     "pidfile": ("pid_file", ""),
-    "autostart": (None, "every program starts with the master (stemctl stop it after)"),
-    "exitcodes": (None, "only status 0 counts as a clean exit for restart = \"on-failure\""),
-    "priority": (None, "programs start in parallel"),
-    "stderr_logfile": (None, "stderr goes to log_file with stdout"),
+    "autostart": ("autostart", ""),
+    "exitcodes": ("exitcodes", ": a list such as [0, 2]"),
+    "priority": ("priority", ": lower starts first, stops last"),
+    "stderr_logfile": ("stderr_log_file", ""),
 }
 
 

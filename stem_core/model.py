@@ -54,6 +54,9 @@ class Policy:
     backoff_max: float
     restart_burst: int
     restart_window: float
+    # Exit statuses that count as expected: restart = "on-failure" leaves a
+    # node that exits with one EXITED, and no error is recorded.
+    exitcodes: tuple[int, ...] = (0,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,9 @@ class ProgramSpec:
     log_file: str
     policy: Policy
     run_as: RunAs
+    stderr_log_file: str | None = None  # None: stderr goes to log_file
+    autostart: bool = True
+    priority: int = 999
     # Read from the program at the moment they apply (not copied into
     # NodeSpec): changing them at a reload restarts no node.
     on_state_change: str | None = None  # command line; None: no hook
@@ -103,6 +109,17 @@ class NodeSpec:
     log_file: str  # "-" sends output to the master's own stdout/stderr
     policy: Policy
     run_as: RunAs
+    # Expanded; the same path as log_file when the program sets none ("-":
+    # the master's own stderr).
+    stderr_log_file: str = ""
+    # Read when the node is first configured (master start without a state
+    # file, or added by a reload): False leaves it STOPPED until a start.
+    autostart: bool = True
+    priority: int = 999  # start order: lower first; stops in reverse
+
+    def __post_init__(self) -> None:
+        if not self.stderr_log_file:
+            object.__setattr__(self, "stderr_log_file", self.log_file)
 
     @property
     def env(self) -> dict[str, str]:
@@ -168,8 +185,11 @@ def runs_the_same(a: NodeSpec, b: NodeSpec) -> bool:
     node's position in its program: removing the first of ``a b c`` shifts
     the others' index, which changes nothing that runs (``%i`` has already
     been expanded into whatever it appears in), so it restarts nothing.
+    ``autostart`` and ``priority`` say when to start, not what runs: a
+    change of either applies to the next start, and restarts nothing.
     """
-    return a == dataclasses.replace(b, index=a.index)
+    return a == dataclasses.replace(b, index=a.index, autostart=a.autostart,
+                                    priority=a.priority)
 
 
 def diff(old: Config, new: Config) -> ConfigDiff:

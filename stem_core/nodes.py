@@ -19,8 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from stem_core.errors import BadValue
+from stem_core.templates import expand_name
 
-__all__ = ["MAX_NODES", "expand_opts", "parse_node_list", "validate_node_name"]
+__all__ = ["MAX_NODES", "expand_opts", "parse_node_list", "pattern_names", "validate_node_name"]
 
 MAX_NODES = 10000
 MAX_NAME_LENGTH = 64
@@ -74,14 +75,7 @@ def parse_node_list(value: str, prefix: str = "worker") -> tuple[str, ...]:
             "the node list is empty", "give node names separated by spaces, or a count such as 3"
         )
     if len(words) == 1 and _COUNT.fullmatch(words[0]):
-        count = int(words[0])
-        if count < 1:
-            raise BadValue(f"node count {words[0]} is not positive", "give a count of at least 1")
-        if count > MAX_NODES:
-            raise BadValue(
-                f"node count {count} is more than {MAX_NODES}",
-                f"give a count between 1 and {MAX_NODES}",
-            )
+        count = _count(words[0])
         names = tuple(f"{prefix}{i}" for i in range(1, count + 1))
         validate_node_name(names[-1])  # the prefix could be unsafe
         return names
@@ -94,6 +88,41 @@ def parse_node_list(value: str, prefix: str = "worker") -> tuple[str, ...]:
             raise BadValue(f"node {name!r} is listed twice", "give each node a unique name")
         seen.add(name)
     return tuple(words)
+
+
+def _count(word: str) -> int:
+    count = int(word)
+    if count < 1:
+        raise BadValue(f"node count {word} is not positive", "give a count of at least 1")
+    if count > MAX_NODES:
+        raise BadValue(
+            f"node count {count} is more than {MAX_NODES}",
+            f"give a count between 1 and {MAX_NODES}",
+        )
+    return count
+
+
+def pattern_names(value: str, pattern: str, program: str) -> tuple[str, ...]:
+    """Node names for a count and a ``name`` pattern (``'4'``, ``'%p_%02i'``
+    -> ``worker_01 .. worker_04``). The pattern names counted nodes only: a
+    list of names is already the names. Each name must be valid and unique
+    (without ``%i`` a count above 1 repeats one name)."""
+    words = value.split()
+    if len(words) != 1 or not _COUNT.fullmatch(words[0]):
+        raise BadValue(
+            "a name pattern applies to a count of nodes, not to a list of names",
+            "write nodes = 4 with the pattern, or list the names and drop the pattern",
+        )
+    count = _count(words[0])
+    names = tuple(expand_name(pattern, program, i) for i in range(1, count + 1))
+    seen: set[str] = set()
+    for name in names:
+        validate_node_name(name)
+        if name in seen:
+            raise BadValue(f"name pattern {pattern!r} gives {name!r} twice",
+                           "put %i in the pattern")
+        seen.add(name)
+    return names
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,9 @@ import re
 import socket
 from collections.abc import Mapping
 
-__all__ = ["expand", "master_values", "node_values"]
+from stem_core.errors import BadValue
+
+__all__ = ["expand", "expand_name", "master_values", "node_values"]
 
 # '%' then any one character, or a lone '%' at the end.
 _PERCENT = re.compile(r"%(.|\Z)", re.DOTALL)
@@ -32,6 +34,35 @@ def expand(template: str, values: Mapping[str, str]) -> str:
         return match.group()
 
     return _PERCENT.sub(replace, template)
+
+
+# A name pattern's field: '%', an optional zero flag and width, one character.
+_NAME_FIELD = re.compile(r"%(0?)([0-9]{0,2})(.|\Z)", re.DOTALL)
+
+
+def expand_name(pattern: str, program: str, index: int, host: str | None = None) -> str:
+    """A node name from a ``name`` pattern (supervisord's ``process_name``):
+    ``%p`` program, ``%i`` the 1-based index with printf-style zero padding
+    (``%02i`` -> ``01``), ``%h`` host, ``%%``. Stricter than :func:`expand`:
+    a name holds no ``%``, so any other ``%X`` is an error, not text."""
+
+    def replace(match: re.Match[str]) -> str:
+        zero, width, letter = match.groups()
+        if letter == "i":
+            return f"{index:{zero}{width}d}" if width else str(index)
+        if zero or width:
+            raise BadValue(f"name pattern {pattern!r}: a width applies to %i only",
+                           hint="write %02i for 01, 02 ...")
+        if letter == "%":
+            return "%"
+        if letter == "p":
+            return program
+        if letter == "h":
+            return host if host is not None else master_values()["h"]
+        raise BadValue(f"name pattern {pattern!r}: unknown field %{letter}",
+                       hint="use %p (program), %i or %02i (index), %h (host), %% (a %)")
+
+    return _NAME_FIELD.sub(replace, pattern)
 
 
 def master_values(host: str | None = None) -> dict[str, str]:

@@ -43,10 +43,11 @@ def needed_directories(config: Config) -> list[DirNeed]:
         d = os.path.dirname(node.pid_file)
         needs.setdefault(d, DirNeed(d, "node PID files"))
     for node in config.nodes:
-        if node.log_file == "-":
-            continue
-        d = os.path.dirname(node.log_file)
-        needs.setdefault(d, DirNeed(d, "node logs"))
+        for log in dict.fromkeys((node.log_file, node.stderr_log_file)):
+            if log == "-":
+                continue
+            d = os.path.dirname(log)
+            needs.setdefault(d, DirNeed(d, "node logs"))
     return list(needs.values())
 
 

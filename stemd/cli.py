@@ -105,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{node.name} ({node.program}): {shlex.join(node.argv)}")
             print(f"    pid file: {node.pid_file}")
             print(f"    log file: {node.log_file}")
+            if node.stderr_log_file != node.log_file:
+                print(f"    stderr log file: {node.stderr_log_file}")
+            if not node.autostart or node.priority != 999:
+                print(f"    priority: {node.priority}"
+                      + ("" if node.autostart else "  autostart: no (stemctl start runs it)"))
         return 0
     if args.check:
         _print_warnings(config)

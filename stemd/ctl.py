@@ -160,9 +160,14 @@ class Ctl:
         if config is None or not config.nodes:
             return FALLBACK_WAIT
         policies = [n.policy for n in config.nodes]
-        stop = max(p.stop_timeout for p in policies)
-        start = max(p.start_secs + p.start_retries * (p.backoff_max + p.start_secs)
-                    for p in policies)
+        # Priority groups start (and stop) one after the other, each group's
+        # nodes in parallel: the longest of each group, summed.
+        groups: dict[int, list[Any]] = {}
+        for node in config.nodes:
+            groups.setdefault(node.priority, []).append(node.policy)
+        stop = sum(max(p.stop_timeout for p in group) for group in groups.values())
+        start = sum(max(p.start_secs + p.start_retries * (p.backoff_max + p.start_secs)
+                        for p in group) for group in groups.values())
         cmd = self.args.command
         if cmd in ("stop", "shutdown"):
             wait = stop
@@ -607,6 +612,8 @@ def cmd_config(ctl: Ctl) -> int:
             print(f"{node.name} ({node.program}): {shlex.join(node.argv)}")
             print(f"    pid file: {node.pid_file}  log file: {node.log_file}  "
                   f"user: {node.run_as.user or '(invoking user)'}")
+            if node.stderr_log_file != node.log_file:
+                print(f"    stderr log file: {node.stderr_log_file}")
     return OK
 
 

@@ -276,12 +276,15 @@ class Master:
             lock.release()
             self.readiness.fail(str(exc))
             return 1
-        for node in self.nodes.values():
-            if node.state is S.STOPPED and node.wanted:
-                node.start()
+        # By priority: each group RUNNING (or given up) before the next. Not
+        # an operation: a shutdown closes the nodes, which ends it.
+        boot = [n for n in self.nodes.values() if n.state is S.STOPPED and n.wanted]
         self._save_state()
         self.memory.update()  # a timer only if some program sets max_rss
-        await self._await_readiness(adopted)
+        booting = self.loop.create_task(self._start_in_order(boot, locked=False))
+        self._tasks.add(booting)
+        booting.add_done_callback(self._tasks.discard)
+        await self._await_readiness(adopted, boot, booting)
         code = await self._done
         if self.runwatch is not None:
             self.runwatch.close()
@@ -331,6 +334,8 @@ class Master:
                     last_error=record.last_error, state=record.state)
             if self._recover(node):
                 adopted += 1
+                if record is None or record.removed:
+                    node.wanted = True  # it runs: autostart = false does not stop it
         adopted += self._adopt_unrecorded()
         for record in previous.values():
             self._stop_leftover(record)
@@ -413,23 +418,27 @@ class Master:
             del self.removed[node.name]
             self._state_changed()
 
-    async def _await_readiness(self, adopted: int) -> None:
+    async def _await_readiness(self, adopted: int, boot: list[Node],
+                               booting: asyncio.Task[list[NodeState]]) -> None:
         """Ready means running: wait up to STEMD_START_WAIT for every node
         that is wanted up to be RUNNING (or to give up), then tell the
         launcher (and systemd) — which nodes failed and why, if any. The
         master keeps supervising either way."""
         wait = self.config.master.start_wait
         if wait is None:
-            wait = max((n.spec.policy.start_secs for n in self.nodes.values()), default=0.0) + 5
-        waiting = [n for n in self.nodes.values() if n.wanted and n.state in (S.STARTING,
-                                                                              S.BACKOFF)]
-        if wait > 0 and waiting:
+            # the priority groups start one after the other
+            wait = sum(max(n.spec.policy.start_secs for n in group)
+                       for group in _by_priority(boot)) if boot else max(
+                (n.spec.policy.start_secs for n in self.nodes.values()), default=0.0)
+            wait += 5
+        if wait > 0 and boot:
             # A shutdown stops the nodes, which settles them (and closed
             # wakes the waiters at their next move): no wait outlives it.
-            settled = asyncio.gather(*(self.wait_for(n, lambda n: n.state in START_SETTLED
-                                                     or n.closed) for n in waiting))
+            # Shielded: past the wait, the later priority groups still start.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(settled, wait)
+                await asyncio.wait_for(asyncio.shield(booting), wait)
+        elif boot:
+            await asyncio.sleep(0)  # booting's first step: the first group spawns
         if self.shutting_down:
             reason = "stopped during start-up (shutdown requested)"
             self.log.warning("%s", reason)
@@ -574,6 +583,9 @@ class Master:
 
     def _add_node(self, spec: NodeSpec) -> Node:
         node = Node(spec, self.loop, self.ops, self.log)
+        # A node first configured is wanted up unless autostart = false; a
+        # previous master's record (restore) or a live process overrides it.
+        node.wanted = spec.autostart
         node.on_change = self._node_changed
         self.nodes[spec.name] = node
         return node
@@ -641,7 +653,7 @@ class Master:
         for node in nodes:
             node.wanted = True
         self._save_state()
-        return await self._operation(asyncio.gather(*(self._start_node(n) for n in nodes)))
+        return await self._operation(self._start_in_order(nodes))
 
     async def stop(self, nodes: list[Node], wait: bool = True) -> None:
         """Stop nodes (the operator wants them down); with ``wait``, until
@@ -653,7 +665,7 @@ class Master:
             for node in nodes:
                 node.stop()
             return
-        await self._operation(asyncio.gather(*(self._stop_node(n) for n in nodes)))
+        await self._operation(self._stop_in_order(nodes))
 
     async def restart(self, nodes: list[Node]) -> list[Node]:
         """Rolling: one node at a time — across every client's restart —
@@ -738,6 +750,39 @@ class Master:
                 raise ShuttingDown("interrupted: the master is shutting down") from None
             raise
 
+    async def _start_in_order(self, nodes: list[Node], locked: bool = True
+                              ) -> list[NodeState]:
+        """Start by priority (lower first): each priority's nodes in parallel,
+        every one RUNNING or given up before the next priority starts. The
+        states come back in the order of ``nodes``. The start-up sequence
+        runs ``locked=False``: it is not a command, and a ``stop`` of a
+        node still STARTING must not queue behind it; it spawns each group
+        before its first ``await`` (STEMD_START_WAIT=0 returns once the
+        first group is spawned)."""
+        states: dict[str, NodeState] = {}
+        for group in _by_priority(nodes):
+            if self.shutting_down:
+                break
+            if locked:
+                self._save_state()
+                results = await asyncio.gather(*(self._start_node(n) for n in group))
+            else:
+                group = [n for n in group if n.wanted]  # an operator's stop meanwhile stands
+                for node in group:
+                    node.start()
+                self._save_state()
+                results = await asyncio.gather(*(self.wait_for(
+                    n, lambda n: n.state in START_SETTLED or n.closed) for n in group))
+            states.update({n.name: s for n, s in zip(group, results, strict=True)})
+        return [states.get(n.name, n.state) for n in nodes]
+
+    async def _stop_in_order(self, nodes: list[Node], locked: bool = True) -> None:
+        """Stop in reverse priority (higher first), each priority's nodes in
+        parallel and all of them down before the next."""
+        stop = self._stop_node if locked else self._stop_unlocked
+        for group in _by_priority(nodes, reverse=True):
+            await asyncio.gather(*(stop(n) for n in group))
+
     async def _start_node(self, node: Node) -> NodeState:
         async with node.lock:
             return await self._start_unlocked(node)
@@ -817,16 +862,18 @@ class Master:
             self.nodes[spec.name].spec = spec  # equal but for the index
         added = [self._add_node(spec) for spec in change.added]
         for node in added:
-            self._recover(node)
+            if self._recover(node):
+                node.wanted = True  # it runs: autostart = false does not stop it
         self.nodes = {s.name: self.nodes[s.name] for s in new.nodes}
         self._save_state()
-        await asyncio.gather(*(self._stop_node(n) for n in removed + restart))
+        await self._stop_in_order(removed + restart)
         for node in removed:
             self._forget_removed(node)
         for node in restart:
             node.spec = new.node(node.name)
-        starting = restart + [n for n in added if n.state is not S.RUNNING]
-        results = await asyncio.gather(*(self._start_node(n) for n in starting))
+        # An added node with autostart = false stays STOPPED.
+        starting = restart + [n for n in added if n.state is not S.RUNNING and n.wanted]
+        results = await self._start_in_order(starting)
         summary = {"added": [s.name for s in change.added],
                    "removed": [s.name for s in change.removed],
                    "changed": [s.name for s in change.changed],
@@ -890,10 +937,19 @@ class Master:
             task.cancel()
         self.log.info("shutting down (%s): stopping %d nodes", why, len(everything))
         self.notifier.send("STOPPING=1", "STATUS=stopping nodes")
-        await asyncio.gather(*(self._stop_unlocked(n) for n in everything))
+        await self._stop_in_order(everything, locked=False)
         remove_state(self.state_file)  # a clean stop: the next start begins fresh
         if not self._done.done():
             self._done.set_result(0)
+
+
+def _by_priority(nodes: Iterable[Node], reverse: bool = False) -> list[list[Node]]:
+    """The nodes grouped by their program's priority, lowest first (or, for
+    stops, highest first); config order within a group."""
+    groups: dict[int, list[Node]] = {}
+    for node in nodes:
+        groups.setdefault(node.spec.priority, []).append(node)
+    return [groups[p] for p in sorted(groups, reverse=reverse)]
 
 
 def _is_master(pid: int) -> bool:

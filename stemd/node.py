@@ -258,9 +258,14 @@ class Node:
 
     def _running_exited(self, status: ExitStatus, what: str, now: float) -> None:
         policy = self.spec.policy.restart
-        wanted = policy == "always" or (policy == "on-failure" and not status.clean)
+        # Expected: an exit status the program declares (exitcodes, default
+        # 0); a signal never is.
+        expected = status.signal is None and status.code in self.spec.policy.exitcodes
+        # A closed node (the master is shutting down) is never restarted.
+        wanted = not self.closed and (
+            policy == "always" or (policy == "on-failure" and not expected))
         if not wanted:
-            if not status.clean:
+            if not expected:
                 self.last_error = what
             # RUNNING -> EXITED
             self._set_state(S.EXITED, f"{what}; restart={policy}")

@@ -4,7 +4,8 @@ Everything is done with ``subprocess.Popen`` arguments — ``user``, ``group``,
 ``extra_groups``, ``umask``, ``start_new_session``, ``cwd``, ``env`` — and no
 ``preexec_fn``, which is unsafe after fork in a process with threads and slow.
 The log file is opened by the master (``O_APPEND|O_NOFOLLOW|O_CLOEXEC``) and
-handed to the child as stdout/stderr; the master keeps no pipe, so node
+handed to the child as stdout/stderr (stderr gets its own file, opened the
+same way, when ``stderr_log_file`` names one); the master keeps no pipe, so node
 output never passes through it.
 """
 
@@ -113,6 +114,16 @@ def spawn_node(spec: NodeSpec, base_env: Mapping[str, str], force_root: bool
         raise SpawnError("refusing to run a node as root: set STEMD_USER to an unprivileged "
                          "account, or STEMD_FORCE_ROOT=1 if you really mean it")
     log_fd = None if spec.log_file == "-" else open_log(spec.log_file, account)
+    err_fd = log_fd
+    if spec.stderr_log_file != spec.log_file:
+        # Opened under the same rules as the log; "-": the master's stderr.
+        try:
+            err_fd = None if spec.stderr_log_file == "-" else open_log(spec.stderr_log_file,
+                                                                       account)
+        except BaseException:
+            if log_fd is not None:
+                os.close(log_fd)
+            raise
     kwargs: dict[str, object] = {}
     if account.switch:
         kwargs.update(user=account.uid, group=account.gid, extra_groups=list(account.extra_groups))
@@ -123,7 +134,7 @@ def spawn_node(spec: NodeSpec, base_env: Mapping[str, str], force_root: bool
             env=node_environment(spec, account, base_env),
             stdin=subprocess.DEVNULL,
             stdout=log_fd,
-            stderr=log_fd,
+            stderr=err_fd,
             close_fds=True,
             start_new_session=True,
             umask=spec.run_as.umask,
@@ -135,5 +146,6 @@ def spawn_node(spec: NodeSpec, base_env: Mapping[str, str], force_root: bool
     except (subprocess.SubprocessError, ValueError) as exc:
         raise SpawnError(str(exc)) from None
     finally:
-        if log_fd is not None:
-            os.close(log_fd)
+        for fd in dict.fromkeys((log_fd, err_fd)):
+            if fd is not None:
+                os.close(fd)

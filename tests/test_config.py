@@ -198,3 +198,126 @@ def test_sample_envfile_loads(tmp_path: Path) -> None:
     lines = [line[1:] for line in sample.splitlines()
              if line.startswith("#STEM") or line.startswith("#export")]
     load_config(write(tmp_path, "\n".join(lines) + "\n"), environ={})
+
+
+# ------------------------------------ issue 14 §2: what the model could not say
+
+FEATURES = """\
+[programs.web]
+command = "/usr/bin/web"
+priority = 10
+exitcodes = [0, 2]
+stderr_log_file = "/var/log/stem/%n.err"
+
+[programs.worker]
+command = "/usr/bin/worker %i"
+nodes = 4
+name = "%p_%02i"
+autostart = false
+"""
+
+
+def test_toml_autostart_exitcodes_priority_stderr_and_name_pattern(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, FEATURES, "stem.toml"), environ={})
+    assert [n.name for n in config.nodes] == ["web", "worker_01", "worker_02", "worker_03",
+                                              "worker_04"]
+    web, w3 = config.node("web"), config.node("worker_03")
+    assert w3.argv == ("/usr/bin/worker", "3") and w3.index == 3
+    assert w3.pid_file == "/var/run/stem/worker_03.pid"
+    assert (web.autostart, w3.autostart) == (True, False)
+    assert (web.priority, w3.priority) == (10, 999)
+    assert web.policy.exitcodes == (0, 2) and w3.policy.exitcodes == (0,)
+    assert web.stderr_log_file == "/var/log/stem/web.err"
+    assert w3.stderr_log_file == w3.log_file == "/var/log/stem/worker_03.log"
+    # written back, the file runs the same nodes in the same order
+    again = load_config(write(tmp_path, dump_toml(config), "again.toml"), environ={})
+    assert again.nodes == config.nodes
+
+
+def test_env_file_keys_for_the_new_features(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE + "STEMD_NODES=2\nSTEMD_NODE_NAME='%p-%i'\n"
+                 "STEMD_AUTOSTART=0\nSTEMD_EXITCODES='0,2 3'\n"
+                 "STEMD_STDERR_LOG_FILE=/var/log/stem/%n.err\n")
+    config = load_config(path, environ={})
+    assert [n.name for n in config.nodes] == ["worker-1", "worker-2"]
+    node = config.node("worker-2")
+    assert node.autostart is False and node.policy.exitcodes == (0, 2, 3)
+    assert node.stderr_log_file == "/var/log/stem/worker-2.err"
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("exitcodes = [256]", "exit status out of range"),
+    ("exitcodes = []", "empty"),
+    ('exitcodes = ["x"]', "expected an exit status"),
+    ('priority = "high"', "expected a whole number"),
+    ("autostart = 2", "expected a boolean"),
+    ('name = "%p"\nnodes = 2', "gives 'w' twice"),
+    ('name = "%p_%n"\nnodes = 2', "unknown field %n"),
+    ('name = "%p_%02p"\nnodes = 2', "a width applies to %i only"),
+    ('name = "%p_%i"\nnodes = ["a", "b"]', "applies to a count of nodes"),
+    ('name = "../%i"\nnodes = 2', "contains '/'"),
+])
+def test_new_keys_errors_name_line_and_key(tmp_path: Path, line: str, message: str) -> None:
+    text = f'[programs.w]\ncommand = "/bin/w"\n{line}\n'
+    (problem,) = problems(write(tmp_path, text, "stem.toml"))
+    assert message in problem.message
+    assert problem.line is not None and problem.line >= 3 and "[programs.w]" in problem.key
+
+
+def test_stderr_log_file_is_checked_against_master_files(tmp_path: Path) -> None:
+    text = ('[stemd]\npid_file = "/run/stem/stemd.pid"\n[programs.w]\ncommand = "/bin/w"\n'
+            'stderr_log_file = "/run/stem/stemd.pid"\n')
+    (problem,) = problems(write(tmp_path, text, "stem.toml"))
+    assert "stderr log file of node w" in problem.message and "master PID file" in problem.message
+    assert problem.line == 5 and problem.key == "[programs.w] stderr_log_file"
+    text = ('[programs.a]\ncommand = "/bin/a"\n[programs.b]\ncommand = "/bin/b"\n'
+            'stderr_log_file = "/var/run/stem/a.pid"\n')
+    (problem,) = problems(write(tmp_path, text, "stem.toml"))
+    assert "is the PID file of node a" in problem.message
+    relative = '[programs.w]\ncommand = "/bin/w"\nstderr_log_file = "w.err"\n'
+    (problem,) = problems(write(tmp_path, relative, "stem.toml"))
+    assert "not an absolute path" in problem.message
+    # a shared stderr log, or the stdout log of another node, is fine (O_APPEND)
+    shared = ('[programs.w]\ncommand = "/bin/w"\nnodes = 2\n'
+              'stderr_log_file = "/var/log/stem/all.log"\nlog_file = "/var/log/stem/all.log"\n')
+    load_config(write(tmp_path, shared, "stem.toml"), environ={})
+
+
+def test_autostart_and_priority_change_restarts_nothing(tmp_path: Path) -> None:
+    old = load_config(write(tmp_path, FEATURES, "stem.toml"), environ={})
+    text = FEATURES.replace("priority = 10", "priority = 5").replace("autostart = false", "")
+    new = load_config(write(tmp_path, text, "stem.toml"), environ={})
+    assert diff(old, new).empty
+    text = FEATURES.replace("exitcodes = [0, 2]", "exitcodes = [0]")
+    assert [n.name for n in diff(old, load_config(write(tmp_path, text, "stem.toml"),
+                                                  environ={})).changed] == ["web"]
+
+
+def test_environment_overrides_do_not_rename_toml_nodes(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, FEATURES, "stem.toml"),
+                         environ={"STEMD_NODE_NAME": "%p-x%i", "STEMD_AUTOSTART": "0"})
+    assert config.nodes[0].name == "web" and config.nodes[0].autostart is False
+
+
+def test_stemctl_waits_for_each_priority_group_in_turn(tmp_path: Path) -> None:
+    """stemctl's derived timeout for start and stop: the groups start one
+    after the other, so their waits add up."""
+    import argparse
+
+    from stemd.ctl import ANSWER_TIMEOUT, Ctl
+
+    text = ('[programs.a]\ncommand = "/bin/a"\nstart_secs = 10\nstart_retries = 0\n'
+            'stop_timeout = 7\npriority = 1\n'
+            '[programs.b]\ncommand = "/bin/b"\nstart_secs = 20\nstart_retries = 0\n'
+            'stop_timeout = 3\n')
+    path = write(tmp_path, text, "stem.toml")
+
+    def wait(command: str) -> float:
+        args = argparse.Namespace(config=path, socket=None, json=False, command=command,
+                                  timeout=None)
+        return Ctl(args).node_wait() - ANSWER_TIMEOUT
+    assert wait("start") == 30 and wait("stop") == 10
+    same = write(tmp_path, text.replace("priority = 1\n", ""), "same.toml")
+    args = argparse.Namespace(config=same, socket=None, json=False, command="start",
+                              timeout=None)
+    assert Ctl(args).node_wait() - ANSWER_TIMEOUT == 20  # one group: the longest

@@ -102,8 +102,13 @@ def test_include_globs_are_relative_to_the_main_file_and_here_is_per_file(
     assert result.toml["programs"]["a"]["command"] == f"{tmp_path}/a"
     assert result.toml["programs"]["b"]["command"] == f"{tmp_path}/conf.d/b"
     assert "c" not in result.toml["programs"]
-    note = _notes(result)["[program:b] autostart"]
-    assert (note.file, note.line) == (str(tmp_path / "conf.d" / "b.ini"), 3)
+    assert result.toml["programs"]["b"]["autostart"] is False
+    bad = tmp_path / "conf.d" / "b.ini"
+    bad.write_text("[program:b]\ncommand=%(here)s/b\nexitcodes=0,x\n")
+    with pytest.raises(ConfigError) as err:
+        _import(conf)
+    (problem,) = err.value.problems
+    assert (problem.file, problem.line, problem.key) == (str(bad), 3, "[program:b] exitcodes")
 
 
 def test_program_settings_map_to_stemd_keys(tmp_path: Path) -> None:
@@ -130,8 +135,54 @@ def test_program_settings_map_to_stemd_keys(tmp_path: Path) -> None:
     _load(tmp_path, result.toml)
 
 
-def test_what_stemd_cannot_express_is_listed_with_file_line_and_the_future_toml(
-        tmp_path: Path) -> None:
+def test_autostart_exitcodes_priority_and_stderr_log_are_translated(tmp_path: Path) -> None:
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(
+        "[supervisord]\n"
+        "[program:a]\ncommand=/bin/a\nautostart=false\nexitcodes=0,2\npriority=10\n"
+        "stderr_logfile=/var/log/a.err\n"
+        "[program:b]\ncommand=/bin/b\nautostart=true\nexitcodes=0\npriority=999\n"
+        "stderr_logfile=/var/log/b.err\nredirect_stderr=true\n"
+        "[program:c]\ncommand=/bin/c\npriority=5\nstderr_logfile=NONE\n")
+    result = _import(conf)
+    a, b, c = (result.toml["programs"][n] for n in "abc")
+    assert {k: a[k] for k in ("autostart", "exitcodes", "priority", "stderr_log_file")} == {
+        "autostart": False, "exitcodes": [0, 2], "priority": 10,
+        "stderr_log_file": "/var/log/a.err"}
+    # supervisord's defaults, and stderr redirected into stdout, need no key
+    assert not {"autostart", "exitcodes", "priority", "stderr_log_file"} & set(b)
+    assert c["priority"] == 5 and "stderr_log_file" not in c
+    assert list(result.toml["programs"]) == ["c", "a", "b"]  # in start order
+    notes = _notes(result)
+    assert not notes["[program:c] stderr_logfile"].translated  # NONE: cannot discard
+    assert not {"[program:a] autostart", "[program:a] exitcodes", "[program:a] priority",
+                "[program:a] stderr_logfile"} & set(notes)
+    config = _load(tmp_path, result.toml)
+    node = config.node("a")  # type: ignore[attr-defined]
+    assert (node.autostart, node.policy.exitcodes, node.priority, node.stderr_log_file) == (
+        False, (0, 2), 10, "/var/log/a.err")
+
+
+def test_numprocs_from_one_becomes_a_name_pattern(tmp_path: Path) -> None:
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(
+        "[supervisord]\n[program:celery]\n"
+        "command=/usr/bin/celery -n %(program_name)s_%(process_num)02d\n"
+        "process_name=%(program_name)s_%(process_num)02d\nnumprocs=4\nnumprocs_start=1\n"
+        "[program:other]\ncommand=/bin/o\nprocess_name=o-%(host_node_name)s-%(process_num)d\n"
+        "numprocs=2\nnumprocs_start=1\n")
+    result = _import(conf)
+    table = result.toml["programs"]["celery"]
+    assert (table["nodes"], table["name"]) == (4, "%p_%02i")
+    config = _load(tmp_path, result.toml)
+    names = [n.name for n in config.nodes]  # type: ignore[attr-defined]
+    assert names[:4] == ["celery_01", "celery_02", "celery_03", "celery_04"]
+    # more than program name and number: the names are listed
+    assert result.toml["programs"]["other"]["nodes"] == ["o-testhost-1", "o-testhost-2"]
+    assert "more than %(program_name)s" in _notes(result)["[program:other] process_name"].advice
+
+
+def test_what_stemd_cannot_express_is_listed_with_file_line(tmp_path: Path) -> None:
     conf = tmp_path / "supervisord.conf"
     conf.write_text(
         "[supervisord]\n"
@@ -144,17 +195,14 @@ def test_what_stemd_cannot_express_is_listed_with_file_line_and_the_future_toml(
         "stderr_logfile=/var/log/a.err\n"
         "stdout_logfile_maxbytes=10MB\n"
         "[eventlistener:memmon]\ncommand=memmon -a 200MB\nevents=TICK_60\n"
-        "[group:g]\nprograms=a\n")
+        "[group:g]\nprograms=a\npriority=3\n")
     result = _import(conf)
     notes = _notes(result)
     expected = {
         "[inet_http_server]": (2, "no TCP control port"),
-        "[program:a] autostart": (6, "autostart = false"),
-        "[program:a] exitcodes": (7, "exitcodes = [0, 2]"),
-        "[program:a] priority": (8, "priority = 10"),
-        "[program:a] stderr_logfile": (9, 'stderr_log_file = "/var/log/a.err"'),
         "[program:a] stdout_logfile_maxbytes": (10, "etc/logrotate.d/stem"),
         "[eventlistener:memmon]": (11, "event listeners"),
+        "[group:g] priority": (16, "priority = 3 in each of its programs"),
     }
     for setting, (line, text) in expected.items():
         assert notes[setting].line == line, setting
@@ -208,7 +256,8 @@ def test_stemd_names_a_supervisord_file_and_the_command_that_converts_it(
 
 @pytest.mark.parametrize(("key", "hint"), [
     ("stopwaitsecs", "`stopwaitsecs` is `stop_timeout` in stemd"),
-    ("autostart", "`autostart` (supervisord) has no stemd counterpart yet"),
+    ("process_name", "`process_name` is `name` in stemd"),
+    ("stderr_logfile", "`stderr_logfile` is `stderr_log_file` in stemd"),
     ("startsecs", "`startsecs` is `start_secs`"),
     ("autorestart", "`autorestart` is `restart`"),
     ("numprocs", "`numprocs` is `nodes`"),

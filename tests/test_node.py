@@ -610,3 +610,36 @@ def test_restore_of_a_stopped_node_keeps_the_operators_stop() -> None:
     rig.node.restore(wanted=False, restarts=0, exit_status=None, last_error=None,
                      state="STOPPED")
     assert rig.node.state is S.STOPPED and not rig.node.wanted
+
+
+@pytest.mark.parametrize("policy,status,expect,error", [
+    ("on-failure", ExitStatus(code=2), S.EXITED, False),   # declared expected
+    ("on-failure", CLEAN, S.EXITED, False),
+    ("on-failure", ExitStatus(code=3), S.STARTING, None),  # not declared: restarted
+    ("on-failure", ExitStatus(signal=2), S.STARTING, None),  # a signal never is expected
+    ("no", ExitStatus(code=2), S.EXITED, False),
+    ("no", ExitStatus(code=3), S.EXITED, True),            # EXITED, with the reason
+])
+def test_exitcodes_are_the_expected_statuses(policy: str, status: ExitStatus,
+                                             expect: NodeState, error: bool | None) -> None:
+    rig = to_state(S.RUNNING, restart=policy, exitcodes=(0, 2))
+    rig.node.on_exit(status)
+    assert rig.node.state is expect
+    if error is not None:
+        assert (rig.node.last_error is not None) is error
+
+
+def test_the_default_exitcodes_are_zero_only() -> None:
+    rig = to_state(S.RUNNING, restart="on-failure")
+    rig.node.on_exit(ExitStatus(code=2))
+    assert rig.node.state is S.STARTING
+
+
+def test_a_closed_node_that_exits_is_not_restarted() -> None:
+    # A shutdown stops priority groups one after the other: a node of a
+    # later group that dies meanwhile must not be respawned.
+    rig = to_state(S.RUNNING, restart="always")
+    rig.node.closed = True
+    spawned = len(rig.ops.spawned)
+    rig.node.on_exit(FAILED)
+    assert rig.node.state is S.EXITED and len(rig.ops.spawned) == spawned

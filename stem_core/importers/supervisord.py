@@ -34,7 +34,7 @@ from typing import Any
 from stem_core import keys as K
 from stem_core.errors import BadValue, ConfigError, Problem
 from stem_core.importers import ImportResult, Note
-from stem_core.nodes import validate_node_name
+from stem_core.nodes import pattern_names, validate_node_name
 
 __all__ = ["import_supervisord", "parse_environment"]
 
@@ -47,6 +47,7 @@ _STANDARD_RPC = "supervisor.rpcinterface:make_main_rpcinterface"
 _LOGROTATE = ("rotation is logrotate's job in stemd: see etc/logrotate.d/stem "
               "(size, rotate and copytruncate or a `stemctl kill -s HUP` postrotate)")
 _LATER = "not yet supported by stemd; once it is, write: "
+_PROCESS_NUM = re.compile(r"%\(process_num\)(0?\d*)d")
 
 
 def parse_environment(value: str) -> dict[str, str]:
@@ -368,7 +369,9 @@ class _Importer:
             for key, value in values.items():
                 if key == "priority":
                     self.note(value, f"[{section}] priority",
-                              _LATER + f"priority = {value.text.strip()} (in each program)")
+                              "stemd has no groups: write priority = "
+                              f"{value.text.strip()} in each of its programs (supervisord "
+                              "orders groups by it, then programs by their own)")
                 elif key != "programs":
                     self.note(value, f"[{section}] {key}", "no stemd counterpart")
         return members
@@ -422,14 +425,15 @@ class _Importer:
         merged = _merge(processes)
         if merged is not None:
             table = merged
+            pattern = _name_pattern(name_value.text, name, start, names)
             if names != [name]:
-                table = {"command": table.pop("command"), "nodes": names, **table}
-            if numprocs > 1:
+                naming: dict[str, Any] = ({"nodes": numprocs, "name": pattern} if pattern
+                                          else {"nodes": names})
+                table = {"command": table.pop("command"), **naming, **table}
+            if numprocs > 1 and pattern is None:
                 self.note(name_value, f"[{section}] process_name",
-                          "translated to an explicit node list; once stemd supports name "
-                          "patterns, this is: " + _pattern_line(name_value.text, start,
-                                                                numprocs),
-                          translated=True)
+                          "translated to an explicit node list" + _pattern_why(
+                              name_value.text, start, numprocs), translated=True)
             self._program_notes(section, values, numprocs)
             return [(name, table)]
         self.note(name_value, f"[{section}]",
@@ -499,6 +503,32 @@ class _Importer:
             log = _logfile(stdout, values["stdout_logfile"].here)
             if log is not None:
                 table["log_file"] = _escape(log)
+        redirect = (get("redirect_stderr", "false") or "").strip().lower() in _TRUE
+        stderr = None if redirect else get("stderr_logfile")
+        if stderr is not None and stderr.strip().lower() not in _LOG_NONE:
+            err_log = _logfile(stderr, values["stderr_logfile"].here)
+            if err_log is not None:  # AUTO: with stdout, see _program_notes
+                table["stderr_log_file"] = _escape(err_log)
+        autostart = get("autostart")
+        if autostart is not None and autostart.strip().lower() in _FALSE:
+            table["autostart"] = False
+        exitcodes = get("exitcodes")
+        if exitcodes is not None:
+            try:
+                codes = K.parse_exitcodes(exitcodes)
+            except BadValue as exc:
+                self.problem(values.get("exitcodes"), section, "exitcodes", exc.message,
+                             exc.hint)
+            else:
+                if codes != (0,):
+                    table["exitcodes"] = list(codes)
+        priority = get("priority")
+        if priority is not None:
+            try:
+                table["priority"] = int(priority.strip())
+            except ValueError:
+                self.problem(values.get("priority"), section, "priority",
+                             f"not a whole number: {priority!r}")
         # stemd's own defaults need not be written (the output stays readable)
         return {k: v for k, v in table.items()
                 if k in ("name", "command") or k not in K.PROGRAM_KEYS
@@ -509,27 +539,13 @@ class _Importer:
         known = {"command", "process_name", "numprocs", "numprocs_start", "directory",
                  "environment", "user", "umask", "autorestart", "startsecs", "startretries",
                  "stopwaitsecs", "stopsignal", "stopasgroup", "killasgroup", "stdout_logfile",
-                 "redirect_stderr", "stderr_logfile"}
+                 "redirect_stderr", "stderr_logfile", "autostart", "exitcodes", "priority"}
         redirect = values.get("redirect_stderr")
         redirected = redirect is not None and redirect.text.strip().lower() in _TRUE
         for key, value in values.items():
             text = value.text.strip()
             setting = f"[{section}] {key}"
-            if key == "autostart":
-                if text.lower() in _FALSE:
-                    self.note(value, setting, _LATER + "autostart = false (until then the "
-                              "program starts with the master: stop it with stemctl stop)")
-            elif key == "exitcodes":
-                codes = [c.strip() for c in text.split(",") if c.strip()]
-                if codes != ["0"]:
-                    self.note(value, setting, _LATER + f"exitcodes = [{', '.join(codes)}] "
-                              "(until then only status 0 counts as expected for "
-                              "restart = \"on-failure\")")
-            elif key == "priority":
-                if text != "999":
-                    self.note(value, setting, _LATER + f"priority = {text} (until then all "
-                              "programs start in parallel)")
-            elif key == "killasgroup":
+            if key == "killasgroup":
                 if text.lower() in _FALSE:
                     self.note(value, setting, "stemd always SIGKILLs what is left of the "
                               "node's process group once the node exits or the stop times out",
@@ -541,9 +557,9 @@ class _Importer:
                 if low in _LOG_NONE:
                     self.note(value, setting, "stemd cannot discard stderr alone: it goes "
                               "to the node's log_file with stdout")
-                elif low != "auto":
-                    self.note(value, setting, _LATER + f"stderr_log_file = \"{text}\" "
-                              "(until then stderr goes to the node's log_file with stdout)")
+                elif low == "syslog":
+                    self.note(value, setting, "syslog output is not supported: stderr goes "
+                              "to the node's log_file with stdout")
             elif key.endswith(("_logfile_maxbytes", "_logfile_backups")):
                 self.note(value, setting, _LOGROTATE)
             elif key in ("stdout_syslog", "stderr_syslog"):
@@ -612,14 +628,34 @@ def _merge(processes: list[dict[str, Any]]) -> dict[str, Any] | None:
     return merged
 
 
-def _pattern_line(process_name: str, start: int, numprocs: int) -> str:
-    """The TOML a future ``name`` pattern would take (issue 14 §2)."""
+def _as_pattern(process_name: str) -> str | None:
+    """supervisord's ``process_name`` as a stemd ``name`` pattern, if it uses
+    only ``%(program_name)s`` and ``%(process_num)d`` (with a width)."""
     pattern = re.sub(r"%\(program_name\)s", "%p", process_name)
-    pattern = re.sub(r"%\(process_num\)(0?\d*)d", lambda m: f"%{m.group(1)}i", pattern)
-    line = f'nodes = {numprocs}, name = "{pattern}"'
-    if start != 1:
-        line += f" (supervisord counts from {start}: stemd's %i counts from 1)"
-    return line
+    pattern = _PROCESS_NUM.sub(lambda m: f"%{m.group(1)}i", pattern)
+    return None if re.search(r"%(?![0-9]*[pi])", pattern) else pattern
+
+
+def _name_pattern(process_name: str, program: str, start: int, names: list[str]
+                  ) -> str | None:
+    """The ``name`` pattern that gives exactly ``names``, or None. stemd's
+    ``%i`` counts from 1: only ``numprocs_start=1`` maps to a pattern."""
+    pattern = _as_pattern(process_name)
+    if pattern is None or start != 1 or len(names) < 2:
+        return None
+    try:
+        made = pattern_names(str(len(names)), pattern, program)
+    except BadValue:
+        return None
+    return pattern if list(made) == names else None
+
+
+def _pattern_why(process_name: str, start: int, numprocs: int) -> str:
+    pattern = _as_pattern(process_name)
+    if pattern is None:
+        return ": the process_name uses more than %(program_name)s and %(process_num)d"
+    return (f": supervisord counts from numprocs_start={start}, stemd's %i from 1; with "
+            f'numprocs_start=1 this is nodes = {numprocs}, name = "{pattern}"')
 
 
 def import_supervisord(path: str, environ: Mapping[str, str] | None = None,

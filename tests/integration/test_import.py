@@ -43,6 +43,7 @@ tmp = sys.argv[1] + ".tmp"
 with open(tmp, "w") as f:
     json.dump(record, f)
 os.rename(tmp, sys.argv[1])
+print("stderr of", os.path.basename(sys.argv[1]), file=sys.stderr, flush=True)
 signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
 while True:
     signal.pause()
@@ -111,6 +112,21 @@ stdout_logfile=%(here)s/log/%(program_name)s_%(process_num)02d.log
 redirect_stderr=true
 stopsignal=INT
 stopwaitsecs=5
+exitcodes=0,2
+priority=20
+
+[program:beat]
+command={sys.executable} %(here)s/record.py {record}
+process_name=%(program_name)s_%(process_num)02d
+numprocs=2
+numprocs_start=1
+priority=5
+stdout_logfile=%(here)s/log/%(program_name)s_%(process_num)02d.log
+redirect_stderr=true
+
+[program:manual]
+command={sys.executable} %(here)s/record.py %(ENV_RECORD_DIR)s/manual.json
+autostart=false
 """)
     (root / "conf.d" / "web.conf").write_text(f"""\
 [program:web]
@@ -118,7 +134,7 @@ command={sys.executable} %(here)s/../record.py %(ENV_RECORD_DIR)s/web.json --hom
 directory=%(here)s
 autorestart=true
 stdout_logfile=%(here)s/../log/web.log
-redirect_stderr=true
+stderr_logfile=%(here)s/../log/web.err
 """)
     return conf
 
@@ -154,7 +170,7 @@ def test_supervisord_conf_imported_runs_what_supervisord_runs(
     stemd_records, sv_records = tmp_path / "stemd-records", tmp_path / "sv-records"
     stemd_records.mkdir()
     sv_records.mkdir()
-    names = ["worker_00", "worker_01", "worker_02", "web"]
+    names = ["worker_00", "worker_01", "worker_02", "web", "beat_01", "beat_02"]
 
     # 1. import with the real stemctl: everything translates (exit 0)
     out = tmp_path / "stem.toml"
@@ -164,6 +180,8 @@ def test_supervisord_conf_imported_runs_what_supervisord_runs(
     assert imported.returncode == 0, imported.stderr
     text = out.read_text()
     assert 'nodes = [\n    "worker_00",' in text or '"worker_00", "worker_01"' in text, text
+    assert 'name = "%p_%02i"' in text and "autostart = false" in text, text
+    assert 'stderr_log_file = "' in text and "exitcodes = [" in text, text
 
     # 2. the real stemd --check accepts it (root: supervisord ran these as root too)
     overrides = ["STEMD_FORCE_ROOT=1", f"STEMD_PID_FILE={tmp_path}/run/%n.pid"]
@@ -180,6 +198,12 @@ def test_supervisord_conf_imported_runs_what_supervisord_runs(
                                  capture_output=True, text=True, timeout=60, env=base_env)
         assert started.returncode == 0, started.stderr
         by_stemd = records(stemd_records, names)
+        manual = fleet.status("manual")["manual"]
+        assert manual["state"] == "STOPPED" and not (stemd_records / "manual.json").exists()
+        err = tmp_path / "log" / "web.err"
+        wait_until(lambda: err.exists() and err.read_text().count("stderr of web") == 1, 10,
+                   what="web's stderr in web.err")
+        assert "stderr of" not in (tmp_path / "log" / "web.log").read_text()
         stopped = subprocess.run([STEMCTL, "--config", str(out), "shutdown"],
                                  capture_output=True, text=True, timeout=60, env=base_env)
         assert stopped.returncode == 0, stopped.stderr
@@ -191,6 +215,11 @@ def test_supervisord_conf_imported_runs_what_supervisord_runs(
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         by_supervisord = records(sv_records, names)
+        # supervisord writes stderr to the same separate file, and does not
+        # start the autostart=false program either
+        wait_until(lambda: (tmp_path / "log" / "web.err").read_text().count(
+            "stderr of web") == 2, 10, what="supervisord's web stderr in web.err")
+        assert not (sv_records / "manual.json").exists()
     finally:
         sv.send_signal(signal.SIGTERM)
         try:
@@ -213,13 +242,14 @@ def test_supervisord_conf_imported_runs_what_supervisord_runs(
 
 def test_untranslated_settings_exit_1_with_file_line_on_stderr(tmp_path: Path) -> None:
     conf = tmp_path / "supervisord.conf"
-    conf.write_text("[supervisord]\n[program:a]\ncommand=/bin/sleep 100\nautostart=false\n"
+    conf.write_text("[supervisord]\n[program:a]\ncommand=/bin/sleep 100\nstdout_syslog=true\n"
                     "[inet_http_server]\nport=127.0.0.1:9001\n")
     result = subprocess.run([STEMCTL, "import", "supervisord", str(conf)], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 1, result.stderr
     assert result.stdout.startswith("# Imported from")
-    assert f"{conf}:4: [program:a] autostart: not yet supported by stemd" in result.stderr
+    assert f"{conf}:4: [program:a] stdout_syslog: stemd writes node output to files only" \
+        in result.stderr
     assert f"{conf}:5: [inet_http_server]" in result.stderr
     as_json = subprocess.run([STEMCTL, "--json", "import", "supervisord", str(conf)],
                              capture_output=True, text=True, timeout=60)
@@ -227,7 +257,7 @@ def test_untranslated_settings_exit_1_with_file_line_on_stderr(tmp_path: Path) -
     report = json.loads(as_json.stdout)
     assert report["complete"] is False
     assert {(n["line"], n["setting"]) for n in report["notes"] if not n["translated"]} == {
-        (4, "[program:a] autostart"), (5, "[inet_http_server]")}
+        (4, "[program:a] stdout_syslog"), (5, "[inet_http_server]")}
 
 
 def test_unreadable_input_is_a_usage_error_and_needs_no_master_or_config(
