@@ -102,9 +102,11 @@ def test_hanging_hook_is_killed_at_its_timeout(fleet: Fleet, tmp_path: Path) -> 
     wait_until(lambda: not pid_alive(hook_pid) and not pid_alive(child), 15,
                what="the hook's session to be killed")
     assert time.monotonic() - started < 10
-    log = fleet.master_log()
+    # the master logs the hook's end when it reaps it, a moment after it died
+    log = wait_until(lambda: (text := fleet.master_log()) and
+                     "hook for STARTING -> RUNNING failed: killed by SIGKILL" in text and text,
+                     10, what="the master to log the hook's end")
     assert "hook still running after 1.5s: killing it" in log, log
-    assert "hook for STARTING -> RUNNING failed: killed by SIGKILL" in log, log
     assert fleet.status("alpha")["alpha"]["state"] == "RUNNING"
     assert zombies_of(fleet.master_pid() or 0) == []
     assert metric(fleet, "stemd_hooks_timed_out_total") == 1
