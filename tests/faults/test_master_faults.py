@@ -207,3 +207,41 @@ def test_a_removed_run_directory_is_put_back_by_the_running_master(fleet: Fleet)
     assert result.returncode == 1 and "already running" in result.stderr
     assert fleet.ctl("shutdown").returncode == 0
     assert fleet.node_pids() == []
+
+
+def test_idle_clients_under_a_tight_fd_limit_never_make_a_node_fatal(fleet: Fleet) -> None:
+    """#41: with `ulimit -n 64`, idle clients' descriptors made respawns
+    fail with EMFILE until the node was FATAL for good. A shortage of the
+    master's own descriptors is transient: the node backs off, uncounted,
+    and comes back once the clients are gone."""
+    import resource
+    import socket as socketlib
+
+    fleet.write(nodes="a b", start_retries=1, backoff_max=0.5)
+
+    def tight() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
+
+    result = subprocess.run([STEMD, "--config", str(fleet.config)], env=fleet.env(),
+                            capture_output=True, text=True, timeout=30, preexec_fn=tight)
+    assert result.returncode == 0, result.stderr
+    before = fleet.status()["a"]["pid"]
+    clients = []
+    try:
+        for _ in range(60):  # more than the master has descriptors left
+            client = socketlib.socket(socketlib.AF_UNIX)
+            try:
+                client.connect(str(fleet.run_dir / "stemd.sock"))
+            except OSError:
+                client.close()
+                break
+            clients.append(client)
+        os.kill(before, signal.SIGKILL)
+        wait_until(lambda: "Too many open files" in fleet.master_log(), 10,
+                   what="a spawn to run out of descriptors")
+    finally:
+        for client in clients:
+            client.close()
+    info = fleet.wait_state("RUNNING", "a", timeout=20)["a"]
+    assert info["pid"] != before
+    assert "FATAL" not in fleet.master_log()
