@@ -671,7 +671,7 @@ def lex_envfile_leniently(
     for offset, message, hint in findings:
         lexer.record(offset, message, hint)
     lexer.run()
-    return lexer.assignments, sorted(lexer.problems, key=lambda p: (p.line or 0, p.column or 0))
+    return lexer.assignments, sorted(lexer.problems(), key=lambda p: (p.line or 0, p.column or 0))
 
 
 def read_envfile(path: str, environ: Mapping[str, str] | None = None) -> list[Assignment]:

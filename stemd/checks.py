@@ -12,11 +12,10 @@ import shutil
 import stat
 from dataclasses import dataclass
 
-from stem_core.errors import PidFileError, Problem
+from stem_core.accounts import Account, AccountError, resolve_account
+from stem_core.errors import Problem
 from stem_core.model import Config
-from stem_core.pidfile import check_node_identity, read_pidfile
-from stemd.node import SpawnError
-from stemd.spawn import Account, resolve_account
+from stem_core.pidfile import STALE, UNTRUSTED, classify, trusted_owners
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +44,7 @@ def needed_directories(config: Config) -> list[DirNeed]:
         d = os.path.dirname(node.log_file)
         try:
             account = resolve_account(node.user, node.group)
-        except SpawnError:
+        except AccountError:
             account = None
         if d not in needs or needs[d].what == "master log":
             needs[d] = DirNeed(d, "node logs", account)
@@ -76,7 +75,7 @@ def check_environment(config: Config, *, creating: bool) -> list[Problem]:
     for node in config.nodes:
         try:
             account = resolve_account(node.user, node.group)
-        except SpawnError as exc:
+        except AccountError as exc:
             problems.append(Problem(str(exc), key=f"{node.name}: user/group",
                                     hint="create the account or fix STEMD_USER/STEMD_GROUP"))
             continue
@@ -130,7 +129,7 @@ def _check_not_node_writable(path: str, config: Config, is_root: bool) -> list[P
     for node in config.nodes:
         try:
             node_uids.add(resolve_account(node.user, node.group).uid)
-        except SpawnError:
+        except AccountError:
             continue
     if not is_root or (st.st_mode & stat.S_ISVTX and st.st_uid in (0, os.geteuid())):
         return []
@@ -166,21 +165,18 @@ def stale_pidfiles(config: Config) -> list[Problem]:
     """PID files that name no live node (for diagnose; the master removes
     them itself at start-up and on reload)."""
     problems = []
+    trusted = trusted_owners()
     for node in config.nodes:
         try:
-            record = read_pidfile(node.pid_file)
-        except PidFileError as exc:
-            problems.append(Problem(str(exc), hint="remove it"))
-            continue
-        if record is None:
-            continue
-        try:
-            uid = resolve_account(node.user, node.group).uid
-        except SpawnError:
+            uid: int | None = resolve_account(node.user, node.group).uid
+        except AccountError:
             uid = None
-        why = check_node_identity(record, node.name, node.program, uid)
-        if why:
-            problems.append(Problem(f"stale PID file {node.pid_file} (pid {record.pid}: {why})",
+        verdict = classify(node.pid_file, node.name, node.program, uid, trusted)
+        if verdict.kind == UNTRUSTED:
+            problems.append(Problem(str(verdict.why), hint="remove it"))
+        elif verdict.kind == STALE and verdict.record is not None:
+            problems.append(Problem(f"stale PID file {node.pid_file} (pid {verdict.record.pid}: "
+                                    f"{verdict.why})",
                                     hint="the master removes it when it starts; or rm it"))
     return problems
 

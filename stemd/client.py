@@ -78,3 +78,17 @@ class Client:
             return response
         finally:
             sock.close()
+
+
+def socket_listening(path: str) -> bool:
+    """Does anyone accept connections on ``path``? (The master, before it
+    replaces a socket file; ``stemctl diagnose``, to find a dead socket.)"""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True

@@ -356,8 +356,8 @@ def cmd_shutdown(ctl: Ctl) -> int:
 
 
 def _shutdown_without_answer(ctl: Ctl, no_answer: NoAnswer | None) -> int:
+    from stem_core.pidfile import master_alive, read_master_pid
     from stemd import leftovers
-    from stemd.daemon import master_alive, read_master_pid
 
     pidfile = ctl.master_pid_file()
     master = None
@@ -497,7 +497,7 @@ def cmd_logs(ctl: Ctl) -> int:
 
 
 def cmd_healthcheck(ctl: Ctl) -> int:
-    from stemd.daemon import master_alive, read_master_pid
+    from stem_core.pidfile import master_alive, read_master_pid
 
     path = ctl.args.pidfile or ctl.master_pid_file()
     alive = master_alive(path)
@@ -522,9 +522,9 @@ def _pid_alive(pid: int) -> bool:
 
 def cmd_diagnose(ctl: Ctl) -> int:
     from stem_core.errors import ConfigError, Problem
+    from stem_core.pidfile import master_alive
     from stemd import checks
-    from stemd.control import socket_listening
-    from stemd.daemon import master_alive
+    from stemd.client import socket_listening
 
     problems: list[Problem] = []
     notes: list[str] = []

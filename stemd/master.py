@@ -34,15 +34,19 @@ from typing import Any, TypeVar
 import psutil
 from psutil import pid_exists
 
+from stem_core.accounts import AccountError, resolve_account
 from stem_core.config import load_config
 from stem_core.errors import ConfigError, PidFileError, StemError
+from stem_core.exits import ExitStatus
 from stem_core.model import Config, NodeSpec, diff
 from stem_core.pidfile import (
+    LIVE,
+    UNTRUSTED,
     FoundNode,
-    check_node_identity,
-    read_pidfile,
+    classify,
     remove_pidfile,
     scan_nodes,
+    trusted_owners,
     write_pidfile,
 )
 from stem_core.statefile import (
@@ -58,12 +62,12 @@ from stemd import logsetup
 from stemd.checks import create_directories, needed_directories
 from stemd.control import ControlServer, socket_gid
 from stemd.daemon import MasterLock, Readiness
-from stemd.node import ExitStatus, Node, SpawnError
+from stemd.node import Node, SpawnError
 from stemd.notify import Notifier
 from stemd.reaper import Reaper
 from stemd.signals import SignalPipe
 from stemd.snapshot import node_info, system_uptime
-from stemd.spawn import resolve_account, spawn_node
+from stemd.spawn import spawn_node
 
 S = NodeState
 T = TypeVar("T")
@@ -315,7 +319,7 @@ class Master:
                 created = psutil.Process(found.pid).create_time()
                 write_pidfile(node.spec.pid_file, found.pid)
                 self.reaper.watch(found.pid, None, self.exit_callback(node))
-            except (SpawnError, OSError, psutil.Error):
+            except (AccountError, OSError, psutil.Error):
                 continue
             node.adopt(found.pid, created)
             self.log.warning("%s: adopted pid %d, which no PID file named (its master died "
@@ -325,7 +329,7 @@ class Master:
 
     def _read_previous_state(self) -> dict[str, NodeRecord]:
         try:
-            state = read_state(self.state_file, trusted_uids=frozenset({0, os.geteuid()}))
+            state = read_state(self.state_file, trusted_uids=trusted_owners())
         except PidFileError as exc:
             self.log.warning("ignoring the state file: %s", exc)
             return {}
@@ -487,18 +491,17 @@ class Master:
         stale. Never signals a process that is not the node."""
         spec = node.spec
         try:
-            record = read_pidfile(spec.pid_file, trusted_uids=frozenset({0, os.geteuid()}))
-        except PidFileError as exc:
-            self.log.warning("%s: ignoring untrusted PID file: %s", node.name, exc)
-            return False
-        if record is None:
-            return False
-        try:
             uid: int | None = resolve_account(spec.user, spec.group).uid
-        except SpawnError:
+        except AccountError:
             uid = None
-        why = check_node_identity(record, spec.name, spec.program, uid)
-        if why is None:
+        verdict = classify(spec.pid_file, spec.name, spec.program, uid, trusted_owners())
+        if verdict.kind == UNTRUSTED:
+            self.log.warning("%s: ignoring untrusted PID file: %s", node.name, verdict.why)
+            return False
+        if verdict.record is None:
+            return False
+        record, why = verdict.record, verdict.why
+        if verdict.kind == LIVE:
             try:
                 created = psutil.Process(record.pid).create_time()
                 self.reaper.watch(record.pid, None, self.exit_callback(node))
