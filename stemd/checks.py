@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from stem_core.accounts import Account, AccountError, resolve_account
 from stem_core.errors import Problem
+from stem_core.keys import BY_ENV, Scope
 from stem_core.model import Config
 from stem_core.pidfile import STALE, UNTRUSTED, classify, trusted_owners
 
@@ -76,17 +77,23 @@ def check_environment(config: Config, *, creating: bool) -> list[Problem]:
         try:
             account = resolve_account(node.user, node.group)
         except AccountError as exc:
-            problems.append(Problem(str(exc), key=f"{node.name}: user/group",
-                                    hint="create the account or fix STEMD_USER/STEMD_GROUP"))
+            problems.append(Problem(
+                str(exc), key=f"{node.name}: user/group", fatal_at_start=True,
+                hint=f"create the account or fix {key_name(config, 'STEMD_USER', node.program)}"
+                     f"/{key_name(config, 'STEMD_GROUP', node.program)}"))
             continue
         if account.uid == 0 and not config.master.force_root:
+            user = key_name(config, "STEMD_USER", node.program)
             problems.append(Problem(
-                f"node {node.name} would run as root", key="STEMD_USER",
-                hint="set STEMD_USER to an unprivileged account, or STEMD_FORCE_ROOT=1"))
-        problems.extend(_check_command(node.name, node.argv[0], node.environment))
+                f"node {node.name} would run as root", key=user, fatal_at_start=True,
+                hint=f"set {user} to an unprivileged account, or "
+                     f"{key_name(config, 'STEMD_FORCE_ROOT')}=1"))
+        problems.extend(_check_command(config, node.name, node.program, node.argv[0],
+                                       node.environment))
         if not os.path.isdir(node.directory):
             problems.append(Problem(f"working directory {node.directory} of node {node.name} "
-                                    "does not exist", key="STEMD_CHDIR"))
+                                    "does not exist", fatal_at_start=True,
+                                    key=key_name(config, "STEMD_CHDIR", node.program)))
     problems.extend(_check_socket_group(config))
     for need in needed_directories(config):
         if os.path.isdir(need.path):
@@ -116,8 +123,9 @@ def _check_socket_group(config: Config) -> list[Problem]:
     try:
         grp.getgrnam(group)
     except KeyError:
-        return [Problem(f"no such group: {group}", key="STEMD_SOCKET_GROUP",
-                        hint="create it (addgroup stem-ops) or unset STEMD_SOCKET_GROUP")]
+        key = key_name(config, "STEMD_SOCKET_GROUP")
+        return [Problem(f"no such group: {group}", key=key,
+                        hint=f"create it (addgroup stem-ops) or unset {key}")]
     return []
 
 
@@ -145,20 +153,32 @@ def _existing_parent(path: str) -> str:
     return path or "/"
 
 
-def _check_command(name: str, program: str, environment: tuple[tuple[str, str], ...]
-                   ) -> list[Problem]:
+def _check_command(config: Config, name: str, program: str, command: str,
+                   environment: tuple[tuple[str, str], ...]) -> list[Problem]:
     env_path = dict(environment).get("PATH", os.environ.get("PATH", os.defpath))
-    if "/" in program:
-        found = program if os.path.exists(program) else None
+    if "/" in command:
+        found = command if os.path.exists(command) else None
     else:
-        found = shutil.which(program, path=env_path)
+        found = shutil.which(command, path=env_path)
+    key = key_name(config, "STEMD_COMMAND", program)
     if not found:
-        return [Problem(f"command {program!r} of node {name} not found", key="STEMD_COMMAND",
-                        hint="use an absolute path")]
+        return [Problem(f"command {command!r} of node {name} not found", key=key,
+                        fatal_at_start=True, hint="use an absolute path")]
     if not os.access(found, os.X_OK) or os.path.isdir(found):
         return [Problem(f"command {found} of node {name} is not executable",
-                        key="STEMD_COMMAND", hint=f"chmod +x {found}")]
+                        key=key, fatal_at_start=True, hint=f"chmod +x {found}")]
     return []
+
+
+def key_name(config: Config, env: str, program: str | None = None) -> str:
+    """How the configuration's own format names key ``env``: ``STEMD_USER``
+    in an env file, ``[programs.worker] user`` (``[stemd] ...`` for a master
+    key) in TOML, so the operator finds the line to fix."""
+    if not config.source.endswith(".toml"):
+        return env
+    key = BY_ENV[env]
+    table = f"programs.{program}" if program and key.scope != Scope.MASTER else "stemd"
+    return f"[{table}] {key.toml}"
 
 
 def stale_pidfiles(config: Config) -> list[Problem]:

@@ -237,8 +237,7 @@ class ControlServer:
             result = await self._run_while_connected(handler(request.args), reader,
                                                      request.cmd)
         except P.ProtocolError as exc:
-            return P.error(exc.code, exc.message, exc.hint,
-                           getattr(exc, "result", None)), False
+            return P.error(exc.code, exc.message, exc.hint, exc.result), False
         except (ConnectionError, TimeoutError):
             raise  # the client is gone or too slow: _serve drops the connection
         except Exception as exc:  # a bug must not take the master down, nor go unanswered

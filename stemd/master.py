@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 import psutil
 from psutil import pid_exists
 
+from stem_core import __version__
 from stem_core.accounts import AccountError, resolve_account
 from stem_core.config import load_config
 from stem_core.errors import ConfigError, PidFileError, StemError
@@ -388,7 +389,7 @@ class Master:
         failed = [n for n in self.nodes.values() if n.wanted and n.state is not S.RUNNING
                   and n.state is not S.EXITED]
         self.log.info("stemd %s ready: pid %d, %d nodes (%d adopted), socket %s",
-                      _version(), os.getpid(), len(self.nodes), adopted,
+                      __version__, os.getpid(), len(self.nodes), adopted,
                       self.config.master.socket)
         self.notifier.send("READY=1", f"MAINPID={os.getpid()}", self._status_line())
         if wait > 0 and failed:
@@ -751,9 +752,3 @@ def _exit_status(value: int | None) -> ExitStatus | None:
     if value is None:
         return None
     return ExitStatus(signal=-value) if value < 0 else ExitStatus(code=value)
-
-
-def _version() -> str:
-    from stemd import __version__
-
-    return __version__
