@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from stem_core.accounts import Account, AccountError, resolve_account
 from stem_core.errors import Problem
@@ -199,6 +201,60 @@ def stale_pidfiles(config: Config) -> list[Problem]:
                                     f"{verdict.why})",
                                     hint="the master removes it when it starts; or rm it"))
     return problems
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnosis:
+    """What ``stemctl diagnose`` found: problems (each a failure), the
+    configuration's warnings (never a failure), notes, and the running
+    master's own account (None when it is not running or not answering)."""
+
+    problems: list[Problem]
+    warnings: list[Problem]
+    notes: list[str]
+    master: dict[str, Any] | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"problems": [{"message": p.message, "hint": p.hint, "file": p.file,
+                              "line": p.line, "key": p.key, "text": str(p)}
+                             for p in self.problems],
+                "warnings": [str(w) for w in self.warnings], "master": self.master,
+                "notes": self.notes}
+
+
+def diagnose(config: Config | None, config_problems: list[Problem],
+             socket_path: Callable[[], str],
+             ask_master: Callable[[], tuple[dict[str, Any] | None, str | None]]) -> Diagnosis:
+    """``stemctl diagnose``: the configuration's problems, this host's,
+    stale PID files, a missing or dead socket, and, when a master runs, its
+    answer to ``diagnose`` (``ask_master``: (result, None) or (None, why)).
+    Client side only: it never loads the master's code."""
+    from stem_core.pidfile import master_alive
+    from stemd.client import socket_listening
+
+    problems = list(config_problems)
+    notes: list[str] = []
+    master = None
+    if config is not None:
+        alive = master_alive(config.master.pid_file)
+        problems.extend(check_environment(config, creating=config.master.create_dirs))
+        problems.extend(stale_pidfiles(config))
+        sock = socket_path()
+        exists = os.path.exists(sock)
+        if alive and not exists:
+            problems.append(Problem(f"the master runs but its socket {sock} is missing",
+                                    hint="restart stemd to recreate it"))
+        elif exists and not socket_listening(sock):
+            problems.append(Problem(f"dead socket {sock}: nobody listens",
+                                    hint="start stemd; it replaces the file"))
+        if alive:
+            master, failure = ask_master()
+            if failure is not None:
+                problems.append(Problem(f"the master does not answer on {sock}: {failure}"))
+        else:
+            notes.append("the master is not running")
+    warnings = list(config.warnings) if config is not None else []
+    return Diagnosis(problems, warnings, notes, master)
 
 
 #: descriptors the master holds whatever the fleet's size: its log, the PID
