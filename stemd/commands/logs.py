@@ -43,7 +43,7 @@ def show_logs(ctl: Ctl) -> int:
         except FileNotFoundError:
             if not ctl.args.follow:
                 status = ctl.fail(E.FAILED, f"cannot read {path}: no such file "
-                               f"(has {name} written anything yet?)")
+                                  f"(has {name} written anything yet?)")
                 continue
             lines, size = [], 0  # nothing written yet: follow waits for it
         except OSError as exc:

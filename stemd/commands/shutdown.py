@@ -45,17 +45,17 @@ def _shutdown_without_answer(ctl: Ctl, no_answer: NoAnswer | None) -> int:
     alive = master_alive(pidfile)
     if alive is None:
         return ctl.fail(E.FAILED, f"cannot tell whether the master runs: cannot "
-                     f"read {pidfile} (run as root or as stemd's user)")
+                        f"read {pidfile} (run as root or as stemd's user)")
     if alive:
         pid = read_master_pid(pidfile)
         why = str(no_answer) if no_answer else f"no answer on {ctl.socket_path()}"
         if not ctl.args.force:
             return ctl.fail(E.TIMEOUT, f"the master (pid {pid}) runs but {why}; "
-                         "'stemctl shutdown --force' terminates it and stops its nodes")
+                            "'stemctl shutdown --force' terminates it and stops its nodes")
         master = leftovers.verified_master(pidfile)
         if master is None:
             return ctl.fail(E.FAILED, f"{why}, and the process holding {pidfile} "
-                         "cannot be verified as its stemd master: not signalling it")
+                            "cannot be verified as its stemd master: not signalling it")
         sys.stderr.write(f"stemctl: {why}: terminating the master (pid {master})\n")
         # Time to stop its nodes itself, as its configuration says; when that
         # cannot be read, the default stop timeout's worth.
@@ -81,7 +81,7 @@ def _stop_left_behind(ctl: Ctl, master: int | None) -> int:
         problems = [f"still running: {f}" for f in report.failed]
         problems += [report.unknown] if report.unknown else []
         return ctl.fail(E.FAILED, "stemd is not running, but " + "; ".join(problems),
-                     left_behind=left)
+                        left_behind=left)
     if master is None and not left:
         raise MasterNotRunning(ctl.socket_path())
 
