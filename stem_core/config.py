@@ -12,7 +12,7 @@ import os
 import re
 import shlex
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,10 +22,13 @@ from stem_core import keys as K
 from stem_core import migration
 from stem_core.envfile import Assignment, quote_env_value, read_config_bytes, read_envfile
 from stem_core.errors import MAX_REPORTED, BadValue, ConfigError, Problem
+from stem_core.importers import foreign_format
 from stem_core.locate import DEFAULT_CONFIG, config_path  # noqa: F401 - re-exported
 from stem_core.model import Config, MasterSpec, NodeSpec, ProgramSpec
 from stem_core.nodes import expand_opts, parse_node_list
+from stem_core.statefile import state_path
 from stem_core.templates import expand, master_values, node_values
+from stem_core.trust import check_config_file
 
 ENV_PROGRAM = "worker"  # the program of an env file's STEMD_NODES
 SCHEDULER = "scheduler"
@@ -120,6 +123,12 @@ def load_config(
     ``environ`` supplies ``$VAR`` expansion and ``STEMD_*`` overrides;
     ``overrides`` maps env-file key names to values given on the command line.
     """
+    # Before reading a word of it: a file someone else can write would let
+    # them choose the command and the user (root) the nodes run as. Here, so
+    # that --check, start-up and every reload get the same refusal.
+    untrusted = check_config_file(path)
+    if untrusted:
+        raise ConfigError(untrusted)
     environ = dict(os.environ if environ is None else environ)
     overrides = dict(overrides or {})
     problems = _Problems()
@@ -127,14 +136,36 @@ def load_config(
         if name not in K.BY_ENV:
             problems.add(f"unknown setting {name}", hint=problems.setting_hint(name),
                          key=name, file="command line")
-    if path.endswith(".toml"):
-        config = _load_toml(path, environ, overrides, problems)
-    else:
-        config = _load_env(path, environ, overrides, problems)
-    if problems.items:
-        raise problems.error()
+    try:
+        if path.endswith(".toml"):
+            config = _load_toml(path, environ, overrides, problems)
+        else:
+            config = _load_env(path, environ, overrides, problems)
+        if problems.items:
+            raise problems.error()
+    except ConfigError:
+        # A whole file of another format always fails to load; only then is
+        # it worth a second look, to name the format and the converter.
+        _refuse_foreign_format(path)
+        raise
     assert config is not None
     return config
+
+
+def _refuse_foreign_format(path: str) -> None:
+    """A supervisord or celeryd file would otherwise fail with a lexer error
+    about its first line ("'[program:x]' is a command"): name the format and
+    the command that converts it."""
+    try:
+        text = read_config_bytes(path).decode("utf-8", errors="replace")
+    except ConfigError:
+        return  # the loader's own error stands
+    found = foreign_format(text)
+    if found is not None:
+        kind, line = found
+        raise ConfigError(Problem(
+            f"this is a {kind} configuration: convert it with `stemctl import {kind} {path}`",
+            file=path, line=line, hint="docs/migrating.md lists what stemd does differently"))
 
 
 # -------------------------------------------------------------- env files
@@ -192,7 +223,7 @@ def _load_env(path: str, environ: dict[str, str], overrides: dict[str, str],
         programs.append(_program(SCHEDULER, sched, (SCHEDULER,)))
         _warn_celery(problems, programs[-1], {"command": get("STEM_SCHEDULER_COMMAND")},
                      templates=False)
-    return _finish(path, master, programs, problems, {p.name: None for p in programs})
+    return _finish(path, master, programs, problems, _env_where(path, raw))
 
 
 def _apply_overrides(raw: dict[str, _Raw], environ: Mapping[str, str],
@@ -315,7 +346,7 @@ def _load_toml(path: str, environ: dict[str, str], overrides: dict[str, str],
             names = _node_names(settings["nodes"], prog_name, nodes_raw, problems)
         programs.append(_program(prog_name, settings, names))
         _warn_celery(problems, programs[-1], raws)
-    return _finish(path, master, programs, problems, lines)
+    return _finish(path, master, programs, problems, _toml_where(path, env_raw, lines))
 
 
 # ------------------------------------------------------- shared expansion
@@ -364,7 +395,7 @@ def _program(name: str, settings: dict[str, Any], nodes: tuple[str, ...]) -> Pro
 
 
 def _finish(path: str, master: MasterSpec, programs: list[ProgramSpec], problems: _Problems,
-            lines: Mapping[Any, Any]) -> Config:
+            where: _Where) -> Config:
     host = master_values()
     master = MasterSpec(**{
         name: expand(value, host) if isinstance(value, str) and name in (
@@ -413,33 +444,99 @@ def _finish(path: str, master: MasterSpec, programs: list[ProgramSpec], problems
                 start_retries=program.start_retries, backoff_max=program.backoff_max,
                 restart_burst=program.restart_burst, restart_window=program.restart_window,
             ))
-    _check_paths(path, master, nodes, problems)
+    _check_paths(path, master, nodes, problems, where)
     return Config(source=os.path.abspath(path), master=master, programs=tuple(programs),
                   nodes=tuple(nodes), warnings=problems.warnings())
 
 
-def _check_paths(path: str, master: MasterSpec, nodes: list[NodeSpec],
-                 problems: _Problems) -> None:
-    """Two nodes writing one PID file would make one of them unsupervisable;
-    relative paths would depend on the master's cwd (which is /)."""
-    owners: dict[str, str] = {master.pid_file: "the master", master.socket: "the master"}
-    for node in nodes:
-        for what, value in (("pid_file", node.pid_file), ("log_file", node.log_file)):
-            if value == "-" and what == "log_file":
-                continue
-            if not os.path.isabs(value):
-                problems.add(f"{what} of node {node.name} is not an absolute path: {value}",
-                             file=path, key=what, hint="start it with /")
-        if node.pid_file in owners:
-            problems.add(f"node {node.name} shares its PID file {node.pid_file} with "
-                         f"{owners[node.pid_file]}", file=path, key="pid_file",
-                         hint="put %n in the PID file template")
-        owners[node.pid_file] = f"node {node.name}"
-    for what in ("pid_file", "log_file", "socket"):
-        value = getattr(master, what)
+#: (is it a master key, program name, TOML name) -> (key as written, file, line)
+_Where = Callable[[bool, str, str], tuple[str, str | None, int | None]]
+
+
+def _env_where(path: str, raw: Mapping[str, _Raw]) -> _Where:
+    def where(master: bool, program: str, name: str) -> tuple[str, str | None, int | None]:
+        key = (K.MASTER_KEYS if master else K.PROGRAM_KEYS)[name]
+        found = raw.get(key.env or "")
+        if found is not None:
+            return found.key, found.file, found.line
+        return key.env or name, path, None
+    return where
+
+
+def _toml_where(path: str, env_raw: Mapping[str, _Raw], lines: Mapping[Any, Any]) -> _Where:
+    def where(master: bool, program: str, name: str) -> tuple[str, str | None, int | None]:
+        key = (K.MASTER_KEYS if master else K.PROGRAM_KEYS)[name]
+        found = env_raw.get(key.env or "")
+        if found is not None:
+            return found.key, found.file, found.line
+        section = "stemd" if master else f"programs.{program}"
+        if (section, name) not in lines and (("stemd", name) in lines):
+            section = "stemd"  # a program's default from [stemd]
+        return f"[{section}] {name}", path, lines.get((section, name))
+    return where
+
+
+_NODE_FILES = {"pid_file": "the PID file", "log_file": "the log file"}
+
+
+def _check_paths(source: str, master: MasterSpec, nodes: list[NodeSpec], problems: _Problems,
+                 where: _Where) -> None:
+    """Every file has one owner. A node file that is a master file lets the
+    node steer the master (a node log at the master PID file was chowned to
+    the node user); two nodes on one PID file make one unsupervisable; a
+    node's log on another node's PID file corrupts the record. Nodes may
+    share a log file: each appends with O_APPEND, as celery multi allows.
+    Paths are compared after normalisation (``//``, ``/./``, ``..``).
+    Relative paths would depend on the master's cwd (which is /)."""
+
+    def add(message: str, at: tuple[str, str | None, int | None], hint: str) -> None:
+        key, file, line = at
+        problems.add(message, hint=hint, key=key, file=file, line=line)
+
+    master_files: dict[str, str] = {}
+    for name, what in (("pid_file", "master PID file"), ("socket", "control socket"),
+                       ("log_file", "master log")):
+        value = getattr(master, name)
+        if value == "-":
+            continue
         if not os.path.isabs(value):
-            problems.add(f"the master's {what} is not an absolute path: {value}", file=path,
-                         key=what, hint="start it with /")
+            add(f"the master's {name} is not an absolute path: {value}", where(True, "", name),
+                "start it with /")
+            continue
+        master_files.setdefault(os.path.normpath(value), what)
+    if os.path.isabs(master.pid_file):
+        master_files.setdefault(os.path.normpath(state_path(master.pid_file)), "state file")
+    master_files.setdefault(os.path.normpath(os.path.abspath(source)), "configuration file")
+    # path -> (node, what) of the first node file seen there
+    node_files: dict[str, tuple[NodeSpec, str]] = {}
+    for node in nodes:
+        for name in ("pid_file", "log_file"):
+            value = getattr(node, name)
+            if value == "-" and name == "log_file":
+                continue
+            at = where(False, node.program, name)
+            if not os.path.isabs(value):
+                add(f"{name} of node {node.name} is not an absolute path: {value}", at,
+                    "start it with /")
+                continue
+            norm = os.path.normpath(value)
+            mine = f"{_NODE_FILES[name]} of node {node.name} ({value})"
+            if norm in master_files:
+                add(f"{mine} is the {master_files[norm]}: a node file there would let the "
+                    "node user steer the master", at, "give the node its own file")
+                continue
+            other = node_files.get(norm)
+            if other is None:
+                node_files[norm] = (node, name)
+                continue
+            if name == "log_file" and other[1] == "log_file":
+                continue  # a shared log is fine
+            theirs = f"{_NODE_FILES[other[1]][4:]} of node {other[0].name}"
+            if name == "pid_file" and other[1] == "pid_file":
+                add(f"node {node.name} shares its PID file {value} with node {other[0].name}",
+                    at, "put %n in the PID file template")
+            else:
+                add(f"{mine} is {theirs}", at, "give each node its own PID file (%n)")
 
 
 # ------------------------------------------------------------------ dumping

@@ -313,8 +313,39 @@ MASTER_KEYS: dict[str, Key] = {k.toml: k for k in KEYS if k.scope in (M, B)}
 PROGRAM_KEYS: dict[str, Key] = {k.toml: k for k in KEYS if k.scope in (P, B) and k.toml}
 
 
+# supervisord's program and [supervisord] keys -> stemd's TOML key, or (None)
+# the advice where stemd has no such key (yet). Spelling matches of these
+# would mislead ("stopwaitsecs" is closest to start_secs, not stop_timeout).
+SUPERVISORD_NAMES: dict[str, tuple[str | None, str]] = {
+    "stopwaitsecs": ("stop_timeout", ""),
+    "stopsignal": ("stop_signal", ""),
+    "startsecs": ("start_secs", ""),
+    "startretries": ("start_retries", ""),
+    "autorestart": ("restart", ": always, on-failure or no"),
+    "numprocs": ("nodes", ": a count, or a list of node names"),
+    "process_name": ("nodes", ": a list of node names"),
+    "stopasgroup": ("kill_mode", ": \"control-group\" signals the whole group"),
+    "killasgroup": ("kill_mode", ": stemd always SIGKILLs what is left of the group"),
+    "stdout_logfile": ("log_file", " (stdout and stderr)"),
+    "redirect_stderr": ("log_file", ", which always holds stdout and stderr"),
+    "logfile": ("log_file", ""),
+    "pidfile": ("pid_file", ""),
+    "autostart": (None, "every program starts with the master (stemctl stop it after)"),
+    "exitcodes": (None, "only status 0 counts as a clean exit for restart = \"on-failure\""),
+    "priority": (None, "programs start in parallel"),
+    "stderr_logfile": (None, "stderr goes to log_file with stdout"),
+}
+
+
 def suggest(name: str, candidates: list[str] | dict[str, Any]) -> str | None:
     """A "did you mean" hint for an unknown name, or None."""
+    alias = SUPERVISORD_NAMES.get(name.lower())
+    if alias is not None:
+        target, note = alias
+        if target is None:
+            return f"`{name}` (supervisord) has no stemd counterpart yet: {note}"
+        if target in candidates:
+            return f"`{name}` is `{target}` in stemd{note}"
     close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
     return f"did you mean {close[0]}?" if close else None
 

@@ -19,38 +19,36 @@ from stem_core.errors import Problem
 from stem_core.keys import BY_ENV, Scope
 from stem_core.model import Config
 from stem_core.pidfile import STALE, UNTRUSTED, classify, trusted_owners
+from stem_core.statefile import state_path
+from stem_core.trust import check_private_dir, is_root
 
 
 @dataclass(frozen=True, slots=True)
 class DirNeed:
     path: str
     what: str  # for messages
-    owner: Account | None  # None: the master's user; else the node account (log dirs)
 
 
 def needed_directories(config: Config) -> list[DirNeed]:
-    """Runtime directories (PID files, socket) belong to the master and are
-    never writable by the node user; log directories are writable by it."""
+    """Every directory the master and its nodes need. All are the master's:
+    created owned by stemd's user, mode 0755, never writable by the node
+    user. Node logs need no writable directory: the master opens (creates)
+    each node's log itself and hands the file, owned by the node user, to
+    the node (stemd/spawn.py), as supervisord does."""
     needs: dict[str, DirNeed] = {}
     m = config.master
-    for path, what in ((m.pid_file, "master PID file"), (m.socket, "control socket")):
+    for path, what in ((m.pid_file, "master PID file"), (m.socket, "control socket"),
+                       (m.log_file, "master log")):
         d = os.path.dirname(path)
-        needs.setdefault(d, DirNeed(d, what, None))
-    needs.setdefault(os.path.dirname(m.log_file),
-                     DirNeed(os.path.dirname(m.log_file), "master log", None))
+        needs.setdefault(d, DirNeed(d, what))
     for node in config.nodes:
         d = os.path.dirname(node.pid_file)
-        needs.setdefault(d, DirNeed(d, "node PID files", None))
+        needs.setdefault(d, DirNeed(d, "node PID files"))
     for node in config.nodes:
         if node.log_file == "-":
             continue
         d = os.path.dirname(node.log_file)
-        try:
-            account = resolve_account(node.user, node.group)
-        except AccountError:
-            account = None
-        if d not in needs or needs[d].what == "master log":
-            needs[d] = DirNeed(d, "node logs", account)
+        needs.setdefault(d, DirNeed(d, "node logs"))
     return list(needs.values())
 
 
@@ -62,8 +60,6 @@ def create_directories(config: Config) -> list[Problem]:
             continue
         try:
             os.makedirs(need.path, mode=0o755, exist_ok=True)
-            if need.owner is not None and need.owner.switch:
-                os.chown(need.path, need.owner.uid, need.owner.gid)
         except OSError as exc:
             problems.append(Problem(f"cannot create {need.path} ({need.what}): {exc.strerror}",
                                     hint="create it, or set STEMD_CREATE_DIRS=1 and run as a "
@@ -71,10 +67,68 @@ def create_directories(config: Config) -> list[Problem]:
     return problems
 
 
+def check_trust(config: Config, *, master_log: bool = True) -> list[Problem]:
+    """What a node user (or anyone but root and stemd's user) could write that
+    the master trusts; every one is fatal at start-up. The configuration file
+    itself is checked by ``load_config`` (and so at every reload too).
+
+    - the run directory (master PID file, socket, state file): the master's
+      alone (:func:`stem_core.trust.check_private_dir`);
+    - the master log's directory: not writable by a node user, who could
+      otherwise put a FIFO, a symlink or a file of their own there (not
+      checked with ``master_log=False``: in the foreground it is not used).
+    """
+    problems: list[Problem] = []
+    m = config.master
+    run_dirs: dict[str, dict[str, str]] = {}  # directory -> {what lives there: its key}
+    for path, what, key in ((m.pid_file, "master PID file", "STEMD_MASTER_PID_FILE"),
+                            (m.socket, "control socket", "STEMD_SOCKET"),
+                            (state_path(m.pid_file), "state file", "STEMD_MASTER_PID_FILE")):
+        run_dirs.setdefault(os.path.dirname(path), {})[what] = key_name(config, key)
+    for d, roles in run_dirs.items():
+        keys = "/".join(dict.fromkeys(roles.values()))
+        problems.extend(check_private_dir(d, f"run directory ({', '.join(roles)})", keys))
+    log_dir = os.path.dirname(m.log_file)
+    if master_log and is_root() and os.path.isdir(log_dir):
+        why = _node_writable(log_dir, config)
+        if why:
+            problems.append(Problem(
+                f"the master log's directory {log_dir} is {why}: a node could put a FIFO or a "
+                "file of its own where the master logs",
+                key=key_name(config, "STEMD_MASTER_LOG_FILE"),
+                hint=f"chown root {log_dir} && chmod 0755 {log_dir}, or move the master log"))
+    return problems
+
+
+def _node_accounts(config: Config) -> list[Account]:
+    accounts = []
+    for node in config.nodes:
+        try:
+            accounts.append(resolve_account(node.user, node.group))
+        except AccountError:
+            continue
+    return accounts
+
+
+def _node_writable(path: str, config: Config) -> str | None:
+    """How a node user (not root) could write ``path``; None if none can."""
+    st = os.stat(path)
+    accounts = [a for a in _node_accounts(config) if a.uid != 0]
+    if not accounts:
+        return None
+    if st.st_uid in {a.uid for a in accounts}:
+        return f"owned by the node user (uid {st.st_uid})"
+    if st.st_mode & stat.S_IWOTH:
+        return f"writable by everyone (mode {stat.S_IMODE(st.st_mode):04o})"
+    groups = {g for a in accounts for g in (a.gid, *a.extra_groups)}
+    if st.st_mode & stat.S_IWGRP and st.st_gid in groups:
+        return f"writable by the nodes' group (gid {st.st_gid})"
+    return None
+
+
 def check_environment(config: Config, *, creating: bool) -> list[Problem]:
     """What would stop the master or its nodes from working on this host."""
     problems: list[Problem] = []
-    is_root = os.geteuid() == 0
     for node in config.nodes:
         try:
             account = resolve_account(node.user, node.group)
@@ -102,8 +156,12 @@ def check_environment(config: Config, *, creating: bool) -> list[Problem]:
             if not os.access(need.path, os.W_OK):
                 problems.append(Problem(f"{need.path} ({need.what}) is not writable by "
                                         "stemd's user", hint="fix its owner or mode"))
-            elif need.owner is None and need.path != "/":
-                problems.extend(_check_not_node_writable(need.path, config, is_root))
+            elif need.what == "node PID files" and is_root():
+                why = _node_writable(need.path, config)
+                if why:
+                    problems.append(Problem(
+                        f"{need.path} holds node PID files but is {why}",
+                        hint="make it owned by root, mode 0755"))
             continue
         parent = _existing_parent(need.path)
         if not creating:
@@ -112,6 +170,14 @@ def check_environment(config: Config, *, creating: bool) -> list[Problem]:
         elif not os.access(parent, os.W_OK):
             problems.append(Problem(f"{need.path} ({need.what}) cannot be created: {parent} "
                                     "is not writable", hint="create it as root first"))
+    for node in config.nodes:
+        # The master starts the fleet and shows the node FATAL with the
+        # reason; --check and diagnose say it beforehand.
+        if os.path.isdir(node.pid_file) and not os.path.islink(node.pid_file):
+            key = key_name(config, "STEMD_PID_FILE", node.program)
+            problems.append(Problem(f"the PID file {node.pid_file} of node {node.name} is a "
+                                    "directory", key=key, hint=f"remove it, or change {key}"))
+    problems.extend(p for p in check_trust(config) if p not in problems)
     return problems
 
 
@@ -128,24 +194,6 @@ def _check_socket_group(config: Config) -> list[Problem]:
         key = key_name(config, "STEMD_SOCKET_GROUP")
         return [Problem(f"no such group: {group}", key=key,
                         hint=f"create it (addgroup stem-ops) or unset {key}")]
-    return []
-
-
-def _check_not_node_writable(path: str, config: Config, is_root: bool) -> list[Problem]:
-    """PID files and the socket must live where the node user cannot write,
-    or a node could plant records the master would act on."""
-    st = os.stat(path)
-    node_uids = set()
-    for node in config.nodes:
-        try:
-            node_uids.add(resolve_account(node.user, node.group).uid)
-        except AccountError:
-            continue
-    if not is_root or (st.st_mode & stat.S_ISVTX and st.st_uid in (0, os.geteuid())):
-        return []
-    if st.st_uid in node_uids - {0} or st.st_mode & stat.S_IWOTH:
-        return [Problem(f"{path} holds PID files or the socket but is writable by the node "
-                        "user", hint="make it owned by root, mode 0755")]
     return []
 
 
@@ -176,9 +224,9 @@ def key_name(config: Config, env: str, program: str | None = None) -> str:
     """How the configuration's own format names key ``env``: ``STEMD_USER``
     in an env file, ``[programs.worker] user`` (``[stemd] ...`` for a master
     key) in TOML, so the operator finds the line to fix."""
-    if not config.source.endswith(".toml"):
+    key = BY_ENV.get(env)
+    if key is None or not config.source.endswith(".toml"):
         return env
-    key = BY_ENV[env]
     table = f"programs.{program}" if program and key.scope != Scope.MASTER else "stemd"
     return f"[{table}] {key.toml}"
 

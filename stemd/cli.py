@@ -160,6 +160,11 @@ def _run(config, foreground: bool, overrides: dict[str, str]) -> int:  # type: i
              if p.fatal_at_start]
     if config.master.create_dirs:
         fatal += checks.create_directories(config)
+    # Once the directories exist: a run directory or master log directory
+    # a node user could write to, or a node PID file that cannot be one, is
+    # refused before anything is opened there (docs/architecture.md, threat
+    # model). The configuration file itself was checked by load_config.
+    fatal += checks.check_trust(config, master_log=not foreground)
     if fatal:
         _print_problems(fatal)
         return 1

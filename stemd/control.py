@@ -146,6 +146,14 @@ class ControlServer:
         self._server = await asyncio.start_unix_server(
             self._serve, sock=sock, limit=P.MAX_REQUEST)
 
+    def present(self) -> bool:
+        """Is our socket still at its path (not removed or replaced)?"""
+        try:
+            st = os.stat(self.path, follow_symlinks=False)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._inode
+
     def close(self) -> None:
         """Stop accepting and remove the socket file (only if it is ours)."""
         if self._server is not None:

@@ -258,6 +258,12 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--toml", action="store_true", help="as a TOML file")
 
 
+def _import_args(p: argparse.ArgumentParser) -> None:
+    from stemd.importcmd import add_arguments  # only when its subparser is built
+
+    add_arguments(p)
+
+
 COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("status", "nodes:status", "show nodes: state, pid, uptime, restarts, CPU, RSS",
             "stemctl status alpha beta", _status_args),
@@ -290,6 +296,10 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             "needed)", "stemctl config --toml > stem.toml", _config_args, names=False),
     Command("version", "info:show_version", "versions of stemctl and of the running master",
             "stemctl version", names=False),
+    Command("import", "info:import_config", "translate a supervisord or celeryd "
+            "configuration (no master needed)",
+            "stemctl import supervisord supervisord.conf -o stem.toml", _import_args,
+            names=False),
 )}
 
 

@@ -65,6 +65,30 @@ class MasterLock:
             raise
         return cls(path, fd, stale)
 
+    def recreate(self) -> bool | None:
+        """The PID file was removed (or replaced) under us: write a new one
+        and hold its lock. None: it is still ours, nothing done; False:
+        another process holds the new file's lock (another master: not
+        fought over); True: recreated."""
+        if self.fd < 0:
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            st, cur = os.fstat(self.fd), os.stat(self.path, follow_symlinks=False)
+            if (st.st_dev, st.st_ino) == (cur.st_dev, cur.st_ino):
+                return None
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.fchmod(fd, 0o644)
+        os.close(self.fd)
+        self.fd = fd
+        return True
+
     def release(self) -> None:
         """Remove the file, then drop the lock (in that order, so no reader
         sees an unlocked file that names us). Idempotent."""

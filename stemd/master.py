@@ -66,6 +66,7 @@ from stemd.daemon import MasterLock, Readiness
 from stemd.node import Node, SpawnError
 from stemd.notify import Notifier
 from stemd.reaper import Reaper
+from stemd.runwatch import RunDirWatch
 from stemd.signals import SignalPipe
 from stemd.snapshot import node_info, system_uptime
 from stemd.spawn import spawn_node
@@ -209,6 +210,8 @@ class Master:
         self._operations: set[asyncio.Task[Any]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._state_write: asyncio.TimerHandle | None = None
+        self.runwatch: RunDirWatch | None = None
+        self._lock: MasterLock
         self._state_written = 0.0
 
     # ---------------------------------------------------------------- life
@@ -242,7 +245,9 @@ class Master:
             lock.release()
             self.readiness.fail(reason)
             return 1
+        self._lock = lock
         self._install_signals()
+        self._watch_own_files()
         try:
             adopted = self._take_over()
         except StartupError as exc:
@@ -257,6 +262,8 @@ class Master:
         self._save_state()
         await self._await_readiness(adopted)
         code = await self._done
+        if self.runwatch is not None:
+            self.runwatch.close()
         self.server.close()
         self.signals.close()
         self.reaper.close()
@@ -401,6 +408,54 @@ class Master:
         else:
             self.readiness.ready()
 
+    def _watch_own_files(self) -> None:
+        self.runwatch = None
+        try:
+            self.runwatch = RunDirWatch(self.loop, [self._lock.path, self.config.master.socket,
+                                                    self.state_file], self._own_files_lost)
+        except OSError as exc:  # no inotify (a restricted container): run without
+            self.log.warning("cannot watch the run directory (%s): a removed PID file or "
+                             "socket will not be recreated", exc)
+
+    def _own_files_lost(self) -> None:
+        if not self.shutting_down:
+            self._spawn_task(self._restore_own_files)
+
+    async def _restore_own_files(self) -> None:
+        """Something removed the master's PID file, socket or state file (an
+        ``rm -rf`` of the run directory): put them back, so that stemctl
+        still reaches this master and a second one is refused. Never fights
+        another master over its PID file."""
+        if self.shutting_down:
+            return
+        restored = []
+        paths = (self._lock.path, self.config.master.socket, self.state_file)
+        try:
+            for directory in dict.fromkeys(os.path.dirname(p) for p in paths):
+                if not os.path.isdir(directory) and self.config.master.create_dirs:
+                    os.makedirs(directory, mode=0o755, exist_ok=True)
+                    restored.append(directory)
+            lock = self._lock.recreate()
+            if lock is False:
+                self.log.error("the master PID file %s was replaced and another process holds "
+                               "it: stemctl may reach another master; stop one of them",
+                               self._lock.path)
+            elif lock:
+                restored.append(self._lock.path)
+            if not self.server.present():
+                self.server.close()
+                await self.server.start()
+                restored.append(self.config.master.socket)
+        except (OSError, StemError) as exc:
+            self.log.error("the run directory was tampered with and cannot be restored (%s): "
+                           "stemctl cannot reach this master; restart it", exc)
+        self._save_state()
+        if self.runwatch is not None:
+            self.runwatch.rewatch()
+        if restored:
+            self.log.warning("recreated what was removed under the running master: %s",
+                             ", ".join(restored))
+
     def _install_signals(self) -> None:
         # Not loop.add_signal_handler(): see stemd/signals.py for the storm
         # of SIGCHLDs that drops signals from asyncio's self-pipe.
@@ -434,8 +489,8 @@ class Master:
             self.log.warning("reload (SIGHUP): %s", exc)
 
     def _reopen_log(self) -> None:
-        logsetup.reopen(self.log)
-        self.log.info("reopened the log file (SIGUSR1)")
+        if logsetup.reopen(self.log):
+            self.log.info("reopened the log file (SIGUSR1)")
 
     def _status_line(self) -> str:
         running = sum(1 for n in self.nodes.values() if n.state is S.RUNNING)

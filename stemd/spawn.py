@@ -39,7 +39,11 @@ def open_log(path: str, account: Account) -> int:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
             raise SpawnError(f"log file {path} is not a plain file (special file or hard link)")
-        if account.switch and st.st_uid != account.uid and st.st_uid == os.geteuid():
+        # Hand the file to the node user only when it is empty (just created,
+        # or touched by an installer): a typo naming an existing file of the
+        # master's user (/etc/passwd) must not give that file away.
+        if account.switch and st.st_uid != account.uid and st.st_uid == os.geteuid() \
+                and st.st_size == 0:
             os.fchown(fd, account.uid, account.gid)
         os.set_blocking(fd, True)
     except BaseException:

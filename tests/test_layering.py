@@ -13,10 +13,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = ("client", "ctl", "render", "logtail", "leftovers", "checks", "commands/__init__",
-          "commands/nodes", "commands/shutdown", "commands/logs", "commands/info")
+          "commands/nodes", "commands/shutdown", "commands/logs", "commands/info", "importcmd")
 MASTER_ONLY = {"stemd.master", "stemd.node", "stemd.reaper", "stemd.spawn", "stemd.handlers",
                "stemd.control", "stemd.notify", "stemd.logsetup", "stemd.daemon",
-               "stemd.signals", "stemd.snapshot"}
+               "stemd.signals", "stemd.snapshot", "stemd.runwatch"}
 
 
 def imports(path: Path) -> set[str]:
@@ -68,6 +68,7 @@ _RUN = ("import atexit, json, sys; "
     ["status"], ["status", "--json"], ["start", "a"], ["stop", "a"], ["restart"],
     ["kill", "a"], ["reload"], ["logs", "a"], ["shutdown"], ["healthcheck"], ["diagnose"],
     ["diagnose", "--json"], ["config"], ["config", "--toml"], ["version"], ["--help"],
+    ["import", "celeryd", "/nonexistent/celeryd"],
 ], ids=" ".join)
 def test_no_stemctl_command_loads_master_code(argv: list[str], tmp_path: Path) -> None:
     """Every command, run against a configuration whose master is not

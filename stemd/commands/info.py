@@ -1,5 +1,5 @@
 """stemctl's commands about the master and its host: healthcheck, diagnose,
-config, version. Each works, or says why, without a running master."""
+config, version, import. Each works, or says why, without a running master."""
 
 from __future__ import annotations
 
@@ -106,3 +106,10 @@ def show_version(ctl: Ctl) -> int:
                           + (f"stemd {master['version']} (pid {master['pid']}, protocol "
                              f"{master['protocol']})" if master else "stemd: not running")))
     return OK
+
+
+def import_config(ctl: Ctl) -> int:
+    """Needs neither the socket nor a stemd config: stemd/importcmd.py."""
+    from stemd.importcmd import run
+
+    return run(ctl.args)

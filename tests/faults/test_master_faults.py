@@ -161,7 +161,10 @@ def test_a_node_whose_pid_file_was_never_written_is_adopted_not_doubled(fleet: F
 def test_a_second_master_refuses_to_double_a_fleet_whose_run_dir_was_removed(
         fleet: Fleet) -> None:
     """#39: after rm -rf of the run directory a second stemd started, and
-    after a node crash both masters respawned it: the fleet was doubled."""
+    after a node crash both masters respawned it: the fleet was doubled.
+    Here the first master cannot put its files back (it is stopped while
+    they go): the second master finds the first one's nodes by their
+    instance and refuses."""
     import shutil
 
     fleet.write(nodes="a b")
@@ -169,9 +172,10 @@ def test_a_second_master_refuses_to_double_a_fleet_whose_run_dir_was_removed(
     first = fleet.master_pid()
     nodes = sorted(fleet.node_pids())
     assert first
-    shutil.rmtree(fleet.run_dir)
-    fleet.run_dir.mkdir()
+    os.kill(first, signal.SIGSTOP)
     try:
+        shutil.rmtree(fleet.run_dir)
+        fleet.run_dir.mkdir()
         result = fleet.stemd()
         assert result.returncode == 1
         assert f"already runs under another stemd (pid {first})" in result.stderr
@@ -180,3 +184,26 @@ def test_a_second_master_refuses_to_double_a_fleet_whose_run_dir_was_removed(
     finally:
         # its PID file is gone: the harness's cleanup cannot find it
         os.kill(first, signal.SIGKILL)
+        os.kill(first, signal.SIGCONT)
+
+
+def test_a_removed_run_directory_is_put_back_by_the_running_master(fleet: Fleet) -> None:
+    """#39: after rm -rf of the run directory, status, diagnose and
+    healthcheck all said "not running" while the master ran. The master
+    watches its files (inotify, no polling) and recreates them."""
+    import shutil
+
+    fleet.write(nodes="a b")
+    fleet.start()
+    master = fleet.master_pid()
+    # rm -rf races with the master putting things back: what it recreated
+    # between rm's unlink and rmdir stays, which is the point
+    shutil.rmtree(fleet.run_dir, ignore_errors=True)
+    wait_until(lambda: fleet.master_pid() == master, 10, what="the PID file back")
+    wait_until(lambda: fleet.ctl("status").returncode == 0, 10, what="the socket back")
+    assert fleet.ctl("healthcheck").returncode == 0
+    assert "recreated what was removed under the running master" in fleet.master_log()
+    result = fleet.stemd()
+    assert result.returncode == 1 and "already running" in result.stderr
+    assert fleet.ctl("shutdown").returncode == 0
+    assert fleet.node_pids() == []

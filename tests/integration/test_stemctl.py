@@ -417,7 +417,7 @@ def test_shutdown_json(running: Fleet) -> None:
     master = running.master_pid()
     result = running.ctl("shutdown", "--json")
     assert result.returncode == 0
-    assert json.loads(result.stdout) == {"stopped": True, "pid": master}
+    assert json.loads(result.stdout) == {"stopped": True, "pid": master, "left_behind": []}
     assert not pid_alive(master or 0)
 
 
