@@ -8,6 +8,7 @@ so that ``stemd --check`` can list them all.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
@@ -24,8 +25,8 @@ from stem_core.envfile import Assignment, quote_env_value, read_config_bytes, re
 from stem_core.errors import MAX_REPORTED, BadValue, ConfigError, Problem
 from stem_core.importers import foreign_format
 from stem_core.locate import DEFAULT_CONFIG, config_path  # noqa: F401 - re-exported
-from stem_core.model import Config, MasterSpec, NodeSpec, ProgramSpec
-from stem_core.nodes import expand_opts, parse_node_list
+from stem_core.model import Config, MasterSpec, NodeSpec, Policy, ProgramSpec, RunAs
+from stem_core.nodes import MAX_NODES, expand_opts, parse_node_list, validate_node_name
 from stem_core.statefile import state_path
 from stem_core.templates import expand, master_values, node_values
 from stem_core.trust import check_config_file
@@ -390,8 +391,13 @@ def _warn_celery(problems: _Problems, program: ProgramSpec, raws: Mapping[str, _
 
 
 def _program(name: str, settings: dict[str, Any], nodes: tuple[str, ...]) -> ProgramSpec:
-    values = {k: settings[k] for k in ProgramSpec.__slots__ if k not in ("name", "nodes")}
-    return ProgramSpec(name=name, nodes=nodes, **values)
+    """Build a program's spec, each part from the keys that name it."""
+    parts: dict[str, dict[str, Any]] = {"program": {}, "policy": {}, "run_as": {}}
+    for key in K.PROGRAM_KEYS.values():
+        if key.toml != "nodes":
+            parts[key.part][key.toml] = settings[key.toml]
+    return ProgramSpec(name=name, nodes=nodes, policy=Policy(**parts["policy"]),
+                       run_as=RunAs(**parts["run_as"]), **parts["program"])
 
 
 def _finish(path: str, master: MasterSpec, programs: list[ProgramSpec], problems: _Problems,
@@ -400,7 +406,7 @@ def _finish(path: str, master: MasterSpec, programs: list[ProgramSpec], problems
     master = MasterSpec(**{
         name: expand(value, host) if isinstance(value, str) and name in (
             "pid_file", "log_file", "socket") else value
-        for name, value in ((n, getattr(master, n)) for n in MasterSpec.__slots__)
+        for name, value in dataclasses.asdict(master).items()
     })
     nodes: list[NodeSpec] = []
     program_names = {p.name for p in programs}
@@ -429,24 +435,69 @@ def _finish(path: str, master: MasterSpec, programs: list[ProgramSpec], problems
                 problems.add(f"node {name!r} has the name of another program", file=path,
                              hint="rename the node or the program")
             seen[name] = program.name
-            values = node_values(name, program.name, index)
-            argv = tuple(expand(w, values) for w in (*words, *tails.get(name, ())))
-            nodes.append(NodeSpec(
-                name=name, program=program.name, index=index, argv=argv,
-                directory=expand(program.directory, values),
-                environment=program.environment, user=program.user, group=program.group,
-                umask=program.umask,
-                pid_file=expand(program.pid_file, values),
-                log_file=expand(program.log_file, values),
-                stop_signal=program.stop_signal, stop_timeout=program.stop_timeout,
-                kill_mode=program.kill_mode,
-                restart=program.restart, start_secs=program.start_secs,
-                start_retries=program.start_retries, backoff_max=program.backoff_max,
-                restart_burst=program.restart_burst, restart_window=program.restart_window,
-            ))
+            nodes.append(_node_spec(program, name, index, words, tails.get(name, ())))
     _check_paths(path, master, nodes, problems, where)
     return Config(source=os.path.abspath(path), master=master, programs=tuple(programs),
                   nodes=tuple(nodes), warnings=problems.warnings())
+
+
+def _node_spec(program: ProgramSpec, name: str, index: int, words: list[str],
+               tail: tuple[str, ...]) -> NodeSpec:
+    values = node_values(name, program.name, index)
+    argv = tuple(expand(w, values) for w in (*words, *tail))
+    return NodeSpec(
+        name=name, program=program.name, index=index, argv=argv,
+        directory=expand(program.directory, values),
+        environment=program.environment,
+        pid_file=expand(program.pid_file, values),
+        log_file=expand(program.log_file, values),
+        policy=program.policy, run_as=program.run_as,
+    )
+
+
+def scaled(config: Config, program_name: str, count: int) -> Config:
+    """``config`` with ``count`` nodes in program ``program_name`` (``stemctl
+    scale``): the first ``count`` of its nodes are kept (the highest-numbered
+    go first); new ones are named ``PROGRAM<index>`` (the name pattern of a
+    node count), skipping names already in use. Raises BadValue."""
+    program = next((p for p in config.programs if p.name == program_name), None)
+    if program is None:
+        known = ", ".join(p.name for p in config.programs)
+        raise BadValue(f"no such program: {program_name}", hint=f"programs: {known}")
+    if not 1 <= count <= MAX_NODES:
+        raise BadValue(f"node count {count} out of range",
+                       hint=f"1 to {MAX_NODES}; 'stemctl stop {program_name}' stops them all")
+    names = list(program.nodes[:count])
+    taken = {n.name for n in config.nodes} | {p.name for p in config.programs}
+    index = len(names)
+    while len(names) < count:
+        index += 1
+        name = f"{program.name}{index}"
+        if name in taken:
+            continue
+        validate_node_name(name)
+        names.append(name)
+    new_program = dataclasses.replace(program, nodes=tuple(names))
+    words = shlex.split(program.command)
+    tails = expand_opts(program.opts, tuple(names))
+    by_name = {n.name: n for n in config.nodes if n.program == program_name}
+    nodes: list[NodeSpec] = []
+    for p in config.programs:
+        if p.name != program_name:
+            nodes += [n for n in config.nodes if n.program == p.name]
+            continue
+        for i, name in enumerate(names, 1):
+            nodes.append(by_name.get(name) or
+                         _node_spec(new_program, name, i, words, tails.get(name, ())))
+    problems = _Problems()
+    _check_paths(config.source, config.master, nodes, problems,
+                 lambda master, program, key: (key, config.source, None))
+    if problems.items:
+        raise BadValue(problems.items[0].message, hint=problems.items[0].hint)
+    programs = tuple(new_program if p.name == program_name else p for p in config.programs)
+    return Config(source=config.source, master=config.master, programs=programs,
+                  nodes=tuple(nodes), warnings=config.warnings)
+
 
 
 #: (is it a master key, program name, TOML name) -> (key as written, file, line)
@@ -544,21 +595,16 @@ def _check_paths(source: str, master: MasterSpec, nodes: list[NodeSpec], problem
 
 def to_dict(config: Config) -> dict[str, Any]:
     """The effective configuration as TOML-shaped data (defaults included)."""
-    stemd = {name: getattr(config.master, name) for name in MasterSpec.__slots__}
+    stemd = dataclasses.asdict(config.master)
     programs: dict[str, Any] = {}
     for p in config.programs:
-        table: dict[str, Any] = {}
-        for name in ProgramSpec.__slots__:
-            if name == "name":
-                continue
-            value = getattr(p, name)
-            if name == "nodes":
-                value = list(value)
-            elif name == "environment":
-                value = dict(value)
-            elif name == "umask":
-                value = f"{value:03o}"
-            table[name] = value
+        # the parts flatten back into one table: their fields are the keys
+        table = {f.name: getattr(p, f.name) for f in dataclasses.fields(ProgramSpec)
+                 if f.name not in ("name", "policy", "run_as")}
+        table.update(dataclasses.asdict(p.policy), **dataclasses.asdict(p.run_as))
+        table["nodes"] = list(p.nodes)
+        table["environment"] = dict(p.environment)
+        table["umask"] = f"{p.run_as.umask:03o}"
         programs[p.name] = table
     return {"stemd": {k: v for k, v in stemd.items() if v is not None},
             "programs": {n: {k: v for k, v in t.items() if v is not None}

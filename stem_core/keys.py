@@ -103,6 +103,108 @@ def parse_optional_seconds(value: Any) -> float | None:
     return parse_seconds(value)
 
 
+def parse_listen(value: Any) -> str | None:
+    """``HOST:PORT`` (an IPv4 or bracketed IPv6 address, or localhost) for
+    the read-only metrics endpoint; empty: off."""
+    import ipaddress
+
+    text = parse_str(value).strip()
+    if not text:
+        return None
+    host, sep, port = text.rpartition(":")
+    hint = "use 127.0.0.1:9839 (an address and a port)"
+    if not sep or not host:
+        raise BadValue(f"expected HOST:PORT, got {value!r}", hint=hint)
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if bare != "localhost":
+        try:
+            ipaddress.ip_address(bare)
+        except ValueError:
+            raise BadValue(f"not an IP address: {host!r}", hint=hint) from None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise BadValue(f"not a port number: {port!r}", hint=hint)
+    return f"{host}:{int(port)}"
+
+
+def parse_command_line(value: Any) -> str | None:
+    """A command line split with shell word rules (run without a shell);
+    empty: none."""
+    import shlex
+
+    text = parse_str(value).strip()
+    if not text:
+        return None
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise BadValue(f"cannot split the command: {exc}") from None
+    if not words:
+        return None
+    return text
+
+
+#: what on_state_change_states may name, besides a state (any move into it)
+HOOK_EVENTS = ("crash-loop", "failed-exit")
+_STATES = ("STARTING", "RUNNING", "BACKOFF", "STOPPING", "STOPPED", "EXITED", "FATAL")
+
+
+def parse_hook_states(value: Any) -> tuple[str, ...]:
+    """Which transitions run the hook: state names (any move into that
+    state) and ``crash-loop`` (RUNNING -> BACKOFF), ``failed-exit`` (EXITED
+    with a non-zero status or a signal)."""
+    words = value if isinstance(value, list) else parse_str(value).replace(",", " ").split()
+    chosen = []
+    for word in words:
+        if not isinstance(word, str):
+            raise BadValue(f"expected state names, got {word!r}")
+        name = word.strip()
+        if name.upper() in _STATES:
+            name = name.upper()
+        elif name.lower() in HOOK_EVENTS:
+            name = name.lower()
+        else:
+            close = difflib.get_close_matches(name.upper(), _STATES, n=1) or \
+                difflib.get_close_matches(name.lower(), HOOK_EVENTS, n=1)
+            raise BadValue(f"unknown state or event {word!r}",
+                           hint=f"did you mean {close[0]}?" if close else
+                           "use state names (FATAL, EXITED...), crash-loop or failed-exit")
+        if name not in chosen:
+            chosen.append(name)
+    return tuple(chosen)
+
+
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+
+
+def parse_size(value: Any) -> int | None:
+    """A size in bytes: ``512M``, ``1.5G``, ``65536`` (K, M, G, T are powers
+    of 1024; ``MB``/``MiB`` are read as ``M``); empty: none."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number, unit = float(value), ""
+    elif isinstance(value, str):
+        text = value.strip().upper().removesuffix("IB").removesuffix("B")
+        if not text:
+            return None
+        unit = text[-1] if text[-1] in "KMGT" else ""
+        try:
+            number = float(text[:-1] if unit else text)
+        except ValueError:
+            raise BadValue(f"expected a size such as 512M, got {value!r}",
+                           hint="a number with K, M, G or T (powers of 1024)") from None
+    else:
+        raise BadValue(f"expected a size such as 512M, got {value!r}")
+    if not number > 0 or number == float("inf"):
+        raise BadValue(f"a size must be more than 0, got {value!r}")
+    return int(number * _SIZE_UNITS[unit])
+
+
+def parse_interval(value: Any) -> float:
+    number = parse_seconds(value)
+    if number < 0.1:
+        raise BadValue(f"must be at least 0.1 s, got {value!r}")
+    return number
+
+
 def parse_umask(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
@@ -218,6 +320,10 @@ class Key:
     doc: str
     aliases: tuple[str, ...] = ()
     example: str | None = None  # shown in the sample file when there is no default
+    # Which part of a program's spec a program key fills: "program" (a field
+    # of ProgramSpec itself), "policy" (model.Policy) or "run_as"
+    # (model.RunAs). The loader builds each part from the keys that name it.
+    part: str = "program"
 
     @property
     def default_text(self) -> str:
@@ -230,6 +336,8 @@ class Key:
             return f"{self.default:03o}"
         if isinstance(self.default, float) and self.default.is_integer():
             return str(int(self.default))
+        if isinstance(self.default, tuple) and all(isinstance(v, str) for v in self.default):
+            return " ".join(self.default)
         return str(self.default)
 
 
@@ -247,11 +355,11 @@ KEYS: tuple[Key, ...] = (
         example="-c 8 -c:worker1 4"),
     Key("STEMD_CHDIR", "directory", P, parse_required_str, "/", "working directory of the nodes"),
     Key("STEMD_USER", "user", B, parse_optional_str, None,
-        "account the nodes run as (default: the invoking user)", example="stem"),
+        "account the nodes run as (default: the invoking user)", example="stem", part="run_as"),
     Key("STEMD_GROUP", "group", B, parse_optional_str, None,
         "group the nodes run as (default: STEMD_USER's primary group)",
-        example="stem"),
-    Key("STEMD_UMASK", "umask", P, parse_umask, 0o022, "umask of the nodes"),
+        example="stem", part="run_as"),
+    Key("STEMD_UMASK", "umask", P, parse_umask, 0o022, "umask of the nodes", part="run_as"),
     Key("STEMD_PID_FILE", "pid_file", P, parse_required_str, "/var/run/stem/%n.pid",
         "per-node PID file template"),
     Key("STEMD_LOG_FILE", "log_file", P, parse_required_str, "/var/log/stem/%n.log",
@@ -271,28 +379,56 @@ KEYS: tuple[Key, ...] = (
     Key("STEMD_CREATE_DIRS", "create_dirs", M, parse_bool, True,
         "1: create missing PID, socket and log directories"),
     Key("STEMD_STOP_SIGNAL", "stop_signal", P, parse_signal, "TERM",
-        "signal a stop sends first (TERM, INT, QUIT, ...)"),
+        "signal a stop sends first (TERM, INT, QUIT, ...)", part="policy"),
     Key("STEMD_STOP_TIMEOUT", "stop_timeout", P, parse_seconds, 10.0,
-        "seconds before a stop escalates to SIGKILL of the node's process group"),
+        "seconds before a stop escalates to SIGKILL of the node's process group", part="policy"),
     Key("STEMD_KILL_MODE", "kill_mode", P, parse_kill_mode, "mixed",
         "mixed: the stop signal to the main process only (a prefork worker's warm shutdown), "
         "SIGKILL to what is left of its process group once it exits or the stop timeout "
-        "passes; control-group: the stop signal to the whole group (as systemd's KillMode=)"),
+        "passes; control-group: the stop signal to the whole group (as systemd's KillMode=)",
+        part="policy"),
     Key("STEMD_START_WAIT", "start_wait", M, parse_optional_seconds, None,
         "seconds the launcher waits for every node to be RUNNING before it returns (exit 1 "
         "naming the nodes that are not); 0 returns once the nodes are spawned; "
         "default: the longest start-secs + 5", example=""),
-    Key("STEMD_RESTART", "restart", P, parse_restart, "always", "always, on-failure or no"),
+    Key("STEMD_RESTART", "restart", P, parse_restart, "always", "always, on-failure or no",
+        part="policy"),
     Key("STEMD_START_SECS", "start_secs", P, parse_seconds, 1.0,
-        "seconds a node must stay up to count as started (RUNNING)"),
+        "seconds a node must stay up to count as started (RUNNING)", part="policy"),
     Key("STEMD_START_RETRIES", "start_retries", P, parse_count, 5,
-        "failed starts in a row before the node is FATAL"),
+        "failed starts in a row before the node is FATAL", part="policy"),
     Key("STEMD_BACKOFF_MAX", "backoff_max", P, parse_seconds, 30.0,
-        "cap of the exponential delay between failed starts, seconds"),
+        "cap of the exponential delay between failed starts, seconds", part="policy"),
     Key("STEMD_RESTART_BURST", "restart_burst", P, parse_count, 5,
-        "restarts of a RUNNING node allowed within STEMD_RESTART_WINDOW before it backs off"),
+        "restarts of a RUNNING node allowed within STEMD_RESTART_WINDOW before it backs off",
+        part="policy"),
     Key("STEMD_RESTART_WINDOW", "restart_window", P, parse_seconds, 60.0,
-        "crash-loop detection window, seconds"),
+        "crash-loop detection window, seconds", part="policy"),
+    Key("STEMD_METRICS_LISTEN", "metrics_listen", M, parse_listen, None,
+        "HOST:PORT on which the master serves Prometheus metrics at GET /metrics, read-only "
+        "(nothing else is served: no control over HTTP); unset: off. Takes effect at "
+        "restart", example="127.0.0.1:9839"),
+    Key("STEMD_ON_STATE_CHANGE", "on_state_change", B, parse_command_line, None,
+        "command run when a node makes a transition named in STEMD_ON_STATE_CHANGE_STATES, "
+        "as the node's user, in its own session, without a shell; its environment names "
+        "STEMD_NODE, STEMD_PROGRAM, STEMD_FROM_STATE, STEMD_TO_STATE, STEMD_EXIT_STATUS, "
+        "STEMD_LAST_ERROR; its output goes to the node's log. A program's own value replaces "
+        "the [stemd] one", example="/usr/local/bin/page-oncall"),
+    Key("STEMD_ON_STATE_CHANGE_STATES", "on_state_change_states", B, parse_hook_states,
+        ("FATAL", "crash-loop", "failed-exit"),
+        "transitions that run on_state_change: state names (any move into that state), "
+        "crash-loop (RUNNING -> BACKOFF), failed-exit (EXITED with a failure)"),
+    Key("STEMD_HOOK_TIMEOUT", "hook_timeout", B, parse_seconds, 30.0,
+        "seconds a hook may run before its session is killed (SIGKILL)"),
+    Key("STEMD_HOOKS_MAX", "hooks_max", M, parse_count, 4,
+        "hooks running at once; further events wait, coalesced to the latest per node "
+        "(the count is logged). Takes effect at restart"),
+    Key("STEMD_MAX_RSS", "max_rss", P, parse_size, None,
+        "restart a node (warm, the normal stop sequence) whose whole process tree's RSS "
+        "exceeds this size (512M, 2G); unset: no limit and no sampling", example="512M"),
+    Key("STEMD_MEMORY_CHECK_INTERVAL", "memory_check_interval", M, parse_interval, 5.0,
+        "seconds between two checks of max_rss (one pass over /proc); the master samples "
+        "only while some program sets max_rss. Takes effect at restart"),
     Key("STEMD_FORCE_ROOT", "force_root", M, parse_bool, False,
         "1 allows nodes to run as root (otherwise refused)"),
     Key("STEM_SCHEDULER_COMMAND", "", P, parse_optional_str, None,

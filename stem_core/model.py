@@ -28,6 +28,42 @@ class MasterSpec:
     create_dirs: bool
     force_root: bool
     start_wait: float | None  # None: the longest start_secs + 5
+    metrics_listen: str | None = None  # HOST:PORT of GET /metrics; None: off
+    # state-change hooks (stemd.hooks): the [stemd] defaults of the programs'
+    # values, and how many run at once
+    on_state_change: str | None = None
+    on_state_change_states: tuple[str, ...] = ("FATAL", "crash-loop", "failed-exit")
+    hook_timeout: float = 30.0
+    hooks_max: int = 4
+    memory_check_interval: float = 5.0  # seconds between two max_rss checks
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """How the nodes of a program are started, stopped and restarted. One
+    value shared by a program and each of its nodes: a key of this part is
+    declared once, in :data:`stem_core.keys.KEYS` (``part="policy"``), and
+    its field here has the key's TOML name (tests/test_keys_model.py)."""
+
+    stop_signal: str
+    stop_timeout: float
+    kill_mode: str  # "mixed" or "control-group"
+    restart: str
+    start_secs: float
+    start_retries: int
+    backoff_max: float
+    restart_burst: int
+    restart_window: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunAs:
+    """The account and umask the nodes of a program run with
+    (``part="run_as"`` in the key table)."""
+
+    user: str | None
+    group: str | None
+    umask: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,20 +77,16 @@ class ProgramSpec:
     opts: str
     directory: str
     environment: tuple[tuple[str, str], ...]
-    user: str | None
-    group: str | None
-    umask: int
     pid_file: str
     log_file: str
-    stop_signal: str
-    stop_timeout: float
-    kill_mode: str  # "mixed" or "control-group"
-    restart: str
-    start_secs: float
-    start_retries: int
-    backoff_max: float
-    restart_burst: int
-    restart_window: float
+    policy: Policy
+    run_as: RunAs
+    # Read from the program at the moment they apply (not copied into
+    # NodeSpec): changing them at a reload restarts no node.
+    on_state_change: str | None = None  # command line; None: no hook
+    on_state_change_states: tuple[str, ...] = ("FATAL", "crash-loop", "failed-exit")
+    hook_timeout: float = 30.0
+    max_rss: int | None = None  # bytes of the whole tree; None: no limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,20 +99,10 @@ class NodeSpec:
     argv: tuple[str, ...]
     directory: str
     environment: tuple[tuple[str, str], ...]
-    user: str | None
-    group: str | None
-    umask: int
     pid_file: str
     log_file: str  # "-" sends output to the master's own stdout/stderr
-    stop_signal: str
-    stop_timeout: float
-    kill_mode: str  # "mixed" or "control-group"
-    restart: str
-    start_secs: float
-    start_retries: int
-    backoff_max: float
-    restart_burst: int
-    restart_window: float
+    policy: Policy
+    run_as: RunAs
 
     @property
     def env(self) -> dict[str, str]:
@@ -162,7 +184,7 @@ def diff(old: Config, new: Config) -> ConfigDiff:
     unchanged = tuple(n for n in new.nodes
                       if n.name in old_nodes and runs_the_same(old_nodes[n.name], n))
     master_changed = tuple(
-        name for name in MasterSpec.__slots__
-        if getattr(old.master, name) != getattr(new.master, name)
+        f.name for f in dataclasses.fields(MasterSpec)
+        if getattr(old.master, f.name) != getattr(new.master, f.name)
     )
     return ConfigDiff(added, removed, changed, unchanged, master_changed)

@@ -104,7 +104,7 @@ def _node_accounts(config: Config) -> list[Account]:
     accounts = []
     for node in config.nodes:
         try:
-            accounts.append(resolve_account(node.user, node.group))
+            accounts.append(resolve_account(node.run_as.user, node.run_as.group))
         except AccountError:
             continue
     return accounts
@@ -131,7 +131,7 @@ def check_environment(config: Config, *, creating: bool) -> list[Problem]:
     problems: list[Problem] = []
     for node in config.nodes:
         try:
-            account = resolve_account(node.user, node.group)
+            account = resolve_account(node.run_as.user, node.run_as.group)
         except AccountError as exc:
             problems.append(Problem(
                 str(exc), key=f"{node.name}: user/group", fatal_at_start=True,
@@ -238,7 +238,7 @@ def stale_pidfiles(config: Config) -> list[Problem]:
     trusted = trusted_owners()
     for node in config.nodes:
         try:
-            uid: int | None = resolve_account(node.user, node.group).uid
+            uid: int | None = resolve_account(node.run_as.user, node.run_as.group).uid
         except AccountError:
             uid = None
         verdict = classify(node.pid_file, node.name, node.program, uid, trusted)

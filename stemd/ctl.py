@@ -8,10 +8,12 @@ as is); 4 permission denied. Each comes from an error code
 
 Each command is named once, in :data:`COMMANDS`: its name, its help and
 example, its arguments, its default timeout, and where its code lives. **To
-add a command** (``top``, ``metrics``...): write ``stemd/commands/NAME.py``
-with a function ``run(ctl: Ctl) -> int``, and add one :class:`Command` to
-:data:`COMMANDS` (with an ``add_arguments`` function here if it takes
-options; a control command also needs its handler in ``stemd/handlers.py``).
+add a command**: write its module (``stemd/commands/NAME.py``) with a
+function ``run(ctl: Ctl) -> int``, and add one :class:`Command` to
+:data:`COMMANDS` (with an ``add_arguments`` function if it takes options; a
+control command also needs its handler in ``stemd/handlers.py``). A module
+may instead carry ``HELP``, ``EXAMPLE`` and ``add_arguments`` itself (the
+entry's help None), as ``stemd/ctl_top.py`` does.
 The command's module is imported only when it runs.
 
 It never imports the master (tests/test_layering.py runs each command and
@@ -142,17 +144,17 @@ class Ctl:
         config = None if self.args.socket else self.config()
         if config is None or not config.nodes:
             return FALLBACK_WAIT
-        nodes = config.nodes
-        stop = max(n.stop_timeout for n in nodes)
-        start = max(n.start_secs + n.start_retries * (n.backoff_max + n.start_secs)
-                    for n in nodes)
+        policies = [n.policy for n in config.nodes]
+        stop = max(p.stop_timeout for p in policies)
+        start = max(p.start_secs + p.start_retries * (p.backoff_max + p.start_secs)
+                    for p in policies)
         cmd = self.args.command
         if cmd in ("stop", "shutdown"):
             wait = stop
         elif cmd == "start":
             wait = start
         elif cmd == "restart":  # rolling: one node after the other
-            wait = sum(n.stop_timeout + n.start_secs for n in nodes) + start
+            wait = sum(p.stop_timeout + p.start_secs for p in policies) + start
         else:  # reload: stops, then starts, each in parallel
             wait = stop + start
         return wait + ANSWER_TIMEOUT
@@ -216,15 +218,21 @@ class Ctl:
 # ---------------------------------------------------------------- commands
 
 # collections.namedtuple, not a dataclass: importing dataclasses costs every
-# stemctl run ~9 ms. ``run`` is "MODULE:FUNCTION" in stemd.commands, imported
-# only when the command runs; ``timeout`` None: derived from the
+# stemctl run ~9 ms. ``run`` is "MODULE:FUNCTION" (MODULE in stemd.commands
+# unless dotted), imported only when the command runs; ``timeout`` None: derived from the
 # configuration (Ctl.node_wait), explained by ``timeout_help``.
 Command = namedtuple("Command", "name run help example add_arguments names timeout timeout_help",
                      defaults=(None, True, ANSWER_TIMEOUT, None))
 
 
 def _status_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--stats", action="store_true", help="include CPU and RSS in --json")
+    from stemd.render import COLUMN_HELP
+
+    p.add_argument("--stats", action="store_true", help="include CPU, RSS and descendants "
+                   "in --json (cpu_percent, cpu_seconds, rss, children)")
+    p.add_argument("--pss", action="store_true", help="also the proportional set size of "
+                   "each tree (pss; reads /proc/PID/smaps_rollup: slower)")
+    p.epilog = f"{COLUMN_HELP}\n\nexample:\n  stemctl status alpha beta"
 
 
 def _stop_args(p: argparse.ArgumentParser) -> None:
@@ -300,13 +308,34 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             "configuration (no master needed)",
             "stemctl import supervisord supervisord.conf -o stem.toml", _import_args,
             names=False),
+    # issue 15's commands keep their name, help, example and arguments in
+    # their own module (stemd/ctl_NAME.py), read only when its parser is built
+    Command("metrics", "stemd.ctl_metrics:run", None, None, names=False),
+    Command("scale", "stemd.ctl_scale:run", None, None, names=False, timeout=None,
+            timeout_help="the longest stop timeout + a start + 10"),
+    Command("top", "stemd.ctl_top:run", None, None, names=False),
 )}
 
 
 def load(command: Command) -> Callable[[Ctl], int]:
     """The command's function, its module imported now (not at start-up)."""
     module, _, function = command.run.partition(":")
-    return getattr(__import__(f"stemd.commands.{module}", fromlist=[function]), function)
+    return getattr(__import__(_module(module), fromlist=[function]), function)
+
+
+def _module(name: str) -> str:
+    """``nodes`` is stemd.commands.nodes; a dotted name is itself."""
+    return name if "." in name else f"stemd.commands.{name}"
+
+
+def _described(command: Command) -> Command:
+    """A command whose help, example and arguments live in its own module
+    (help None): read them from there, importing it."""
+    if command.help is not None:
+        return command
+    module = __import__(_module(command.run.partition(":")[0]), fromlist=["HELP"])
+    return command._replace(help=module.HELP, example=module.EXAMPLE,
+                            add_arguments=module.add_arguments)
 
 
 # ------------------------------------------------------------------ parser
@@ -389,6 +418,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     for command in COMMANDS.values():
         if only is not None and command.name != only:
             continue
+        command = _described(command)
         p = sub.add_parser(command.name, help=command.help, description=command.help,
                            epilog=f"example:\n  {command.example}", formatter_class=_Formatter)
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,

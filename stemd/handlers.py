@@ -53,7 +53,11 @@ def table(master: Master) -> dict[str, Handler]:
         return P.ProtocolError(P.ErrorCode.BUSY, str(exc))
 
     async def status(args: dict[str, Any]) -> Any:
-        return master.snapshot(select(args), P.flag(args, "stats", False))
+        nodes = master.snapshot(select(args), P.flag(args, "stats", False),
+                                P.flag(args, "pss", False))
+        for info in nodes:  # stemctl scale: the file's count, while it differs
+            info["scaled_from"] = master.scaled.get(info["program"])
+        return nodes
 
     async def start(args: dict[str, Any]) -> Any:
         nodes = select(args)
@@ -135,7 +139,43 @@ def table(master: Master) -> dict[str, Handler]:
         return {"pid": os.getpid(), "config": master.config.source, "states": counts,
                 "watched": master.reaper.watched}
 
+    def scaled() -> dict[str, Any]:
+        return {program: {"configured": configured,
+                          "nodes": len(master.config.select([program]))}
+                for program, configured in master.scaled.items()}
+
+    async def scale(args: dict[str, Any]) -> Any:
+        """Change a program's node count until the next reload or restart;
+        without ``count``, say which programs are scaled."""
+        if "count" not in args:
+            return {"scaled": scaled()}
+        program, count = args.get("program"), args.get("count")
+        if not isinstance(program, str) or not isinstance(count, int) \
+                or isinstance(count, bool):
+            raise P.ProtocolError(P.ErrorCode.BAD_ARGUMENT,
+                                  "scale needs a program name and a whole number of nodes")
+        try:
+            summary = await master.scale(program, count)
+        except BadValue as exc:
+            code = P.ErrorCode.NOT_FOUND if "no such program" in exc.message \
+                else P.ErrorCode.BAD_ARGUMENT
+            raise P.ProtocolError(code, exc.message, exc.hint) from None
+        except ShuttingDown as exc:
+            raise busy(exc) from None
+        if summary["not_running"]:
+            raise _failed(f"not running: {', '.join(summary['not_running'])}", summary,
+                          hint="see 'stemctl status' and 'stemctl logs NODE'")
+        return summary
+
+    async def metrics(args: dict[str, Any]) -> Any:
+        """The Prometheus text format, built now (stemd.metrics): what
+        'stemctl metrics' prints for node_exporter's textfile collector."""
+        from stemd.metrics import exposition
+
+        return {"text": exposition(master).decode()}
+
     return {
+        "metrics": metrics, "scale": scale,
         "status": status, "start": start, "stop": stop, "restart": restart, "kill": kill,
         "reload": reload, "shutdown": shutdown, "logs": logs, "version": version,
         "config": config, "diagnose": diagnose,

@@ -98,9 +98,10 @@ def candidates(config: Config | None, master_pid_file: str,
     by_program = {}
     if config is not None:
         for spec in config.nodes:
-            found[spec.pid_file] = Candidate(spec.name, spec.program, spec.pid_file, spec.user,
-                                             spec.stop_signal, spec.stop_timeout,
-                                             spec.kill_mode)
+            policy = spec.policy
+            found[spec.pid_file] = Candidate(spec.name, spec.program, spec.pid_file,
+                                             spec.run_as.user, policy.stop_signal,
+                                             policy.stop_timeout, policy.kill_mode)
         by_program = {p.name: p for p in config.programs}
     path = state_path(master_pid_file)
     try:
@@ -113,10 +114,10 @@ def candidates(config: Config | None, master_pid_file: str,
             if record.pid_file in found:
                 continue
             program = by_program.get(record.program)
-            stop = ((program.stop_signal, program.stop_timeout, program.kill_mode)
-                    if program is not None else _DEFAULT_STOP)
+            stop = ((program.policy.stop_signal, program.policy.stop_timeout,
+                     program.policy.kill_mode) if program is not None else _DEFAULT_STOP)
             found[record.pid_file] = Candidate(record.name, record.program, record.pid_file,
-                                               program.user if program else None, *stop)
+                                               program.run_as.user if program else None, *stop)
     return list(found.values()), notes, state is not None
 
 

@@ -63,13 +63,17 @@ from stemd import logsetup
 from stemd.checks import create_directories, needed_directories
 from stemd.control import ControlServer, socket_gid
 from stemd.daemon import MasterLock, Readiness
+from stemd.hooks import HookRunner
+from stemd.memlimit import MemoryLimits
 from stemd.node import Node, SpawnError
 from stemd.notify import Notifier
+from stemd.observe import ReloadRecord, Transitions
 from stemd.reaper import Reaper
 from stemd.runwatch import RunDirWatch
 from stemd.signals import SignalPipe
-from stemd.snapshot import node_info, system_uptime
+from stemd.snapshot import snapshot as build_snapshot
 from stemd.spawn import spawn_node
+from stemd.usage import CpuTracker
 
 S = NodeState
 T = TypeVar("T")
@@ -79,6 +83,10 @@ START_SETTLED = frozenset({S.RUNNING, S.FATAL, S.EXITED, S.STOPPED})
 #: the least time between two writes of the state file caused by the
 #: restart policy (a crash storm); the operator's commands write at once
 STATE_WRITE_INTERVAL = 0.2
+#: [stemd] settings a reload applies: the log level, and the hook settings,
+#: which the programs inherit and the hooks read from them (issue 15)
+RELOADABLE = frozenset({"log_level", "on_state_change", "on_state_change_states",
+                        "hook_timeout"})
 
 
 class StartupError(StemError):
@@ -213,6 +221,17 @@ class Master:
         self.runwatch: RunDirWatch | None = None
         self._lock: MasterLock
         self._state_written = 0.0
+        # observe (issue 15): CPU% since the previous status --stats; who
+        # watches transitions (metrics, hooks); the last reload's outcome
+        self.cpu = CpuTracker()
+        self.transitions = Transitions()
+        self.reloads = ReloadRecord()
+        self.metrics_server: Any = None  # stemd.metrics.MetricsServer when listening
+        self.hooks: HookRunner
+        self.memory: MemoryLimits
+        # stemctl scale: program -> its node count in the file, while the
+        # running count differs (until the next reload or restart)
+        self.scaled: dict[str, int] = {}
 
     # ---------------------------------------------------------------- life
 
@@ -228,6 +247,9 @@ class Master:
         self._reload_lock = asyncio.Lock()
         self._rolling_lock = asyncio.Lock()
         self.reaper = Reaper(self.loop, self.log)
+        self.hooks = HookRunner(self, self.log)
+        self.transitions.observers.append(self.hooks.observe)
+        self.memory = MemoryLimits(self, self.log)
         if lock.stale:
             self.log.warning("replaced stale master PID file %s (%s)", lock.path, lock.stale)
         from stemd import handlers
@@ -248,10 +270,13 @@ class Master:
         self._lock = lock
         self._install_signals()
         self._watch_own_files()
+        await self._start_metrics()
         try:
             adopted = self._take_over()
         except StartupError as exc:
             self.log.error("%s", exc)
+            if self.metrics_server is not None:
+                self.metrics_server.close()
             self.server.close()
             lock.release()
             self.readiness.fail(str(exc))
@@ -260,10 +285,15 @@ class Master:
             if node.state is S.STOPPED and node.wanted:
                 node.start()
         self._save_state()
+        self.memory.update()  # a timer only if some program sets max_rss
         await self._await_readiness(adopted)
         code = await self._done
         if self.runwatch is not None:
             self.runwatch.close()
+        self.memory.close()
+        self.hooks.close()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         self.server.close()
         self.signals.close()
         self.reaper.close()
@@ -271,6 +301,23 @@ class Master:
         lock.release()
         self.notifier.close()
         return code
+
+    async def _start_metrics(self) -> None:
+        """Serve GET /metrics if STEMD_METRICS_LISTEN asks (stemd.metrics).
+        A port that cannot be bound is logged, not fatal: the fleet matters
+        more than its graphs, and Prometheus sees the target down."""
+        if not self.config.master.metrics_listen:
+            return
+        from stemd.metrics import MetricsServer
+
+        server = MetricsServer(self, self.log)
+        try:
+            await server.start(self.config.master.metrics_listen)
+        except OSError as exc:
+            self.log.error("cannot serve metrics on %s: %s", self.config.master.metrics_listen,
+                           exc.strerror or exc)
+            return
+        self.metrics_server = server
 
     def _take_over(self) -> int:
         """Build the node table, taking up what a master that died left: its
@@ -321,7 +368,7 @@ class Master:
                 continue
             found = orphans[0]
             try:
-                uid = resolve_account(node.spec.user, node.spec.group).uid
+                uid = resolve_account(node.spec.run_as.user, node.spec.run_as.group).uid
                 if found.uid != uid or found.program != node.spec.program:
                     continue
                 created = psutil.Process(found.pid).create_time()
@@ -378,7 +425,7 @@ class Master:
         master keeps supervising either way."""
         wait = self.config.master.start_wait
         if wait is None:
-            wait = max((n.spec.start_secs for n in self.nodes.values()), default=0.0) + 5
+            wait = max((n.spec.policy.start_secs for n in self.nodes.values()), default=0.0) + 5
         waiting = [n for n in self.nodes.values() if n.wanted and n.state in (S.STARTING,
                                                                               S.BACKOFF)]
         if wait > 0 and waiting:
@@ -499,6 +546,7 @@ class Master:
     # ---------------------------------------------------------- the state
 
     def _node_changed(self, node: Node) -> None:
+        self.transitions.changed(node)
         self._state_changed()
 
     def _state_changed(self) -> None:
@@ -547,7 +595,7 @@ class Master:
         stale. Never signals a process that is not the node."""
         spec = node.spec
         try:
-            uid: int | None = resolve_account(spec.user, spec.group).uid
+            uid: int | None = resolve_account(spec.run_as.user, spec.run_as.group).uid
         except AccountError:
             uid = None
         verdict = classify(spec.pid_file, spec.name, spec.program, uid, trusted_owners())
@@ -586,9 +634,9 @@ class Master:
         specs = self.config.select(names)  # raises BadValue for unknown names
         return [self.nodes[s.name] for s in specs]
 
-    def snapshot(self, nodes: Iterable[Node], stats: bool = False) -> list[dict[str, Any]]:
-        uptime = system_uptime() if stats else 0.0
-        return [node_info(n, stats, uptime) for n in nodes]
+    def snapshot(self, nodes: Iterable[Node], stats: bool = False,
+                 pss: bool = False) -> list[dict[str, Any]]:
+        return build_snapshot(nodes, stats, self.cpu, pss)
 
     async def start(self, nodes: list[Node]) -> list[NodeState]:
         """Start nodes (the operator wants them up) and wait until each is
@@ -639,10 +687,36 @@ class Master:
         async with self._reload_lock:
             self.notifier.send("RELOADING=1")
             try:
-                return await self._operation(self._reload())
+                result = await self._operation(self._reload())
+            except ConfigError:
+                self.reloads.record(False)
+                raise
+            except ReloadFailed:
+                self._reloaded()  # the new configuration applies
+                raise
+            else:
+                self._reloaded()
+                return result
             finally:
+                self.memory.update()
                 if not self.shutting_down:
                     self.notifier.send("READY=1", self._status_line())
+
+    def _reloaded(self) -> None:
+        """The file's configuration applies again: its node counts too."""
+        self.reloads.record(True)
+        self.scaled.clear()
+        self.cpu.forget_except(self.nodes)
+
+    async def scale(self, program: str, count: int) -> dict[str, Any]:
+        """Run ``count`` nodes of ``program`` until the next reload or
+        restart (the file is not touched): new nodes take the program's
+        name pattern and start; the highest-numbered go first, stopped warm
+        (their normal stop sequence). Serialised with reloads. Raises
+        BadValue for an unknown program or a count out of range."""
+        self._refuse_when_stopping()
+        async with self._reload_lock:
+            return await self._operation(self._scale(program, count))
 
     def request_shutdown(self, why: str) -> None:
         if not self.shutting_down:
@@ -695,6 +769,8 @@ class Master:
     async def _rolling_restart(self, nodes: list[Node]) -> list[Node]:
         done: list[Node] = []
         for node in nodes:
+            if self.nodes.get(node.name) is not node:
+                continue  # removed meanwhile (stemctl scale, a reload): nothing to restart
             # Shielded: a client that disconnects mid-step must not leave
             # the node stopped; the rest of its restarts are dropped.
             step = asyncio.ensure_future(self._restart_node(node))
@@ -702,7 +778,7 @@ class Master:
             step.add_done_callback(self._operations.discard)
             state = await asyncio.shield(step)
             done.append(node)
-            if state is not S.RUNNING:
+            if state is not S.RUNNING and self.nodes.get(node.name) is node:
                 raise RestartHalted(f"restart halted: {node.name} is {state}", done)
         return nodes
 
@@ -718,7 +794,7 @@ class Master:
         change = diff(self.config, new)
         # The master's own settings (socket, PID file, user, force_root...)
         # take effect when stemd restarts; only the log level applies now.
-        pending = [name for name in change.master_changed if name != "log_level"]
+        pending = [name for name in change.master_changed if name not in RELOADABLE]
         if pending:
             self.log.warning("reload: master settings changed (%s); they take effect when "
                              "stemd restarts", ", ".join(pending))
@@ -764,6 +840,43 @@ class Master:
                   if state is not S.RUNNING]
         if failed:
             raise ReloadFailed(f"reload: not running: {', '.join(failed)}", summary)
+        return summary
+
+    async def _scale(self, program: str, count: int) -> dict[str, Any]:
+        from stem_core.config import scaled
+
+        new = scaled(self.config, program, count)  # raises BadValue
+        file_count = self.scaled.get(program, len(self.config.select([program])))
+        change = diff(self.config, new)
+        self.config = new
+        if count == file_count:
+            self.scaled.pop(program, None)
+        else:
+            self.scaled[program] = file_count
+        removed = [self.nodes.pop(s.name) for s in change.removed]
+        for node in removed:
+            node.wanted = False
+            node.closed = True  # no start of any kind: a queued restart must not revive it
+            self.removed[node.name] = node
+        added = [self._add_node(spec) for spec in change.added]
+        for node in added:
+            self._recover(node)
+        self.nodes = {s.name: self.nodes[s.name] for s in new.nodes}
+        self._save_state()
+        self.memory.update()
+        self.cpu.forget_except(self.nodes)
+        self.log.info("scale: %s to %d nodes (the file says %d): %d added, %d removed",
+                      program, count, file_count, len(added), len(removed))
+        await asyncio.gather(*(self._stop_node(n) for n in removed))
+        for node in removed:
+            self._forget_removed(node)
+        starting = [n for n in added if n.state is not S.RUNNING]
+        results = await asyncio.gather(*(self._start_node(n) for n in starting))
+        failed = [n.name for n, state in zip(starting, results, strict=True)
+                  if state is not S.RUNNING]
+        summary = {"program": program, "nodes": count, "configured": file_count,
+                   "added": [s.name for s in change.added],
+                   "removed": [s.name for s in change.removed], "not_running": failed}
         return summary
 
     async def _shutdown(self, why: str) -> None:

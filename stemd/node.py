@@ -143,12 +143,12 @@ class Node:
         group at once, for wrappers that do not forward signals.
         """
         if self.state in (S.STARTING, S.RUNNING):
-            group = self.spec.kill_mode == "control-group"
+            group = self.spec.policy.kill_mode == "control-group"
             target = "its process group" if group else f"pid {self.pid}"
-            self._set_state(S.STOPPING, f"sending SIG{self.spec.stop_signal} to {target}")
-            self._arm(self.spec.stop_timeout)
+            self._set_state(S.STOPPING, f"sending SIG{self.spec.policy.stop_signal} to {target}")
+            self._arm(self.spec.policy.stop_timeout)
             if self.pid is not None:
-                self.ops.signal(self, signal_number(self.spec.stop_signal), group)
+                self.ops.signal(self, signal_number(self.spec.policy.stop_signal), group)
         elif self.state is S.BACKOFF:
             # BACKOFF -> STOPPED: cancel the pending retry
             self._cancel_timer()
@@ -211,22 +211,22 @@ class Node:
         if self.state is S.STARTING:
             # STARTING -> RUNNING: it stayed up for start_secs
             self.retries = 0
-            self._set_state(S.RUNNING, f"pid {self.pid}, up {self.spec.start_secs:g}s")
+            self._set_state(S.RUNNING, f"pid {self.pid}, up {self.spec.policy.start_secs:g}s")
         elif self.state is S.BACKOFF:
             # BACKOFF -> STARTING
             self.restarts += 1
             self._spawn("retrying")
         elif self.state is S.STOPPING:
             self.log.warning("%s: still alive %gs after SIG%s; sending SIGKILL to its "
-                             "process group", self.name, self.spec.stop_timeout,
-                             self.spec.stop_signal)
+                             "process group", self.name, self.spec.policy.stop_timeout,
+                             self.spec.policy.stop_signal)
             if self.pid is not None:
                 self.ops.signal(self, signal.SIGKILL, True)
 
     # ----------------------------------------------------------- internals
 
     def _running_exited(self, status: ExitStatus, what: str, now: float) -> None:
-        policy = self.spec.restart
+        policy = self.spec.policy.restart
         wanted = policy == "always" or (policy == "on-failure" and not status.clean)
         if not wanted:
             if not status.clean:
@@ -234,18 +234,18 @@ class Node:
             # RUNNING -> EXITED
             self._set_state(S.EXITED, f"{what}; restart={policy}")
             return
-        if self.started_at is not None and now - self.started_at > self.spec.restart_window:
+        if self.started_at is not None and now - self.started_at > self.spec.policy.restart_window:
             self.crash_backoffs = 0  # it ran longer than a whole window: not a loop
         self.crash_times.append(now)
-        while self.crash_times and self.crash_times[0] < now - self.spec.restart_window:
+        while self.crash_times and self.crash_times[0] < now - self.spec.policy.restart_window:
             self.crash_times.popleft()
-        if len(self.crash_times) > self.spec.restart_burst:
+        if len(self.crash_times) > self.spec.policy.restart_burst:
             # RUNNING -> BACKOFF: a crash loop after start-up
             delay = self._backoff_delay(self.crash_backoffs)
             self.crash_backoffs += 1
             self.crash_times.clear()
-            self.last_error = (f"{what}; crash loop: {self.spec.restart_burst + 1} exits "
-                               f"within {self.spec.restart_window:g}s")
+            self.last_error = (f"{what}; crash loop: {self.spec.policy.restart_burst + 1} exits "
+                               f"within {self.spec.policy.restart_window:g}s")
             self._set_state(S.BACKOFF, f"{self.last_error}, retrying in {delay:g}s")
             self._arm(delay)
             return
@@ -256,7 +256,7 @@ class Node:
     def _failed_start(self, why: str) -> None:
         self.last_error = why
         self.retries += 1
-        if self.retries >= self.spec.start_retries:
+        if self.retries >= self.spec.policy.start_retries:
             # STARTING -> FATAL
             self._set_state(S.FATAL, f"{why}; gave up after {self.retries} failed starts "
                             "(stemctl start clears this)")
@@ -264,11 +264,11 @@ class Node:
         delay = self._backoff_delay(self.retries - 1)
         # STARTING -> BACKOFF
         self._set_state(S.BACKOFF, f"{why}; failed start {self.retries} of "
-                        f"{self.spec.start_retries}, retrying in {delay:g}s")
+                        f"{self.spec.policy.start_retries}, retrying in {delay:g}s")
         self._arm(delay)
 
     def _backoff_delay(self, attempt: int) -> float:
-        return min(self.spec.backoff_max, float(2 ** min(attempt, 30)))
+        return min(self.spec.policy.backoff_max, float(2 ** min(attempt, 30)))
 
     def _spawn(self, why: str) -> None:
         self._cancel_timer()
@@ -290,8 +290,8 @@ class Node:
         self.pid = pid
         self.started_at = self.clock.time()
         self._set_state(S.STARTING, f"{why}; pid {pid}")
-        if self.spec.start_secs > 0:
-            self._arm(self.spec.start_secs)
+        if self.spec.policy.start_secs > 0:
+            self._arm(self.spec.policy.start_secs)
         else:
             self._on_timer()
 

@@ -13,8 +13,24 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-COLUMNS = ("NODE", "PROGRAM", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS",
+COLUMNS = ("NODE", "PROGRAM", "STATE", "PID", "UPTIME", "RESTARTS", "CPU%", "RSS", "KIDS",
            "LAST EXIT / WHY")
+#: what each column means: ``stemctl status --help`` prints it
+COLUMN_HELP = """\
+columns:
+  NODE, PROGRAM   the node and the program it belongs to
+  STATE           STARTING, RUNNING, BACKOFF, STOPPING, STOPPED, EXITED or FATAL
+  PID             the node's main process
+  UPTIME          since its main process started
+  RESTARTS        automatic respawns since the master started
+  CPU%            CPU of the whole process tree (main process and descendants)
+                  over the interval since the previous 'status' of that node
+                  (by any client, at least 1 s back), or since the process
+                  started; 100 = one core
+  RSS             resident memory of the whole tree, summed over its processes
+                  (shared pages count once per process: --pss for the PSS)
+  KIDS            descendants of the main process (its session: a prefork pool)
+  LAST EXIT / WHY why it is not running, else how its last process ended"""
 STATE_STYLE = {"RUNNING": "green", "STARTING": "cyan", "STOPPING": "yellow", "BACKOFF": "yellow",
                "STOPPED": "dim", "EXITED": "magenta", "FATAL": "bold red"}
 
@@ -55,11 +71,25 @@ def status_rows(nodes: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
         rows.append((n["node"], n["program"], n["state"],
                      str(n["pid"]) if n["pid"] is not None else "-",
                      duration(n["uptime"]), str(n["restarts"]),
-                     f"{cpu:.1f}" if cpu is not None else "-", size(n.get("rss")), why))
+                     f"{cpu:.1f}" if cpu is not None else "-", size(n.get("rss")),
+                     str(n["children"]) if n.get("children") is not None else "-", why))
     return rows
 
 
+def scaled_notes(nodes: Sequence[dict[str, Any]]) -> list[str]:
+    """Programs scaled at run time (stemctl scale), for a line under the table."""
+    counts: dict[str, list[int]] = {}
+    for n in nodes:
+        if n.get("scaled_from") is not None:
+            counts.setdefault(n["program"], [n["scaled_from"], 0])[1] += 1
+    return [f"{program}: scaled with 'stemctl scale' (the file says {configured} nodes) until "
+            "the next reload or restart" for program, (configured, _) in sorted(counts.items())]
+
+
 def print_status(nodes: Sequence[dict[str, Any]], tty: bool) -> None:
+    notes = scaled_notes(nodes)
+    if notes:
+        sys.stderr.write("".join(f"note: {line}\n" for line in notes))
     rows = status_rows(nodes)
     if tty:
         from rich.console import Console
@@ -68,7 +98,7 @@ def print_status(nodes: Sequence[dict[str, Any]], tty: bool) -> None:
         table = Table(box=None, header_style="bold", pad_edge=False)
         for column in COLUMNS:
             table.add_column(column, justify="right" if column in (
-                "PID", "RESTARTS", "CPU%", "RSS", "UPTIME") else "left",
+                "PID", "RESTARTS", "CPU%", "RSS", "KIDS", "UPTIME") else "left",
                 overflow="fold" if column == "LAST EXIT / WHY" else "ellipsis")
         for row in rows:
             style = STATE_STYLE.get(row[2], "")

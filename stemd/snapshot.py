@@ -1,19 +1,20 @@
 """What ``stemctl status`` shows of a node: one dict per node, built from
-the node's state and, with ``stats``, one read of ``/proc/PID/stat``."""
+the node's state and, with ``stats``, its whole process tree's usage
+(:mod:`stemd.usage`: one pass over ``/proc`` for all the nodes asked for)."""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
+
+from stemd.usage import CpuTracker, TreeUsage, sample, uptime_ticks
 
 if TYPE_CHECKING:
     from stemd.node import Node
 
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def node_info(node: Node, stats: bool, uptime: float = 0.0) -> dict[str, Any]:
+def node_info(node: Node, stats: bool, uptime: float = 0.0,
+              usage: TreeUsage | None = None, cpu_percent: float | None = None
+              ) -> dict[str, Any]:
     now = node.clock.time()
     alive = node.pid is not None
     info: dict[str, Any] = {
@@ -32,25 +33,28 @@ def node_info(node: Node, stats: bool, uptime: float = 0.0) -> dict[str, Any]:
         "adopted": node.adopted,
     }
     if stats:
-        info["cpu_percent"], info["rss"] = _usage(node.pid, uptime) if alive else (None, None)
+        # the whole process tree (stemd.usage): main process and descendants
+        have = alive and usage is not None
+        info["cpu_percent"] = cpu_percent if have else None
+        info["cpu_seconds"] = round(usage.cpu_seconds, 2) if have and usage else None
+        info["rss"] = usage.rss if have and usage else None
+        info["pss"] = usage.pss if have and usage else None
+        info["children"] = usage.children if have and usage else None
     return info
 
 
-def _usage(pid: int | None, uptime: float) -> tuple[float | None, int | None]:
-    """Lifetime-average CPU % (as ps shows it: needs no earlier sample) and
-    RSS, from one read of /proc/PID/stat (psutil takes several reads: 10x
-    slower, and status of 1,000 nodes must stay well under 150 ms)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None, None
-    # fields[0] is field 3 (state): utime 14, stime 15, starttime 22, rss 24
-    ticks = int(fields[11]) + int(fields[12])
-    age = max(uptime - int(fields[19]) / _CLK_TCK, 1e-3)
-    return round(100.0 * ticks / _CLK_TCK / age, 1), int(fields[21]) * _PAGE
-
-
-def system_uptime() -> float:
-    with open("/proc/uptime", "rb") as f:
-        return float(f.read().split()[0])
+def snapshot(nodes: Iterable[Node], stats: bool, tracker: CpuTracker,
+             pss: bool = False) -> list[dict[str, Any]]:
+    """Status dicts of ``nodes``; with ``stats``, from one pass over /proc
+    for all of them (stemd.usage), CPU% since ``tracker``'s last sample."""
+    nodes = list(nodes)
+    if not stats:
+        return [node_info(n, False) for n in nodes]
+    trees = sample((n.pid for n in nodes if n.pid is not None), pss)
+    now = uptime_ticks()
+    out = []
+    for n in nodes:
+        tree = trees.get(n.pid) if n.pid is not None else None
+        cpu = tracker.percent(n.name, n.pid, tree, now) if tree and n.pid else None
+        out.append(node_info(n, True, usage=tree, cpu_percent=cpu))
+    return out

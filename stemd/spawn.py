@@ -72,7 +72,7 @@ def spawn_node(spec: NodeSpec, base_env: Mapping[str, str], force_root: bool
                ) -> subprocess.Popen[bytes]:
     """Start the node's process in its own session. Raises SpawnError."""
     try:
-        account = resolve_account(spec.user, spec.group)
+        account = resolve_account(spec.run_as.user, spec.run_as.group)
     except AccountError as exc:
         raise SpawnError(str(exc)) from None  # a failed start, as the node counts it
     if account.uid == 0 and not force_root:
@@ -92,7 +92,7 @@ def spawn_node(spec: NodeSpec, base_env: Mapping[str, str], force_root: bool
             stderr=log_fd,
             close_fds=True,
             start_new_session=True,
-            umask=spec.umask,
+            umask=spec.run_as.umask,
             **kwargs,  # type: ignore[arg-type]
         )
     except OSError as exc:

@@ -43,7 +43,7 @@ PLAIN=not-exported
     assert "4" in beta.argv and "8" not in beta.argv
     assert config.node("alpha").argv[3] == "8"
     assert any(a.startswith("--hostname=beta@") for a in beta.argv)
-    assert beta.stop_signal == "QUIT" and beta.umask == 0o027
+    assert beta.policy.stop_signal == "QUIT" and beta.run_as.umask == 0o027
     assert beta.env["QUEUE"] == "default" and "PLAIN" not in beta.env
     assert beta.env["STEMD_NODE"] == "beta" and beta.env["STEMD_PROGRAM"] == "worker"
     assert beta.pid_file == "/var/run/stem/beta.pid"
@@ -90,7 +90,7 @@ def test_precedence_file_environment_command_line(tmp_path: Path) -> None:
     config = load_config(path, environ={"STEMD_NODES": "4", "STEMD_STOP_TIMEOUT": "5"},
                          overrides={"STEMD_STOP_TIMEOUT": "7"})
     assert len(config.nodes) == 4
-    assert config.nodes[0].stop_timeout == 7
+    assert config.nodes[0].policy.stop_timeout == 7
 
 
 def test_bad_environment_override_is_reported(tmp_path: Path) -> None:
@@ -143,7 +143,7 @@ def test_toml_programs(tmp_path: Path) -> None:
         ("alpha", "worker"), ("beta", "worker"), ("beat", "beat"), ("pool1", "pool"),
         ("pool2", "pool")]
     assert config.master.socket == "/run/stem/s.sock"
-    assert config.node("beat").user == "nobody"  # [stemd] user is the default
+    assert config.node("beat").run_as.user == "nobody"  # [stemd] user is the default
     assert config.node("pool2").argv == ("/usr/bin/pool", "2")
     assert [n.name for n in config.select(["worker", "beat"])] == ["alpha", "beta", "beat"]
 

@@ -18,6 +18,7 @@ from stem_core.config import load_config
 from stem_core.errors import ConfigError
 from stem_core.importers import foreign_format
 from stem_core.importers.celeryd import import_celeryd
+from stem_core.model import NodeSpec
 from stemd.importcmd import render
 
 multi = pytest.importorskip("celery.apps.multi", reason="celery is in the dev extra")
@@ -164,8 +165,9 @@ def test_toml_output_loads_to_the_same_nodes(tmp_path: Path) -> None:
     env_file = tmp_path / "stem.env"
     env_file.write_text(render(env_result))
     from_env = load_config(str(env_file), environ={})
-    assert [(n.name, n.argv, n.environment, n.directory, n.user) for n in from_toml.nodes] == \
-        [(n.name, n.argv, n.environment, n.directory, n.user) for n in from_env.nodes]
+    def runs(n: NodeSpec) -> tuple[object, ...]:
+        return (n.name, n.argv, n.environment, n.directory, n.run_as.user)
+    assert [runs(n) for n in from_toml.nodes] == [runs(n) for n in from_env.nodes]
     scheduler = next(n for n in from_env.nodes if n.name == "scheduler")
     assert scheduler.argv == (celery_bin(tmp_path), "--app=proj", "beat", "--loglevel=INFO",
                               "--schedule=/var/run/celery/beat.db")

@@ -13,7 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = ("client", "ctl", "render", "logtail", "leftovers", "checks", "commands/__init__",
-          "commands/nodes", "commands/shutdown", "commands/logs", "commands/info", "importcmd")
+          "commands/nodes", "commands/shutdown", "commands/logs", "commands/info", "importcmd",
+          "ctl_metrics", "ctl_scale", "ctl_top")
 MASTER_ONLY = {"stemd.master", "stemd.node", "stemd.reaper", "stemd.spawn", "stemd.handlers",
                "stemd.control", "stemd.notify", "stemd.logsetup", "stemd.daemon",
                "stemd.signals", "stemd.snapshot", "stemd.runwatch"}
@@ -68,7 +69,7 @@ _RUN = ("import atexit, json, sys; "
     ["status"], ["status", "--json"], ["start", "a"], ["stop", "a"], ["restart"],
     ["kill", "a"], ["reload"], ["logs", "a"], ["shutdown"], ["healthcheck"], ["diagnose"],
     ["diagnose", "--json"], ["config"], ["config", "--toml"], ["version"], ["--help"],
-    ["import", "celeryd", "/nonexistent/celeryd"],
+    ["import", "celeryd", "/nonexistent/celeryd"], ["metrics"], ["scale"], ["top", "-n", "1"],
 ], ids=" ".join)
 def test_no_stemctl_command_loads_master_code(argv: list[str], tmp_path: Path) -> None:
     """Every command, run against a configuration whose master is not
@@ -85,3 +86,15 @@ def test_no_stemctl_command_loads_master_code(argv: list[str], tmp_path: Path) -
     loaded = set(json.loads(line[-1].removeprefix("MODULES ")))
     assert "stemd.ctl" in loaded
     assert not loaded & MASTER_ONLY, f"stemctl {' '.join(argv)} loaded {loaded & MASTER_ONLY}"
+
+
+def test_every_package_is_shipped() -> None:
+    """A subpackage missing from pyproject's list installs a stemd that
+    cannot import it (found by test_install)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())
+                 ["tool"]["setuptools"]["packages"])
+    found = {str(p.parent.relative_to(ROOT)).replace("/", ".")
+             for top in ("stem_core", "stemd") for p in (ROOT / top).rglob("__init__.py")}
+    assert found == listed

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from stem_core.exits import ExitStatus
-from stem_core.model import NodeSpec
+from stem_core.model import NodeSpec, Policy, RunAs
 from stem_core.states import TRANSITIONS, NodeState
 from stemd.node import Node, SpawnError
 
@@ -99,12 +99,13 @@ class FakeOps:
         self.forgotten.append(pid)
 
 
+POLICY = Policy(stop_signal="TERM", stop_timeout=10.0, kill_mode="mixed", restart="always",
+                start_secs=1.0, start_retries=5, backoff_max=30.0, restart_burst=5,
+                restart_window=60.0)
 SPEC = NodeSpec(
     name="alpha", program="worker", index=1, argv=("/bin/true",), directory="/",
-    environment=(), user=None, group=None, umask=0o022, pid_file="/nonexistent/alpha.pid",
-    log_file="-", stop_signal="TERM", stop_timeout=10.0, kill_mode="mixed", restart="always",
-    start_secs=1.0,
-    start_retries=5, backoff_max=30.0, restart_burst=5, restart_window=60.0,
+    environment=(), pid_file="/nonexistent/alpha.pid", log_file="-", policy=POLICY,
+    run_as=RunAs(user=None, group=None, umask=0o022),
 )
 
 
@@ -119,7 +120,10 @@ class Rig:
 def make(**changes: object) -> Rig:
     clock, ops = FakeClock(), FakeOps()
     log = logging.getLogger("test_node")
-    node = Node(replace(SPEC, **changes), clock, ops, log)  # type: ignore[arg-type]
+    policy = {k: v for k, v in changes.items() if k in Policy.__dataclass_fields__}
+    rest = {k: v for k, v in changes.items() if k not in policy}
+    spec = replace(SPEC, policy=replace(POLICY, **policy), **rest)  # type: ignore[arg-type]
+    node = Node(spec, clock, ops, log)
     seen: list[tuple[NodeState, NodeState]] = []
     original = node._set_state
 
@@ -199,7 +203,7 @@ def test_start_spawns_writes_and_arms_the_start_timer(state: NodeState) -> None:
     assert len(rig.ops.spawned) == spawned + 1
     assert rig.node.pid == rig.ops.spawned[-1]
     assert rig.node.retries == 0  # start clears the retry count (and FATAL)
-    assert rig.clock.next_delay() == pytest.approx(rig.node.spec.start_secs)
+    assert rig.clock.next_delay() == pytest.approx(rig.node.spec.policy.start_secs)
 
 
 def test_start_timer_makes_it_running_and_resets_retries() -> None:
@@ -302,7 +306,7 @@ def test_running_exit_follows_the_restart_policy(policy: str, status: ExitStatus
         assert rig.node.restarts == 1
         assert len(rig.ops.spawned) == spawned + 1  # at once, no delay
         assert rig.node.pid not in (None, old)
-        assert rig.clock.next_delay() == pytest.approx(rig.node.spec.start_secs)
+        assert rig.clock.next_delay() == pytest.approx(rig.node.spec.policy.start_secs)
     else:
         assert rig.node.restarts == 0
         assert rig.node.pid is None

@@ -43,8 +43,8 @@ def test_status_rows() -> None:
              last_exit="exit status 1", cpu_percent=None, rss=None),
     ])
     assert rows == [
-        ("alpha", "worker", "RUNNING", "123", "5s", "0", "1.2", "3.0M", "-"),
-        ("beta", "worker", "EXITED", "-", "-", "3", "-", "-", "exit status 1"),
+        ("alpha", "worker", "RUNNING", "123", "5s", "0", "1.2", "3.0M", "-", "-"),
+        ("beta", "worker", "EXITED", "-", "-", "3", "-", "-", "-", "exit status 1"),
     ]
 
 
@@ -62,10 +62,10 @@ def test_status_rows_say_why_a_node_is_down() -> None:
 
 
 def test_status_rows_without_stats() -> None:
-    """--json without --stats has no cpu_percent/rss keys at all."""
+    """--json without --stats has no cpu_percent/rss/children keys at all."""
     n = node()
     del n["cpu_percent"], n["rss"]
-    assert render.status_rows([n])[0][-3:-1] == ("-", "-")
+    assert render.status_rows([n])[0][-4:-1] == ("-", "-", "-")
 
 
 def test_plain_table_is_aligned_columns(capsys: pytest.CaptureFixture[str]) -> None:

@@ -72,6 +72,9 @@ def show_config(ctl: Ctl) -> int:
         for p in exc.problems:
             sys.stderr.write(f"stemctl: {p}\n")
         return FAILED
+    from stemd.ctl_scale import config_note
+
+    config_note(ctl)  # issue 15: programs the running master has scaled
     if ctl.json:
         from stemd.render import print_json
 
@@ -88,7 +91,7 @@ def show_config(ctl: Ctl) -> int:
         for node in config.nodes:
             print(f"{node.name} ({node.program}): {shlex.join(node.argv)}")
             print(f"    pid file: {node.pid_file}  log file: {node.log_file}  "
-                  f"user: {node.user or '(invoking user)'}")
+                  f"user: {node.run_as.user or '(invoking user)'}")
     return OK
 
 

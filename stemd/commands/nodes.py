@@ -18,7 +18,9 @@ def status(ctl: Ctl) -> int:
     from stemd import render
 
     tty = sys.stdout.isatty() and not ctl.json
-    response = ctl.call("status", names=ctl.args.names, stats=not ctl.json or ctl.args.stats)
+    pss = getattr(ctl.args, "pss", False)
+    response = ctl.call("status", names=ctl.args.names,
+                        stats=not ctl.json or ctl.args.stats or pss, pss=pss)
     if not response["ok"]:
         return ctl.error(response)
     nodes = response["result"]

@@ -76,7 +76,7 @@ def test_status_piped_is_a_plain_table(running: Fleet) -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["NODE", "PROGRAM", "STATE", "PID", "UPTIME", "RESTARTS",
-                                "CPU%", "RSS", "LAST", "EXIT", "/", "WHY"]
+                                "CPU%", "RSS", "KIDS", "LAST", "EXIT", "/", "WHY"]
     assert "\x1b" not in result.stdout
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert set(rows) == {"alpha", "beta"}

@@ -1,0 +1,223 @@
+"""Prometheus metrics (issue 15 §3): `stemctl metrics`, the read-only
+endpoint, and a real Prometheus scraping it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.fleet import Fleet, wait_until
+
+PROMTOOL = shutil.which("promtool")
+PROMETHEUS = shutil.which("prometheus")
+needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed "
+                                    "(Debian package prometheus; .ci/run installs it)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def promtool_check(text: str) -> None:
+    assert PROMTOOL is not None
+    result = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True,
+                            text=True, timeout=30)
+    # promtool exits 0 with no output when the text is valid and lint-clean
+    assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), \
+        (result.stdout, result.stderr)
+
+
+def samples(text: str, name: str) -> dict[str, float]:
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def http(port: int, raw: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(raw)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@needs_promtool
+def test_stemctl_metrics_is_valid_and_counts_restarts(fleet: Fleet) -> None:
+    fleet.write(nodes="alpha beta", start_secs=0.2)
+    fleet.start()
+    text = fleet.ctl("metrics").stdout
+    promtool_check(text)
+    assert samples(text, "stemd_node_up") == {
+        'stemd_node_up{node="alpha",program="worker"}': 1.0,
+        'stemd_node_up{node="beta",program="worker"}': 1.0}
+    assert samples(text, "stemd_program_desired_nodes") == {
+        'stemd_program_desired_nodes{program="worker"}': 2.0}
+    assert samples(text, "stemd_build_info")
+    assert samples(text, "stemd_config_last_reload_successful") == {
+        "stemd_config_last_reload_successful": 1.0}
+    alpha = fleet.status("alpha")["alpha"]["pid"]
+    os.kill(alpha, signal.SIGKILL)
+    wait_until(lambda: fleet.status("alpha")["alpha"]["restarts"] == 1, 10, what="respawn")
+    text = fleet.ctl("metrics").stdout
+    promtool_check(text)
+    key = '{node="alpha",program="worker"}'
+    assert samples(text, "stemd_node_restarts_total")["stemd_node_restarts_total" + key] == 1
+    assert samples(text, "stemd_node_last_exit_code")["stemd_node_last_exit_code" + key] == -9
+    assert samples(text, "stemd_node_resident_memory_bytes")[
+        "stemd_node_resident_memory_bytes" + key] > 0
+    # a refused reload shows, and the running configuration is kept
+    fleet.config.write_text(fleet.config.read_text() + "STEMD_BOGUS=1\n")
+    assert fleet.ctl("reload").returncode == 1
+    text = fleet.ctl("metrics").stdout
+    assert samples(text, "stemd_config_last_reload_successful") == {
+        "stemd_config_last_reload_successful": 0.0}
+
+
+@needs_promtool
+def test_endpoint_serves_metrics_and_nothing_else(fleet: Fleet) -> None:
+    port = free_port()
+    fleet.write(nodes="alpha", metrics_listen=f"127.0.0.1:{port}")
+    fleet.start()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        body = r.read().decode()
+    promtool_check(body)
+    assert "stemd_node_up" in body and "stemd_master_process_cpu_seconds_total" in body
+    for path, code in (("/", 404), ("/metrics/../start", 404), ("/start?names=alpha", 404)):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10)
+        assert err.value.code == code
+    for method in ("POST", "PUT", "DELETE"):
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", data=b"stop",
+                                         method=method)
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(request, timeout=10)
+        assert err.value.code == 405
+    assert http(port, b"garbage\r\n\r\n").startswith(b"HTTP/1.1 400")
+    # a head larger than the limit is cut off without an answer
+    assert http(port, b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n") == b""
+    assert http(port, b"HEAD /metrics HTTP/1.0\r\n\r\n").endswith(b"\r\n\r\n")
+    # none of that touched the node
+    assert fleet.status("alpha")["alpha"]["state"] == "RUNNING"
+    assert fleet.status("alpha")["alpha"]["restarts"] == 0
+
+
+def test_endpoint_off_by_default_and_bad_listen_refused(fleet: Fleet) -> None:
+    fleet.write(nodes="alpha", metrics_listen="0.0.0.0:http")
+    result = fleet.stemd("--check")
+    assert result.returncode != 0 and "STEMD_METRICS_LISTEN" in result.stderr + result.stdout
+    fleet.write(metrics_listen=None)
+    fleet.start()
+    assert "serving metrics" not in fleet.master_log()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(PROMETHEUS is None, reason="prometheus not installed (Debian package "
+                    "prometheus; .ci/run installs it)")
+def test_real_prometheus_sees_restarts_rise(fleet: Fleet, tmp_path: Path) -> None:
+    port, web = free_port(), free_port()
+    fleet.write(nodes="alpha", start_secs=0.2, metrics_listen=f"127.0.0.1:{port}")
+    fleet.start()
+    (tmp_path / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        "scrape_configs:\n  - job_name: stemd\n"
+        f"    static_configs:\n      - targets: ['127.0.0.1:{port}']\n")
+    log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 - closed below
+    prom = subprocess.Popen(
+        [str(PROMETHEUS), f"--config.file={tmp_path / 'prometheus.yml'}",
+         f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{web}"],
+        stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=tmp_path)
+
+    def query(expr: str) -> float | None:
+        url = (f"http://127.0.0.1:{web}/api/v1/query?"
+               + urllib.parse.urlencode({"query": expr}))
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                result = json.load(r)["data"]["result"]
+        except (OSError, ValueError, KeyError):
+            return None
+        return float(result[0]["value"][1]) if result else None
+
+    try:
+        wait_until(lambda: query("stemd_node_restarts_total") == 0.0, 60, interval=0.5,
+                   what="Prometheus to scrape stemd_node_restarts_total = 0")
+        os.kill(fleet.status("alpha")["alpha"]["pid"], signal.SIGKILL)
+        wait_until(lambda: query("stemd_node_restarts_total") == 1.0, 60, interval=0.5,
+                   what="Prometheus to see stemd_node_restarts_total rise to 1")
+        assert query('up{job="stemd"}') == 1.0
+    finally:
+        prom.terminate()
+        try:
+            prom.wait(20)
+        except subprocess.TimeoutExpired:
+            prom.kill()
+            prom.wait()
+        log.close()
+
+
+@needs_promtool
+def test_shipped_cron_line_writes_the_textfile_atomically(fleet: Fleet, tmp_path: Path) -> None:
+    from tests.fleet import STEMCTL
+
+    root = Path(__file__).resolve().parents[2]
+    line = next(x for x in (root / "etc/cron.d/stem-metrics").read_text().splitlines()
+                if x and not x.startswith("#"))
+    command = line.split(None, 6)[6]  # minute hour day month weekday user COMMAND
+    out = tmp_path / "textfile"
+    out.mkdir()
+    command = command.replace("/var/lib/prometheus/node-exporter", str(out)).replace(
+        "/usr/bin/stemctl", f"{STEMCTL} --config {fleet.config}")
+    fleet.write(nodes="alpha")
+    fleet.start()
+    subprocess.run(["/bin/sh", "-c", command], check=True, timeout=30, env=fleet.env())
+    assert [p.name for p in out.iterdir()] == ["stemd.prom"]
+    promtool_check((out / "stemd.prom").read_text())
+
+
+def test_idle_metrics_connections_never_stall_the_master(fleet: Fleet) -> None:
+    """20 connections that never send a request: the endpoint holds at most
+    8 (the rest are closed at once), each for at most its timeout; the
+    control socket answers throughout."""
+    import time
+
+    port = free_port()
+    fleet.write(nodes="alpha", metrics_listen=f"127.0.0.1:{port}")
+    fleet.start()
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(20)]
+    try:
+        started = time.monotonic()
+        assert fleet.ctl("status").returncode == 0
+        assert time.monotonic() - started < 5
+        closed = 0
+        for s in idle[8:]:  # beyond the limit: closed by the master without a word
+            s.settimeout(10)
+            closed += s.recv(1) == b""
+        assert closed == 12
+    finally:
+        for s in idle:
+            s.close()
+
+    def scraped() -> bool:  # once the master has seen the idle ones go
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                return r.status == 200
+        except OSError:
+            return False
+    wait_until(scraped, 15, interval=0.1, what="a scrape after the idle connections")
