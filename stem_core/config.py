@@ -51,6 +51,15 @@ class _Raw:
     key: str
 
 
+def _problem(message: str, raw: _Raw | None, hint: str | None, kw: dict[str, Any]) -> Problem:
+    """A problem at ``raw``'s file, line and key (``kw`` may name others)."""
+    if raw is not None:
+        kw.setdefault("file", raw.file)
+        kw.setdefault("line", raw.line)
+        kw.setdefault("key", raw.key)
+    return Problem(message, hint=hint, **kw)
+
+
 class _Problems:
     """The problems found, the first MAX_REPORTED of them built (the rest
     counted: see ConfigError)."""
@@ -68,11 +77,7 @@ class _Problems:
         if len(self._warnings) >= MAX_REPORTED:
             self._warnings_omitted += 1
             return
-        if raw is not None:
-            kw.setdefault("file", raw.file)
-            kw.setdefault("line", raw.line)
-            kw.setdefault("key", raw.key)
-        self._warnings.append(Problem(message, hint=hint, **kw))
+        self._warnings.append(_problem(message, raw, hint, kw))
 
     def warnings(self) -> tuple[Problem, ...]:
         found = list(self._warnings)
@@ -103,11 +108,7 @@ class _Problems:
         if not self.wants():
             self.omitted += 1
             return
-        if raw is not None:
-            kw.setdefault("file", raw.file)
-            kw.setdefault("line", raw.line)
-            kw.setdefault("key", raw.key)
-        self.items.append(Problem(message, hint=hint, **kw))
+        self.items.append(_problem(message, raw, hint, kw))
 
     def parse(self, key: K.Key, raw: _Raw | None) -> Any:
         if raw is None:

@@ -61,7 +61,7 @@ import bisect
 import os
 import re
 from collections import namedtuple
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from stem_core.errors import MAX_REPORTED, BadValue, ConfigError, Problem
 
@@ -144,6 +144,11 @@ _OPERATORS: dict[str, tuple[str, str]] = {
 
 class _UnterminatedQuote(Exception):
     """Raised after the problem is recorded: nothing after it can be trusted."""
+
+
+#: handles one special character of a word being scanned: (char, position,
+#: parts so far, key, evaluate, quoted)
+_Special = Callable[[str, int, list[str], "str | None", bool, bool], None]
 
 
 class _Lexer:
@@ -419,40 +424,55 @@ class _Lexer:
         return self.text[start + 1 : end]
 
     def double_quoted(self, key: str | None, evaluate: bool) -> str:
-        text, n = self.text, self.n
         start = self.pos
         self.pos += 1
+        return self._scan_until('"', _DOUBLE_QUOTED_RUN, self._in_double_quotes, key, evaluate,
+                                True, start, "double quote is never closed",
+                                'close the quote opened here with "', None)
+
+    def _scan_until(self, close: str, run_pattern: re.Pattern[str],
+                    special: _Special, key: str | None, evaluate: bool, quoted: bool,
+                    start: int, unclosed: str, hint: str, unclosed_key: str | None) -> str:
+        """The word from ``self.pos`` up to ``close`` (consumed): literal
+        runs are taken one regex match at a time (``run_pattern``), and each
+        other character (a backslash, a quote, ``$``, a backquote) goes to
+        ``special``, which moves ``self.pos`` past what it handles. A text
+        that ends first records ``unclosed`` at ``start``. The one loop of
+        double-quoted strings and of ``${NAME:-default}``."""
+        text, n = self.text, self.n
         parts: list[str] = []
         while True:
             pos = self.pos
             if pos >= n:
-                self.record(
-                    start, "double quote is never closed", 'close the quote opened here with "'
-                )
+                self.record(start, unclosed, hint, unclosed_key)
                 raise _UnterminatedQuote
-            run = _DOUBLE_QUOTED_RUN.match(text, pos)
+            run = run_pattern.match(text, pos)
             if run is not None:
                 parts.append(run.group())
                 self.pos = run.end()
                 continue
             c = text[pos]
-            if c == '"':
+            if c == close:
                 self.pos += 1
                 return "".join(parts)
-            if c == "\\":
-                following = text[pos + 1 : pos + 2]
-                if following == "\n":
-                    self.pos += 2
-                elif following in _DOUBLE_QUOTE_ESCAPES and following:
-                    parts.append(following)
-                    self.pos += 2
-                else:  # POSIX: any other backslash is literal
-                    parts.append("\\")
-                    self.pos += 1
-            elif c == "$":
-                parts.append(self.dollar(key, evaluate, quoted=True))
-            else:  # '`'
-                self.backtick(key)
+            special(c, pos, parts, key, evaluate, quoted)
+
+    def _in_double_quotes(self, c: str, pos: int, parts: list[str], key: str | None,
+                          evaluate: bool, quoted: bool) -> None:
+        if c == "\\":
+            following = self.text[pos + 1 : pos + 2]
+            if following == "\n":
+                self.pos += 2
+            elif following in _DOUBLE_QUOTE_ESCAPES and following:
+                parts.append(following)
+                self.pos += 2
+            else:  # POSIX: any other backslash is literal
+                parts.append("\\")
+                self.pos += 1
+        elif c == "$":
+            parts.append(self.dollar(key, evaluate, quoted=True))
+        else:  # '`'
+            self.backtick(key)
 
     def dollar(self, key: str | None, evaluate: bool, *, quoted: bool) -> str:
         text = self.text
@@ -530,51 +550,40 @@ class _Lexer:
 
     def brace_word(self, start: int, key: str | None, evaluate: bool, *, quoted: bool) -> str:
         """The default of ``${NAME:-default}``, up to the closing brace."""
-        text, n = self.text, self.n
         run_pattern = _BRACE_IN_DOUBLE_QUOTES_RUN if quoted else _BRACE_RUN
-        parts: list[str] = []
-        while True:
-            pos = self.pos
-            if pos >= n:
-                self.record(start, "'${' is never closed", "close it with '}'", key)
-                raise _UnterminatedQuote
-            run = run_pattern.match(text, pos)
-            if run is not None:
-                parts.append(run.group())
-                self.pos = run.end()
-                continue
-            c = text[pos]
-            if c == "}":
+        return self._scan_until("}", run_pattern, self._in_brace, key, evaluate, quoted, start,
+                                "'${' is never closed", "close it with '}'", key)
+
+    def _in_brace(self, c: str, pos: int, parts: list[str], key: str | None, evaluate: bool,
+                  quoted: bool) -> None:
+        if c == "\\":
+            following = self.text[pos + 1 : pos + 2]
+            if following == "\n":
+                self.pos += 2
+            elif quoted and following not in _DOUBLE_QUOTE_ESCAPES | {"}"}:
+                parts.append("\\")
                 self.pos += 1
-                return "".join(parts)
-            if c == "\\":
-                following = text[pos + 1 : pos + 2]
-                if following == "\n":
-                    self.pos += 2
-                elif quoted and following not in _DOUBLE_QUOTE_ESCAPES | {"}"}:
-                    parts.append("\\")
-                    self.pos += 1
-                else:
-                    parts.append(following)
-                    self.pos += 2
-            elif c == "'":
-                parts.append(self.single_quoted())
-            elif c == '"':
-                if quoted:
-                    # bash and dash disagree about quotes nested in "${X:-...}".
-                    self.fail(
-                        pos,
-                        'a double quote inside "${NAME:-...}"',
-                        'write the default without quotes, e.g. "${NAME:-a b}"',
-                        key,
-                    )
-                    self.pos += 1
-                else:
-                    parts.append(self.double_quoted(key, evaluate))
-            elif c == "$":
-                parts.append(self.dollar(key, evaluate, quoted=quoted))
-            else:  # '`'
-                self.backtick(key)
+            else:
+                parts.append(following)
+                self.pos += 2
+        elif c == "'":
+            parts.append(self.single_quoted())
+        elif c == '"':
+            if quoted:
+                # bash and dash disagree about quotes nested in "${X:-...}".
+                self.fail(
+                    pos,
+                    'a double quote inside "${NAME:-...}"',
+                    'write the default without quotes, e.g. "${NAME:-a b}"',
+                    key,
+                )
+                self.pos += 1
+            else:
+                parts.append(self.double_quoted(key, evaluate))
+        elif c == "$":
+            parts.append(self.dollar(key, evaluate, quoted=quoted))
+        else:  # '`'
+            self.backtick(key)
 
     def get(self, name: str) -> str | None:
         if name in self.values:

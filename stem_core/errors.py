@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections import namedtuple
 
 
-class Problem(namedtuple("Problem", "message file line column key hint",
-                           defaults=(None, None, None, None, None))):
+class Problem(namedtuple("Problem", "message file line column key hint fatal_at_start",
+                           defaults=(None, None, None, None, None, False))):
     """One thing wrong with the configuration or the environment.
 
     A named tuple rather than a frozen dataclass (as are the other value
@@ -23,6 +23,11 @@ class Problem(namedtuple("Problem", "message file line column key hint",
     for readers only: the fields and their defaults (None for all but
     ``message``) are the namedtuple's, and a ``= None`` here would replace a
     field's accessor with a class attribute.
+
+    ``fatal_at_start`` (default False) marks a problem of the host that
+    would make a node fail at every start (no such account, a node as root,
+    no such command or working directory): ``stemd`` refuses to start on
+    it, while ``--check`` and ``diagnose`` list it with the rest.
     """
 
     __slots__ = ()
@@ -32,6 +37,7 @@ class Problem(namedtuple("Problem", "message file line column key hint",
     column: int | None
     key: str | None
     hint: str | None
+    fatal_at_start: bool
 
     def __str__(self) -> str:
         where = ""

@@ -9,17 +9,26 @@ file owned by someone else, junk content).
 Writes are atomic (temporary file + ``rename`` inside the directory, opened
 with ``O_NOFOLLOW``), so a reader never sees a half-written file and a
 symlink planted at the path is replaced, never followed.
+
+:func:`classify` is the one answer to "what is this node's PID file?" —
+absent, untrusted, stale or a live node — used alike by the master's
+adoption, ``stemctl diagnose`` and the stop of a dead master's nodes, so all
+three apply the same trust rules. The master PID file is read here too
+(:func:`master_alive`, :func:`read_master_pid`): its lock, not its content,
+says whether a master runs.
+
+psutil is imported only by the functions that look at processes: the master
+PID file readers serve ``stemctl healthcheck``, which must start fast.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import stat
 from dataclasses import dataclass
-
-import psutil
 
 from stem_core.errors import PidFileError
 
@@ -35,6 +44,12 @@ class PidRecord:
 
 def write_pidfile(path: str, pid: int, mode: int = 0o644) -> None:
     """Write ``pid`` atomically. Raises OSError on failure."""
+    write_atomic(path, f"{pid}\n".encode(), mode)
+
+
+def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` through a temporary file renamed over it
+    (PID files, the state file). Raises OSError on failure."""
     directory, name = os.path.split(os.path.abspath(path))
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -44,7 +59,7 @@ def write_pidfile(path: str, pid: int, mode: int = 0o644) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      mode, dir_fd=dir_fd)
         try:
-            os.write(fd, f"{pid}\n".encode())
+            os.write(fd, data)
             os.fchmod(fd, mode)  # the umask must not hide it from the node user
         finally:
             os.close(fd)
@@ -55,13 +70,19 @@ def write_pidfile(path: str, pid: int, mode: int = 0o644) -> None:
         os.close(dir_fd)
 
 
-def read_pidfile(path: str, trusted_uids: frozenset[int] | None = None) -> PidRecord | None:
-    """The record in ``path``; None when there is no file.
+def trusted_owners() -> frozenset[int]:
+    """Owners whose PID and state files are believed: root and ourselves.
+    The master trusts root and its own user; stemctl runs as one of them to
+    act on nodes at all."""
+    return frozenset({0, os.geteuid()})
 
-    Raises :class:`PidFileError` for a file that cannot be trusted: a
-    symlink, not a regular file, owned by a uid outside ``trusted_uids``, or
-    content that is not a PID.
-    """
+
+def open_trusted(path: str, trusted_uids: frozenset[int] | None
+                 ) -> tuple[int, os.stat_result] | None:
+    """An fd (the caller closes it) on the regular file ``path`` and its
+    stat; None when there is no file. Never follows a symlink, never blocks
+    on a FIFO. Raises :class:`PidFileError` for a symlink, a file that is not
+    regular, or one owned by a uid outside ``trusted_uids``."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -76,6 +97,24 @@ def read_pidfile(path: str, trusted_uids: frozenset[int] | None = None) -> PidRe
             raise PidFileError(f"{path} is not a regular file")
         if trusted_uids is not None and st.st_uid not in trusted_uids:
             raise PidFileError(f"{path} is owned by uid {st.st_uid}, not by stemd's user")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def read_pidfile(path: str, trusted_uids: frozenset[int] | None = None) -> PidRecord | None:
+    """The record in ``path``; None when there is no file.
+
+    Raises :class:`PidFileError` for a file that cannot be trusted: a
+    symlink, not a regular file, owned by a uid outside ``trusted_uids``, or
+    content that is not a PID.
+    """
+    opened = open_trusted(path, trusted_uids)
+    if opened is None:
+        return None
+    fd, st = opened
+    try:
         data = os.read(fd, _MAX_SIZE + 1)
     finally:
         os.close(fd)
@@ -102,6 +141,11 @@ def remove_pidfile(path: str, pid: int | None = None) -> bool:
     return True
 
 
+#: why a process cannot be checked (not: is not the node); a caller that
+#: would signal it must not count it as stale
+ENVIRON_UNREADABLE = "its environment cannot be read"
+
+
 def check_node_identity(
     record: PidRecord, node: str, program: str, uid: int | None
 ) -> str | None:
@@ -112,6 +156,8 @@ def check_node_identity(
     environment, and it started before its PID file was written. A PID that
     was reused by any other process fails at least one of these.
     """
+    import psutil
+
     try:
         proc = psutil.Process(record.pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
@@ -126,7 +172,7 @@ def check_node_identity(
     except (psutil.NoSuchProcess, ProcessLookupError):
         return "no such process"
     except psutil.AccessDenied:
-        return "its environment cannot be read"
+        return ENVIRON_UNREADABLE
     if env.get("STEMD_NODE") != node or env.get("STEMD_PROGRAM") != program:
         return f"it is not node {node} (STEMD_NODE={env.get('STEMD_NODE')!r})"
     return None
@@ -152,6 +198,8 @@ def scan_nodes(instance: str) -> list[FoundNode]:
     session leaders' environments are read (few on any host), so the scan
     costs one small read of /proc/PID/stat per process.
     """
+    import psutil
+
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -172,3 +220,129 @@ def scan_nodes(instance: str) -> list[FoundNode]:
         except (OSError, IndexError, ValueError, psutil.Error):
             continue
     return found
+
+
+def group_has_members(pgid: int) -> bool:
+    """Any live process in group ``pgid``? A scan of /proc, done only when a
+    node that is not our child dies (rare), never periodically: its group id
+    is pinned only by members that are left, so killing an empty group's id
+    could hit an unrelated group that reused it."""
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pgid:
+                    return True
+            except ProcessLookupError:
+                continue
+    return False
+
+
+# --------------------------------------------------- one verdict per file
+
+ABSENT, UNTRUSTED, STALE, LIVE = "absent", "untrusted", "stale", "live"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What a node's PID file says. ``kind`` is one of :data:`ABSENT`,
+    :data:`UNTRUSTED` (``why``: leave it, act on nothing), :data:`STALE`
+    (``record`` names a process that is not the node, ``why``) or
+    :data:`LIVE` (``record`` is the node; ``pidfd`` pins it when asked)."""
+
+    kind: str
+    record: PidRecord | None = None
+    why: str | None = None
+    pidfd: int | None = None
+
+
+def classify(path: str, node: str, program: str, uid: int | None,
+             trusted_uids: frozenset[int], *, pin: bool = False) -> Verdict:
+    """Classify node ``node``'s PID file ``path``: :func:`read_pidfile`
+    with ``trusted_uids``, then :func:`check_node_identity` (``uid``: the
+    node's user, None: not checked).
+
+    With ``pin``, a pidfd is opened on the PID *before* the identity check
+    and handed over in a LIVE verdict (the caller closes it): a signal sent
+    through it cannot hit a process that reused the PID after the check."""
+    try:
+        record = read_pidfile(path, trusted_uids)
+    except PidFileError as exc:
+        return Verdict(UNTRUSTED, why=str(exc))
+    if record is None:
+        return Verdict(ABSENT)
+    pidfd = None
+    if pin:
+        try:
+            pidfd = os.pidfd_open(record.pid)
+        except ProcessLookupError:
+            return Verdict(STALE, record, "no such process")
+    why = check_node_identity(record, node, program, uid)
+    if why is not None:
+        if pidfd is not None:
+            os.close(pidfd)
+        return Verdict(STALE, record, why)
+    return Verdict(LIVE, record, pidfd=pidfd)
+
+
+# ------------------------------------------------------ the master PID file
+
+
+def master_alive(path: str) -> bool | None:
+    """Is a master holding ``path``'s lock? None when the file cannot be read.
+    Needs only read access, and no socket (``stemctl healthcheck``)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError as exc:
+        return None if exc.errno != errno.EWOULDBLOCK else True
+    finally:
+        os.close(fd)
+    return False
+
+
+def read_master_pid(path: str) -> int | None:
+    """The PID the master PID file names (a record: ask :func:`master_alive`
+    whether a master runs)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return read_pid_at(fd)
+    finally:
+        os.close(fd)
+
+
+def read_pid_at(fd: int) -> int | None:
+    """The PID in the open file ``fd`` (read from offset 0), or None."""
+    text = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+    return int(text) if text.isdigit() else None
+
+
+def healthy(path: str, any_pidfile: bool = False) -> tuple[bool, int | None]:
+    """``stemctl healthcheck``: (alive, pid). The master PID file is alive
+    while it is locked. With ``any_pidfile`` (``--pidfile``: perhaps a
+    node's, which nobody locks), an unlocked file is alive when its process
+    exists."""
+    alive = master_alive(path)
+    pid = read_master_pid(path)
+    if alive is False and any_pidfile and pid:
+        alive = _pid_exists(pid)
+    return bool(alive), pid
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -41,6 +41,11 @@ class ErrorCode(StrEnum):
     PERMISSION_DENIED = "permission_denied"
     FAILED = "failed"  # the operation ran and did not succeed
     BUSY = "busy"  # the master is shutting down
+    # reported by stemctl itself, before or instead of a response, in the
+    # same error object (scripts parse one shape)
+    NOT_RUNNING = "not_running"  # nobody answers on the socket
+    TIMEOUT = "timeout"  # the master did not answer in time
+    BAD_CONFIG = "bad_config"  # the config file cannot be read: which master is unknown
 
 
 class Request(namedtuple("Request", "cmd args")):
@@ -52,11 +57,16 @@ class Request(namedtuple("Request", "cmd args")):
 
 
 class ProtocolError(Exception):
-    def __init__(self, code: ErrorCode, message: str, hint: str | None = None) -> None:
+    """A command that fails with ``code``; ``result`` (optional) travels in
+    the error response beside it (the nodes' states after a failed start)."""
+
+    def __init__(self, code: ErrorCode, message: str, hint: str | None = None,
+                 result: Any = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.hint = hint
+        self.result = result
 
 
 def encode(message: dict[str, Any]) -> bytes:

@@ -23,13 +23,12 @@ is that node.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
-import stat
 from dataclasses import asdict, dataclass, field
 
 from stem_core.errors import PidFileError
+from stem_core.pidfile import open_trusted, write_atomic
 
 VERSION = 1
 MAX_SIZE = 16 * 1024 * 1024  # ~100 bytes a node: far more than any fleet
@@ -67,22 +66,7 @@ def write_state(path: str, state: MasterState) -> None:
     data = json.dumps({"version": VERSION, "pid": state.pid,
                        "nodes": [asdict(r) for r in state.nodes.values()]},
                       separators=(",", ":")).encode()
-    directory, name = os.path.split(os.path.abspath(path))
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        tmp = f".{name}.{os.getpid()}.tmp"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp, dir_fd=dir_fd)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o644, dir_fd=dir_fd)
-        try:
-            os.write(fd, data)
-            os.fchmod(fd, 0o644)
-        finally:
-            os.close(fd)
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, data)
 
 
 def read_state(path: str, trusted_uids: frozenset[int] | None = None) -> MasterState | None:
@@ -91,20 +75,11 @@ def read_state(path: str, trusted_uids: frozenset[int] | None = None) -> MasterS
     Raises :class:`PidFileError` for a file that cannot be trusted or read
     (a symlink, a special file, another owner, too large, not our format).
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
+    opened = open_trusted(path, trusted_uids)
+    if opened is None:
         return None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise PidFileError(f"{path} is a symlink; not following it") from None
-        raise PidFileError(f"cannot read {path}: {exc.strerror}") from None
+    fd, st = opened
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise PidFileError(f"{path} is not a regular file")
-        if trusted_uids is not None and st.st_uid not in trusted_uids:
-            raise PidFileError(f"{path} is owned by uid {st.st_uid}, not by stemd's user")
         if st.st_size > MAX_SIZE:
             raise PidFileError(f"{path} is too large ({st.st_size} bytes)")
         chunks = []

@@ -57,9 +57,6 @@ TRANSITIONS: frozenset[tuple[NodeState, NodeState]] = frozenset(
 #: states in which the node has a live process
 ALIVE: frozenset[NodeState] = frozenset({S.STARTING, S.RUNNING, S.STOPPING})
 
-#: states a `start` command waits for: the node made it, or gave up
-START_SETTLED: frozenset[NodeState] = frozenset({S.RUNNING, S.FATAL, S.EXITED, S.STOPPED})
-
 
 def can_transition(old: NodeState, new: NodeState) -> bool:
     return (old, new) in TRANSITIONS

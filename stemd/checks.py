@@ -10,15 +10,17 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from stem_core.errors import PidFileError, Problem
+from stem_core.accounts import Account, AccountError, resolve_account
+from stem_core.errors import Problem
+from stem_core.keys import BY_ENV, Scope
 from stem_core.model import Config
-from stem_core.pidfile import check_node_identity, read_pidfile
+from stem_core.pidfile import STALE, UNTRUSTED, classify, trusted_owners
 from stem_core.statefile import state_path
 from stem_core.trust import check_private_dir, is_root
-from stemd.node import SpawnError
-from stemd.spawn import Account, resolve_account
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +85,7 @@ def check_trust(config: Config, *, master_log: bool = True) -> list[Problem]:
     for path, what, key in ((m.pid_file, "master PID file", "STEMD_MASTER_PID_FILE"),
                             (m.socket, "control socket", "STEMD_SOCKET"),
                             (state_path(m.pid_file), "state file", "STEMD_MASTER_PID_FILE")):
-        run_dirs.setdefault(os.path.dirname(path), {})[what] = key
+        run_dirs.setdefault(os.path.dirname(path), {})[what] = key_name(config, key)
     for d, roles in run_dirs.items():
         keys = "/".join(dict.fromkeys(roles.values()))
         problems.extend(check_private_dir(d, f"run directory ({', '.join(roles)})", keys))
@@ -93,7 +95,8 @@ def check_trust(config: Config, *, master_log: bool = True) -> list[Problem]:
         if why:
             problems.append(Problem(
                 f"the master log's directory {log_dir} is {why}: a node could put a FIFO or a "
-                "file of its own where the master logs", key="STEMD_MASTER_LOG_FILE",
+                "file of its own where the master logs",
+                key=key_name(config, "STEMD_MASTER_LOG_FILE"),
                 hint=f"chown root {log_dir} && chmod 0755 {log_dir}, or move the master log"))
     return problems
 
@@ -103,7 +106,7 @@ def _node_accounts(config: Config) -> list[Account]:
     for node in config.nodes:
         try:
             accounts.append(resolve_account(node.run_as.user, node.run_as.group))
-        except SpawnError:
+        except AccountError:
             continue
     return accounts
 
@@ -130,18 +133,24 @@ def check_environment(config: Config, *, creating: bool) -> list[Problem]:
     for node in config.nodes:
         try:
             account = resolve_account(node.run_as.user, node.run_as.group)
-        except SpawnError as exc:
-            problems.append(Problem(str(exc), key=f"{node.name}: user/group",
-                                    hint="create the account or fix STEMD_USER/STEMD_GROUP"))
+        except AccountError as exc:
+            problems.append(Problem(
+                str(exc), key=f"{node.name}: user/group", fatal_at_start=True,
+                hint=f"create the account or fix {key_name(config, 'STEMD_USER', node.program)}"
+                     f"/{key_name(config, 'STEMD_GROUP', node.program)}"))
             continue
         if account.uid == 0 and not config.master.force_root:
+            user = key_name(config, "STEMD_USER", node.program)
             problems.append(Problem(
-                f"node {node.name} would run as root", key="STEMD_USER",
-                hint="set STEMD_USER to an unprivileged account, or STEMD_FORCE_ROOT=1"))
-        problems.extend(_check_command(node.name, node.argv[0], node.environment))
+                f"node {node.name} would run as root", key=user, fatal_at_start=True,
+                hint=f"set {user} to an unprivileged account, or "
+                     f"{key_name(config, 'STEMD_FORCE_ROOT')}=1"))
+        problems.extend(_check_command(config, node.name, node.program, node.argv[0],
+                                       node.environment))
         if not os.path.isdir(node.directory):
             problems.append(Problem(f"working directory {node.directory} of node {node.name} "
-                                    "does not exist", key="STEMD_CHDIR"))
+                                    "does not exist", fatal_at_start=True,
+                                    key=key_name(config, "STEMD_CHDIR", node.program)))
     problems.extend(_check_socket_group(config))
     for need in needed_directories(config):
         if os.path.isdir(need.path):
@@ -166,9 +175,9 @@ def check_environment(config: Config, *, creating: bool) -> list[Problem]:
         # The master starts the fleet and shows the node FATAL with the
         # reason; --check and diagnose say it beforehand.
         if os.path.isdir(node.pid_file) and not os.path.islink(node.pid_file):
+            key = key_name(config, "STEMD_PID_FILE", node.program)
             problems.append(Problem(f"the PID file {node.pid_file} of node {node.name} is a "
-                                    "directory", key="STEMD_PID_FILE",
-                                    hint="remove it, or change STEMD_PID_FILE"))
+                                    "directory", key=key, hint=f"remove it, or change {key}"))
     problems.extend(p for p in check_trust(config) if p not in problems)
     return problems
 
@@ -183,8 +192,9 @@ def _check_socket_group(config: Config) -> list[Problem]:
     try:
         grp.getgrnam(group)
     except KeyError:
-        return [Problem(f"no such group: {group}", key="STEMD_SOCKET_GROUP",
-                        hint="create it (addgroup stem-ops) or unset STEMD_SOCKET_GROUP")]
+        key = key_name(config, "STEMD_SOCKET_GROUP")
+        return [Problem(f"no such group: {group}", key=key,
+                        hint=f"create it (addgroup stem-ops) or unset {key}")]
     return []
 
 
@@ -194,43 +204,106 @@ def _existing_parent(path: str) -> str:
     return path or "/"
 
 
-def _check_command(name: str, program: str, environment: tuple[tuple[str, str], ...]
-                   ) -> list[Problem]:
+def _check_command(config: Config, name: str, program: str, command: str,
+                   environment: tuple[tuple[str, str], ...]) -> list[Problem]:
     env_path = dict(environment).get("PATH", os.environ.get("PATH", os.defpath))
-    if "/" in program:
-        found = program if os.path.exists(program) else None
+    if "/" in command:
+        found = command if os.path.exists(command) else None
     else:
-        found = shutil.which(program, path=env_path)
+        found = shutil.which(command, path=env_path)
+    key = key_name(config, "STEMD_COMMAND", program)
     if not found:
-        return [Problem(f"command {program!r} of node {name} not found", key="STEMD_COMMAND",
-                        hint="use an absolute path")]
+        return [Problem(f"command {command!r} of node {name} not found", key=key,
+                        fatal_at_start=True, hint="use an absolute path")]
     if not os.access(found, os.X_OK) or os.path.isdir(found):
         return [Problem(f"command {found} of node {name} is not executable",
-                        key="STEMD_COMMAND", hint=f"chmod +x {found}")]
+                        key=key, fatal_at_start=True, hint=f"chmod +x {found}")]
     return []
+
+
+def key_name(config: Config, env: str, program: str | None = None) -> str:
+    """How the configuration's own format names key ``env``: ``STEMD_USER``
+    in an env file, ``[programs.worker] user`` (``[stemd] ...`` for a master
+    key) in TOML, so the operator finds the line to fix."""
+    key = BY_ENV.get(env)
+    if key is None or not config.source.endswith(".toml"):
+        return env
+    table = f"programs.{program}" if program and key.scope != Scope.MASTER else "stemd"
+    return f"[{table}] {key.toml}"
 
 
 def stale_pidfiles(config: Config) -> list[Problem]:
     """PID files that name no live node (for diagnose; the master removes
     them itself at start-up and on reload)."""
     problems = []
+    trusted = trusted_owners()
     for node in config.nodes:
         try:
-            record = read_pidfile(node.pid_file)
-        except PidFileError as exc:
-            problems.append(Problem(str(exc), hint="remove it"))
-            continue
-        if record is None:
-            continue
-        try:
-            uid = resolve_account(node.run_as.user, node.run_as.group).uid
-        except SpawnError:
+            uid: int | None = resolve_account(node.run_as.user, node.run_as.group).uid
+        except AccountError:
             uid = None
-        why = check_node_identity(record, node.name, node.program, uid)
-        if why:
-            problems.append(Problem(f"stale PID file {node.pid_file} (pid {record.pid}: {why})",
+        verdict = classify(node.pid_file, node.name, node.program, uid, trusted)
+        if verdict.kind == UNTRUSTED:
+            problems.append(Problem(str(verdict.why), hint="remove it"))
+        elif verdict.kind == STALE and verdict.record is not None:
+            problems.append(Problem(f"stale PID file {node.pid_file} (pid {verdict.record.pid}: "
+                                    f"{verdict.why})",
                                     hint="the master removes it when it starts; or rm it"))
     return problems
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnosis:
+    """What ``stemctl diagnose`` found: problems (each a failure), the
+    configuration's warnings (never a failure), notes, and the running
+    master's own account (None when it is not running or not answering)."""
+
+    problems: list[Problem]
+    warnings: list[Problem]
+    notes: list[str]
+    master: dict[str, Any] | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"problems": [{"message": p.message, "hint": p.hint, "file": p.file,
+                              "line": p.line, "key": p.key, "text": str(p)}
+                             for p in self.problems],
+                "warnings": [str(w) for w in self.warnings], "master": self.master,
+                "notes": self.notes}
+
+
+def diagnose(config: Config | None, config_problems: list[Problem],
+             socket_path: Callable[[], str],
+             ask_master: Callable[[], tuple[dict[str, Any] | None, str | None]]) -> Diagnosis:
+    """``stemctl diagnose``: the configuration's problems, this host's,
+    stale PID files, a missing or dead socket, and, when a master runs, its
+    answer to ``diagnose`` (``ask_master``: (result, None) or (None, why)).
+    Client side only: it never loads the master's code."""
+    from stem_core.pidfile import master_alive
+    from stemd.client import socket_listening
+
+    problems = list(config_problems)
+    notes: list[str] = []
+    master = None
+    if config is not None:
+        alive = master_alive(config.master.pid_file)
+        problems.extend(check_environment(config, creating=config.master.create_dirs))
+        problems.extend(stale_pidfiles(config))
+        sock = socket_path()
+        exists = os.path.exists(sock)
+        if alive and not exists:
+            problems.append(Problem(f"the master runs but its socket {sock} is missing",
+                                    hint="restart stemd to recreate it"))
+        elif exists and not socket_listening(sock):
+            problems.append(Problem(f"dead socket {sock}: nobody listens",
+                                    hint="start stemd; it replaces the file"))
+        if alive:
+            master, failure = ask_master()
+            if failure is not None:
+                problems.append(Problem(f"the master does not answer on {sock}: {failure}"))
+        else:
+            notes.append("the master is not running")
+    warnings = list(config.warnings) if config is not None else []
+    return Diagnosis(problems, warnings, notes, master)
 
 
 #: descriptors the master holds whatever the fleet's size: its log, the PID

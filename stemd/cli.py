@@ -12,6 +12,7 @@ import os
 import shlex
 import sys
 
+from stem_core import __version__
 from stem_core import keys as K
 from stem_core.config import config_path, load_config
 from stem_core.errors import ConfigError, Problem, StemError
@@ -29,9 +30,6 @@ examples:
 
 exit status: 0 ready or valid, 1 failure (reason on stderr), 2 usage error.
 """
-
-
-STARTUP_FATAL_KEYS = ("STEMD_USER", "STEMD_COMMAND", "STEMD_CHDIR")
 
 
 def _flag(key: K.Key) -> str:
@@ -52,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="validate the configuration and this host, list every problem, exit")
     mode.add_argument("--dry-run", action="store_true",
                       help="print each node's command, PID file and log file, exit")
-    parser.add_argument("--version", action="version", version=f"stemd {_version()}")
+    parser.add_argument("--version", action="version", version=f"stemd {__version__}")
     overrides = parser.add_argument_group("overrides (each key of the configuration)")
     for key in K.KEYS:
         if key.env and not key.env.startswith("STEM_"):
@@ -164,7 +162,7 @@ def _run(config, foreground: bool, overrides: dict[str, str]) -> int:  # type: i
     # fleet that can only back off. Unwritable directories are left to
     # create_directories() and the daemon's own errors.
     fatal = [p for p in checks.check_environment(config, creating=config.master.create_dirs)
-             if p.key in STARTUP_FATAL_KEYS or (p.key or "").endswith("user/group")]
+             if p.fatal_at_start]
     if config.master.create_dirs:
         fatal += checks.create_directories(config)
     # Once the directories exist: a run directory or master log directory
@@ -226,12 +224,6 @@ def _log_open_files(log, config, nofile: tuple[int, int, int]) -> None:  # type:
         log.warning("the open-file limit %d is below the %d this fleet needs (2 per node + %d):"
                     " raise the hard limit (LimitNOFILE=, ulimit -Hn)", soft, need,
                     checks.FD_RESERVE)
-
-
-def _version() -> str:
-    from stem_core import __version__
-
-    return __version__
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import socket
 import time
 
@@ -22,6 +23,20 @@ class MasterNotRunning(Exception):
 
 class AccessDenied(Exception):
     pass
+
+
+class NoAnswer(Exception):
+    """The master did not answer within the timeout (hung, stopped, or its
+    connection queue full)."""
+
+    def __init__(self, seconds: float | None, detail: str = "") -> None:
+        super().__init__(seconds, detail)
+        self.seconds = seconds
+        self.detail = detail
+
+    def __str__(self) -> str:
+        why = f" ({self.detail})" if self.detail and self.detail != "timed out" else ""
+        return f"the master did not answer within {self.seconds:g} s{why}"
 
 
 class Client:
@@ -78,3 +93,65 @@ class Client:
             return response
         finally:
             sock.close()
+
+
+def socket_listening(path: str) -> bool:
+    """Does anyone accept connections on ``path``? (The master, before it
+    replaces a socket file; ``stemctl diagnose``, to find a dead socket.)"""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def wait_until_gone(pid: int, timeout: float = 10.0) -> None:
+    """The master closes its end while it exits, a moment before it is
+    gone: wait for that moment, so that "shutdown returned" means "the
+    master is gone" (what init scripts and ExecStop= rely on)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                ours = b"stemd" in f.read()
+        except (OSError, IndexError):
+            return  # gone (or no /proc to ask)
+        if state in (b"Z", b"X") or not ours:
+            return  # exited; a zombie only awaits its parent
+        time.sleep(0.005)
+
+
+def denied_message(path: str) -> tuple[str, str]:
+    """Why connecting to the socket was refused, from its owner, group and
+    mode, and what grants access (SPEC §3: name the group and the key)."""
+    import grp
+    import pwd
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return (f"permission denied on {path} ({exc.strerror})",
+                "run as root, or ask for access to the socket's directory")
+    try:
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        owner = str(st.st_uid)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o060 == 0o060:
+        return (f"permission denied on {path} (mode {mode:04o}, owner {owner}, group {group})",
+                f"run as root, as {owner}, or as a member of group {group!r}, the socket's "
+                "group (STEMD_SOCKET_GROUP / [stemd] socket_group)")
+    return (f"permission denied on {path} (mode {mode:04o}, owner {owner}: no socket group)",
+            f"run as root or as {owner}; to let operators in, set STEMD_SOCKET_GROUP "
+            "(TOML [stemd] socket_group) to their group and restart stemd")

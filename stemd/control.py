@@ -40,6 +40,7 @@ from typing import Any
 
 from stem_core import protocol as P
 from stem_core.errors import StemError
+from stemd.client import socket_listening
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
@@ -95,18 +96,6 @@ def probe_and_remove_stale(path: str) -> None:
     if socket_listening(path):
         raise SocketInUse(f"another stemd listens on {path}")
     os.unlink(path)
-
-
-def socket_listening(path: str) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(path)
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
@@ -256,8 +245,7 @@ class ControlServer:
             result = await self._run_while_connected(handler(request.args), reader,
                                                      request.cmd)
         except P.ProtocolError as exc:
-            return P.error(exc.code, exc.message, exc.hint,
-                           getattr(exc, "result", None)), False
+            return P.error(exc.code, exc.message, exc.hint, exc.result), False
         except (ConnectionError, TimeoutError):
             raise  # the client is gone or too slow: _serve drops the connection
         except Exception as exc:  # a bug must not take the master down, nor go unanswered

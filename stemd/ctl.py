@@ -1,12 +1,24 @@
-"""The ``stemctl`` command.
+"""The ``stemctl`` command: argument parsing and dispatch.
 
 Exit status (SPEC §3): 0 success; 1 the operation failed (``status``: some
 requested node is not RUNNING); 2 usage error (also an unknown node); 3 the
 master is not running (LSB's "not running", so init scripts can return it
-as is); 4 permission denied.
+as is); 4 permission denied. Each comes from an error code
+(:class:`stem_core.protocol.ErrorCode`) in one place, :data:`EXIT_CODES`.
 
-It never imports the master, and imports rich only to draw a table on a
-terminal, so a piped or ``--json`` ``stemctl status`` starts fast.
+Each command is named once, in :data:`COMMANDS`: its name, its help and
+example, its arguments, its default timeout, and where its code lives. **To
+add a command**: write its module (``stemd/commands/NAME.py``) with a
+function ``run(ctl: Ctl) -> int``, and add one :class:`Command` to
+:data:`COMMANDS` (with an ``add_arguments`` function if it takes options; a
+control command also needs its handler in ``stemd/handlers.py``). A module
+may instead carry ``HELP``, ``EXAMPLE`` and ``add_arguments`` itself (the
+entry's help None), as ``stemd/ctl_top.py`` does.
+The command's module is imported only when it runs.
+
+It never imports the master (tests/test_layering.py runs each command and
+checks), and imports rich only to draw a table on a terminal, so a piped or
+``--json`` ``stemctl status`` starts fast.
 """
 
 from __future__ import annotations
@@ -14,20 +26,22 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
-from collections.abc import Callable
+from collections import namedtuple
 
-from stemd.client import AccessDenied, Client, MasterNotRunning
+from stem_core.protocol import ErrorCode as E
+from stemd.client import AccessDenied, Client, MasterNotRunning, NoAnswer
 
 # Annotations only (postponed): importing typing costs stemctl ~5 ms a run.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 OK, FAILED, USAGE, NOT_RUNNING, DENIED = 0, 1, 2, 3, 4
 
-_CODES = {"permission_denied": DENIED, "not_found": USAGE, "bad_argument": USAGE,
-          "unknown_command": USAGE}
+#: the exit status of each error code; any other: FAILED
+EXIT_CODES = {E.PERMISSION_DENIED: DENIED, E.NOT_FOUND: USAGE, E.BAD_ARGUMENT: USAGE,
+              E.UNKNOWN_COMMAND: USAGE, E.BAD_CONFIG: USAGE, E.NOT_RUNNING: NOT_RUNNING}
 
 EPILOG = """\
 examples:
@@ -57,38 +71,9 @@ within N s".
 """
 
 
-#: Default --timeout of each command, in seconds; None: derived from the
-#: configuration (Ctl.node_wait), for the commands that wait for nodes.
-ANSWER_TIMEOUT = 10.0
+ANSWER_TIMEOUT = 10.0  # default --timeout of the commands that wait only for an answer
 FALLBACK_WAIT = 300.0  # a wait for nodes when the configuration cannot be read
 TERM_GRACE = 20.0  # a hung master's time between TERM and KILL, config unknown
-TIMEOUTS: dict[str, float | None] = {
-    "status": ANSWER_TIMEOUT, "kill": ANSWER_TIMEOUT, "logs": ANSWER_TIMEOUT,
-    "diagnose": ANSWER_TIMEOUT, "version": ANSWER_TIMEOUT, "config": ANSWER_TIMEOUT,
-    "healthcheck": ANSWER_TIMEOUT, "metrics": ANSWER_TIMEOUT, "scale": None,
-    "start": None, "stop": None, "restart": None, "reload": None, "shutdown": None,
-}
-_TIMEOUT_HELP = {
-    "start": "default: start-secs + retries x (back-off cap + start-secs) + 10",
-    "stop": "default: the longest stop timeout + 10",
-    "restart": "default: each node's stop timeout + start-secs, plus a start, + 10",
-    "reload": "default: the longest stop timeout + a start + 10",
-    "shutdown": "default: 10 for the answer, then the longest stop timeout + 10",
-}
-
-
-class NoAnswer(Exception):
-    """The master did not answer within the timeout (hung, stopped, or its
-    connection queue full)."""
-
-    def __init__(self, seconds: float | None, detail: str = "") -> None:
-        super().__init__(seconds, detail)
-        self.seconds = seconds
-        self.detail = detail
-
-    def __str__(self) -> str:
-        why = f" ({self.detail})" if self.detail and self.detail != "timed out" else ""
-        return f"the master did not answer within {self.seconds:g} s{why}"
 
 
 class Ctl:
@@ -143,12 +128,12 @@ class Ctl:
 
     def timeout(self) -> float | None:
         """Seconds to wait for the master's answer: --timeout, else the
-        command's default (TIMEOUTS), derived from the configuration for the
+        command's default (its Command.timeout), derived from the configuration for the
         commands that wait for nodes. None: wait for ever."""
         given = self.args.timeout
         if given is not None:
             return None if given == 0 else given
-        default = TIMEOUTS.get(self.args.command, ANSWER_TIMEOUT)
+        default = COMMANDS[self.args.command].timeout
         return default if default is not None else self.node_wait()
 
     def node_wait(self) -> float:
@@ -199,465 +184,174 @@ class Ctl:
         else:
             human()
 
+    def error(self, response: dict[str, Any]) -> int:
+        """The master's error response: on stderr (with the lines of its
+        result, if any), or as it is with --json. Returns the exit status."""
+        err = response.get("error", {})
+        if self.json:
+            from stemd.render import print_json
 
-def _error(ctl: Ctl, response: dict[str, Any]) -> int:
-    err = response.get("error", {})
-    if ctl.json:
-        from stemd.render import print_json
+            print_json(response)
+        else:
+            sys.stderr.write(f"stemctl: {err.get('message', 'failed')}\n")
+            if err.get("hint"):
+                sys.stderr.write(f"  hint: {err['hint']}\n")
+            result = response.get("result")
+            if isinstance(result, list) and result and isinstance(result[0], str):
+                for line in result:
+                    sys.stderr.write(f"  {line}\n")
+        return EXIT_CODES.get(err.get("code", ""), FAILED)
 
-        print_json(response)
-    else:
-        sys.stderr.write(f"stemctl: {err.get('message', 'failed')}\n")
-        if err.get("hint"):
-            sys.stderr.write(f"  hint: {err['hint']}\n")
-        result = response.get("result")
-        if isinstance(result, list) and result and isinstance(result[0], str):
-            for line in result:
-                sys.stderr.write(f"  {line}\n")
-    return _CODES.get(err.get("code", ""), FAILED)
+    def fail(self, code: E, *messages: str, hint: str | None = None, **extra: Any) -> int:
+        """An error found before or instead of a response: on stderr, or with
+        --json as the same error object a master would send (scripts parse
+        one shape); ``extra`` adds fields to it (``left_behind``). Returns
+        the exit status."""
+        if self.json:
+            from stem_core.protocol import error
+            from stemd.render import print_json
 
-
-def _nodes_line(nodes: list[dict[str, Any]]) -> None:
-    for n in nodes:
-        pid = f" (pid {n['pid']})" if n.get("pid") else ""
-        print(f"{n['node']}: {n['state']}{pid}")
-
-
-def _fail(ctl: Ctl, code: int, name: str, *messages: str, hint: str | None = None,
-          **extra: Any) -> int:
-    """An error raised before any response came: on stderr, or with --json as
-    the same error object a master would send (scripts parse one shape);
-    ``extra`` adds fields to that object (``left_behind``)."""
-    if ctl.json:
-        from stemd.render import print_json
-
-        error: dict[str, Any] = {"code": name, "message": "; ".join(messages)}
-        if hint:
-            error["hint"] = hint
-        print_json({"v": 1, "ok": False, "error": error, **extra})
-    else:
-        for message in messages:
-            sys.stderr.write(f"stemctl: {message}\n")
-        if hint:
-            sys.stderr.write(f"  hint: {hint}\n")
-    return code
-
-
-def denied_message(path: str) -> tuple[str, str]:
-    """Why connecting to the socket was refused, from its owner, group and
-    mode, and what grants access (SPEC §3: name the group and the key)."""
-    import grp
-    import pwd
-    import stat
-
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        return (f"permission denied on {path} ({exc.strerror})",
-                "run as root, or ask for access to the socket's directory")
-    try:
-        owner = pwd.getpwuid(st.st_uid).pw_name
-    except KeyError:
-        owner = str(st.st_uid)
-    try:
-        group = grp.getgrgid(st.st_gid).gr_name
-    except KeyError:
-        group = str(st.st_gid)
-    mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o060 == 0o060:
-        return (f"permission denied on {path} (mode {mode:04o}, owner {owner}, group {group})",
-                f"run as root, as {owner}, or as a member of group {group!r}, the socket's "
-                "group (STEMD_SOCKET_GROUP / [stemd] socket_group)")
-    return (f"permission denied on {path} (mode {mode:04o}, owner {owner}: no socket group)",
-            f"run as root or as {owner}; to let operators in, set STEMD_SOCKET_GROUP "
-            "(TOML [stemd] socket_group) to their group and restart stemd")
+            print_json({**error(code, "; ".join(messages), hint), **extra})
+        else:
+            for message in messages:
+                sys.stderr.write(f"stemctl: {message}\n")
+            if hint:
+                sys.stderr.write(f"  hint: {hint}\n")
+        return EXIT_CODES.get(code, FAILED)
 
 
 # ---------------------------------------------------------------- commands
 
-
-def cmd_status(ctl: Ctl) -> int:
-    from stemd import render
-
-    tty = sys.stdout.isatty() and not ctl.json
-    pss = getattr(ctl.args, "pss", False)
-    response = ctl.call("status", names=ctl.args.names,
-                        stats=not ctl.json or ctl.args.stats or pss, pss=pss)
-    if not response["ok"]:
-        return _error(ctl, response)
-    nodes = response["result"]
-    if ctl.json:
-        render.print_json(nodes)
-    else:
-        render.print_status(nodes, tty)
-    return OK if all(n["state"] == "RUNNING" for n in nodes) else FAILED
+# collections.namedtuple, not a dataclass: importing dataclasses costs every
+# stemctl run ~9 ms. ``run`` is "MODULE:FUNCTION" (MODULE in stemd.commands
+# unless dotted), imported only when the command runs; ``timeout`` None: derived from the
+# configuration (Ctl.node_wait), explained by ``timeout_help``.
+Command = namedtuple("Command", "name run help example add_arguments names timeout timeout_help",
+                     defaults=(None, True, ANSWER_TIMEOUT, None))
 
 
-def _simple(cmd: str, **extra: Any) -> Callable[[Ctl], int]:
-    def run(ctl: Ctl) -> int:
-        args = {k: getattr(ctl.args, v) for k, v in extra.items()}
-        response = ctl.call(cmd, names=ctl.args.names, **args)
-        if not response["ok"]:
-            return _error(ctl, response)
-        ctl.out(response["result"], lambda: _nodes_line(response["result"]))
-        return OK
-    return run
+def _status_args(p: argparse.ArgumentParser) -> None:
+    from stemd.render import COLUMN_HELP
+
+    p.add_argument("--stats", action="store_true", help="include CPU, RSS and descendants "
+                   "in --json (cpu_percent, cpu_seconds, rss, children)")
+    p.add_argument("--pss", action="store_true", help="also the proportional set size of "
+                   "each tree (pss; reads /proc/PID/smaps_rollup: slower)")
+    p.epilog = f"{COLUMN_HELP}\n\nexample:\n  stemctl status alpha beta"
 
 
-def cmd_stop(ctl: Ctl) -> int:
-    response = ctl.call("stop", names=ctl.args.names, wait=not ctl.args.no_wait)
-    if not response["ok"]:
-        return _error(ctl, response)
-    ctl.out(response["result"], lambda: _nodes_line(response["result"]))
-    return OK
+def _stop_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-wait", action="store_true", help="return at once")
 
 
-def cmd_kill(ctl: Ctl) -> int:
-    response = ctl.call("kill", names=ctl.args.names, signal=ctl.args.signal,
-                        group=ctl.args.group)
-    if not response["ok"]:
-        return _error(ctl, response)
-    result = response["result"]
-    whose = "the process groups of " if ctl.args.group else ""
-    ctl.out(result, lambda: print(f"sent SIG{ctl.args.signal.upper().removeprefix('SIG')} to "
-                                  + whose + ", ".join(result["signalled"])))
-    return OK
+def _kill_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--group", "-g", action="store_true",
+                   help="signal each node's whole process group (pool children too), not "
+                        "only its main process")
+    p.add_argument("-s", "--signal", default="TERM", help="signal name or number (default TERM)")
 
 
-def cmd_reload(ctl: Ctl) -> int:
-    response = ctl.call("reload")
-    if not response["ok"]:
-        return _error(ctl, response)
-    r = response["result"]
-
-    def human() -> None:
-        for what in ("added", "removed", "changed"):
-            if r[what]:
-                print(f"{what}: {', '.join(r[what])}")
-        print(f"unchanged: {len(r['unchanged'])} node(s)")
-        if r["master_changed"]:
-            print(f"master settings changed ({', '.join(r['master_changed'])}): "
-                  "restart stemd to apply them")
-    ctl.out(r, human)
-    return OK
+def _shutdown_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true", help="when the master does not answer "
+                   "within the timeout, terminate it (TERM, then KILL) and stop its nodes")
 
 
-def cmd_shutdown(ctl: Ctl) -> int:
-    """Stop every node and the master. When no master answers, stop the
-    nodes a dead master left behind (SPEC §2.2); with --force, a master that
-    does not answer is terminated (TERM, then KILL) first."""
-    try:
-        response = ctl.call("shutdown", hold=True)
-    except MasterNotRunning:
-        return _shutdown_without_answer(ctl, None)
-    except NoAnswer as exc:
-        return _shutdown_without_answer(ctl, exc)
-    if not response["ok"]:
-        return _error(ctl, response)
-    pid = response["result"]["pid"]
-    _wait_until_gone(pid)
-    # A master that stopped cleanly left nothing; one killed during its
-    # shutdown (kill -9) left nodes running, and "stopped" must not be said
-    # while they run: stop them as a dead master's nodes are stopped.
-    return _stop_left_behind(ctl, pid)
+def _logs_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", "--lines", type=_count, default=20,
+                   help="lines to print from each log (default 20)")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="keep printing new lines, across logrotate's copytruncate and renames")
 
 
-def _shutdown_without_answer(ctl: Ctl, no_answer: NoAnswer | None) -> int:
-    from stemd import leftovers
-    from stemd.daemon import master_alive, read_master_pid
-
-    pidfile = ctl.master_pid_file()
-    master = None
-    alive = master_alive(pidfile)
-    if alive is None:
-        return _fail(ctl, FAILED, "failed", f"cannot tell whether the master runs: cannot "
-                     f"read {pidfile} (run as root or as stemd's user)")
-    if alive:
-        pid = read_master_pid(pidfile)
-        why = str(no_answer) if no_answer else f"no answer on {ctl.socket_path()}"
-        if not ctl.args.force:
-            return _fail(ctl, FAILED, "timeout", f"the master (pid {pid}) runs but {why}; "
-                         "'stemctl shutdown --force' terminates it and stops its nodes")
-        master = leftovers.verified_master(pidfile)
-        if master is None:
-            return _fail(ctl, FAILED, "failed", f"{why}, and the process holding {pidfile} "
-                         "cannot be verified as its stemd master: not signalling it")
-        sys.stderr.write(f"stemctl: {why}: terminating the master (pid {master})\n")
-        # Time to stop its nodes itself, as its configuration says; when that
-        # cannot be read, the default stop timeout's worth.
-        known = not ctl.args.socket and ctl.config() is not None
-        grace = ctl.node_wait() if known else TERM_GRACE
-        if not leftovers.terminate_master(master, grace):
-            return _fail(ctl, FAILED, "failed",
-                         f"the master (pid {master}) is still running after SIGKILL")
-    # else: no master holds the lock (it died, perhaps while we waited for
-    # its answer): stop what it left behind.
-    return _stop_left_behind(ctl, master)
+def _healthcheck_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pidfile", metavar="PATH", help="check the process in this PID file")
 
 
-def _stop_left_behind(ctl: Ctl, master: int | None) -> int:
-    """Stop the nodes a master that is gone left running; "stopped" is said
-    only when none is left (SPEC §2.2)."""
-    from stemd import leftovers
-
-    report = leftovers.stop_left_behind(ctl.config(), ctl.master_pid_file())
-    for note in report.notes:
-        sys.stderr.write(f"stemctl: {note}\n")
-    left = [{"node": s.name, "pid": s.pid} for s in report.stopped]
-    if report.failed or report.unknown:
-        problems = [f"still running: {f}" for f in report.failed]
-        problems += [report.unknown] if report.unknown else []
-        return _fail(ctl, FAILED, "failed", "stemd is not running, but " + "; ".join(problems),
-                     left_behind=left)
-    if master is None and not left:
-        raise MasterNotRunning(ctl.socket_path())
-
-    def human() -> None:
-        print(f"stemd (pid {master}) stopped" if master else "stemd was not running")
-        if left:
-            print("stopped the nodes it left behind: "
-                  + ", ".join(f"{n['node']} (pid {n['pid']})" for n in left))
-    ctl.out({"stopped": True, "pid": master, "left_behind": left}, human)
-    return OK
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--toml", action="store_true", help="as a TOML file")
 
 
-def _wait_until_gone(pid: int, timeout: float = 10.0) -> None:
-    """The master closes its end while it exits, a moment before it is
-    gone: wait for that moment, so that "shutdown returned" means "the
-    master is gone" (what init scripts and ExecStop= rely on)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                ours = b"stemd" in f.read()
-        except (OSError, IndexError):
-            return  # gone (or no /proc to ask)
-        if state in (b"Z", b"X") or not ours:
-            return  # exited; a zombie only awaits its parent
-        time.sleep(0.005)
+def _import_args(p: argparse.ArgumentParser) -> None:
+    from stemd.importcmd import add_arguments  # only when its subparser is built
+
+    add_arguments(p)
 
 
-def cmd_logs(ctl: Ctl) -> int:
-    """The master names each node's log; stemctl reads the files itself, as
-    the operator (issue 11 B1: a node controls its log's size and shape, and
-    reading it inside the master stalled supervision). One named node: its
-    lines as they are. No name or several: each line prefixed ``node | ``."""
-    from stemd import logtail
-
-    response = ctl.call("logs", names=ctl.args.names)
-    if not response["ok"]:
-        return _error(ctl, response)
-    logs = [(e["node"], e["path"]) for e in response["result"]["logs"]]
-    single = len(ctl.args.names) == 1 and len(logs) == 1
-    elsewhere = [name for name, path in logs if path == "-"]
-    if elsewhere:
-        message = (f"{', '.join(elsewhere)}: logs to the master's output; see the "
-                   "container's or the journal's log")
-        if single:
-            return _fail(ctl, FAILED, "failed", message)
-        sys.stderr.write(f"stemctl: {message}\n")
-    logs = [(name, path) for name, path in logs if path != "-"]
-    tails: list[tuple[str, str, list[bytes], int]] = []
-    status = OK
-    for name, path in logs:
-        try:
-            lines, size = logtail.tail(path, ctl.args.lines)
-        except FileNotFoundError:
-            if not ctl.args.follow:
-                status = _fail(ctl, FAILED, "failed", f"cannot read {path}: no such file "
-                               f"(has {name} written anything yet?)")
-                continue
-            lines, size = [], 0  # nothing written yet: follow waits for it
-        except OSError as exc:
-            status = _fail(ctl, FAILED, "failed", logtail.cannot_read(path, exc))
-            continue
-        tails.append((name, path, lines, size))
-    if ctl.json and not ctl.args.follow:
-        from stemd.render import print_json
-
-        records = [{"node": name, "path": path, "size": size,
-                    "lines": [line.decode("utf-8", "replace") for line in lines]}
-                   for name, path, lines, size in tails]
-        print_json(records[0] if single and records else records)
-        return status
-    colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-    marks = [b""] if single else logtail.prefixes([t[0] for t in tails], colour)
-    out = sys.stdout.buffer
-    try:
-        for (_name, _path, lines, _size), mark in zip(tails, marks, strict=True):
-            out.write(b"".join(mark + line + b"\n" for line in lines))
-        out.flush()
-        if ctl.args.follow and tails:
-            logtail.follow([logtail.Followed(name, path, size, mark) for
-                            (name, path, _lines, size), mark in zip(tails, marks, strict=True)])
-    except KeyboardInterrupt:
-        return status
-    except BrokenPipeError:
-        # the reader (head, less) is gone: no traceback, and no second one at exit
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return status
-    except OSError as exc:
-        return _fail(ctl, FAILED, "failed", f"cannot follow: {exc}")
-    return status
+COMMANDS: dict[str, Command] = {c.name: c for c in (
+    Command("status", "nodes:status", "show nodes: state, pid, uptime, restarts, CPU, RSS",
+            "stemctl status alpha beta", _status_args),
+    Command("start", "nodes:start", "start nodes and wait until each is RUNNING or failed",
+            "stemctl start worker", timeout=None,
+            timeout_help="start-secs + retries x (back-off cap + start-secs) + 10"),
+    Command("stop", "nodes:stop", "stop nodes and wait until they are stopped",
+            "stemctl stop beta", _stop_args, timeout=None,
+            timeout_help="the longest stop timeout + 10"),
+    Command("restart", "nodes:restart", "rolling restart: one node at a time, each RUNNING "
+            "again before the next", "stemctl restart", timeout=None,
+            timeout_help="each node's stop timeout + start-secs, plus a start, + 10"),
+    Command("kill", "nodes:kill", "send a signal to nodes' main processes (--group: their "
+            "whole process groups)", "stemctl kill -s HUP alpha", _kill_args),
+    Command("reload", "nodes:reload", "re-read the configuration and apply only the "
+            "difference", "stemctl reload", names=False, timeout=None,
+            timeout_help="the longest stop timeout + a start + 10"),
+    Command("shutdown", "shutdown:shutdown", "stop every node and the master; wait until it "
+            "is gone. With no master running, stop the nodes a dead master left behind",
+            "stemctl shutdown --force", _shutdown_args, names=False, timeout=None,
+            timeout_help="10 for the answer, then the longest stop timeout + 10"),
+    Command("logs", "logs:show_logs", "print or follow nodes' logs (no name or several: each "
+            "line prefixed with its node)", "stemctl logs alpha -n 100 -f", _logs_args),
+    Command("healthcheck", "info:healthcheck", "exit 0 if the master is alive, 1 otherwise "
+            "(needs no socket)", "stemctl healthcheck --pidfile /run/stem/stemd.pid",
+            _healthcheck_args, names=False),
+    Command("diagnose", "info:diagnose", "find missing directories, stale PID files, a dead "
+            "socket, config errors", "stemctl diagnose", names=False),
+    Command("config", "info:show_config", "print the effective configuration (no master "
+            "needed)", "stemctl config --toml > stem.toml", _config_args, names=False),
+    Command("version", "info:show_version", "versions of stemctl and of the running master",
+            "stemctl version", names=False),
+    Command("import", "info:import_config", "translate a supervisord or celeryd "
+            "configuration (no master needed)",
+            "stemctl import supervisord supervisord.conf -o stem.toml", _import_args,
+            names=False),
+    # issue 15's commands keep their name, help, example and arguments in
+    # their own module (stemd/ctl_NAME.py), read only when its parser is built
+    Command("metrics", "stemd.ctl_metrics:run", None, None, names=False),
+    Command("scale", "stemd.ctl_scale:run", None, None, names=False, timeout=None,
+            timeout_help="the longest stop timeout + a start + 10"),
+    Command("top", "stemd.ctl_top:run", None, None, names=False),
+)}
 
 
-def cmd_healthcheck(ctl: Ctl) -> int:
-    from stemd.daemon import master_alive, read_master_pid
-
-    path = ctl.args.pidfile or ctl.master_pid_file()
-    alive = master_alive(path)
-    pid = read_master_pid(path)
-    if alive is False and ctl.args.pidfile and pid:
-        alive = _pid_alive(pid)  # a node's PID file: not locked, check the process
-    ok = bool(alive)
-    ctl.out({"alive": ok, "pid": pid if ok else None, "pidfile": path},
-            lambda: print(f"alive (pid {pid})" if ok else f"not running ({path})"))
-    return OK if ok else FAILED
+def load(command: Command) -> Callable[[Ctl], int]:
+    """The command's function, its module imported now (not at start-up)."""
+    module, _, function = command.run.partition(":")
+    return getattr(__import__(_module(module), fromlist=[function]), function)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _module(name: str) -> str:
+    """``nodes`` is stemd.commands.nodes; a dotted name is itself."""
+    return name if "." in name else f"stemd.commands.{name}"
 
 
-def cmd_diagnose(ctl: Ctl) -> int:
-    from stem_core.errors import ConfigError, Problem
-    from stemd import checks
-    from stemd.control import socket_listening
-    from stemd.daemon import master_alive
-
-    problems: list[Problem] = []
-    notes: list[str] = []
-    try:
-        config = ctl.config(required=True)
-    except ConfigError as exc:
-        problems.extend(exc.problems)
-        config = None
-    master: dict[str, Any] | None = None
-    if config is not None:
-        alive = master_alive(config.master.pid_file)
-        problems.extend(checks.check_environment(config, creating=config.master.create_dirs))
-        problems.extend(checks.stale_pidfiles(config))
-        sock = ctl.socket_path()
-        exists = os.path.exists(sock)
-        if alive and not exists:
-            problems.append(Problem(f"the master runs but its socket {sock} is missing",
-                                    hint="restart stemd to recreate it"))
-        elif exists and not socket_listening(sock):
-            problems.append(Problem(f"dead socket {sock}: nobody listens",
-                                    hint="start stemd; it replaces the file"))
-        if alive:
-            try:
-                response = ctl.call("diagnose")
-                master = response.get("result")
-            except (MasterNotRunning, AccessDenied, NoAnswer, OSError) as exc:
-                problems.append(Problem(f"the master does not answer on {sock}: {exc}"))
-        else:
-            notes.append("the master is not running")
-    warnings = list(config.warnings) if config is not None else []
-    result = {"problems": [{"message": p.message, "hint": p.hint, "file": p.file,
-                            "line": p.line, "key": p.key, "text": str(p)} for p in problems],
-              "warnings": [str(w) for w in warnings], "master": master, "notes": notes}
-
-    def human() -> None:
-        for note in notes:
-            print(f"note: {note}")
-        if master:
-            states = ", ".join(f"{v} {k}" for k, v in sorted(master["states"].items()))
-            print(f"master pid {master['pid']}: {states}")
-        for p in problems:
-            print(f"problem: {p}")
-        for w in warnings:  # valid, probably not meant: never a failure
-            print(f"warning: {w}")
-        if not problems:
-            print("no problems found")
-    ctl.out(result, human)
-    return FAILED if problems else OK
-
-
-def cmd_config(ctl: Ctl) -> int:
-    from stem_core.config import dump_toml, to_dict
-    from stem_core.errors import ConfigError
-
-    try:
-        config = ctl.config(required=True)
-    except ConfigError as exc:
-        for p in exc.problems:
-            sys.stderr.write(f"stemctl: {p}\n")
-        return FAILED
-    from stemd.ctl_scale import config_note
-
-    config_note(ctl)  # issue 15: programs the running master has scaled
-    if ctl.json:
-        from stemd.render import print_json
-
-        print_json(to_dict(config))
-    elif ctl.args.toml:
-        sys.stdout.write(dump_toml(config))
-    else:
-        import shlex
-
-        print(f"# {config.source}")
-        for name in ("pid_file", "socket", "socket_group", "log_file", "log_level", "user",
-                     "group"):
-            print(f"master.{name} = {getattr(config.master, name)}")
-        for node in config.nodes:
-            print(f"{node.name} ({node.program}): {shlex.join(node.argv)}")
-            print(f"    pid file: {node.pid_file}  log file: {node.log_file}  "
-                  f"user: {node.run_as.user or '(invoking user)'}")
-            if node.stderr_log_file != node.log_file:
-                print(f"    stderr log file: {node.stderr_log_file}")
-    return OK
-
-
-def cmd_version(ctl: Ctl) -> int:
-    from stem_core import __version__
-
-    master: dict[str, Any] | None
-    try:
-        response = ctl.call("version")
-        master = response.get("result") if response.get("ok") else None
-    except (MasterNotRunning, AccessDenied):
-        master = None
-    ctl.out({"stemctl": __version__, "master": master},
-            lambda: print(f"stemctl {__version__}\n"
-                          + (f"stemd {master['version']} (pid {master['pid']}, protocol "
-                             f"{master['protocol']})" if master else "stemd: not running")))
-    return OK
-
-
-def cmd_import(ctl: Ctl) -> int:
-    """Needs neither the socket nor a stemd config: stemd/importcmd.py."""
-    from stemd.importcmd import run
-
-    return run(ctl.args)
-
-
-def _import_arguments(p: argparse.ArgumentParser, only: str | None) -> None:
-    if only in (None, "import"):  # its module is imported only when needed
-        from stemd.importcmd import add_arguments
-
-        add_arguments(p)
+def _described(command: Command) -> Command:
+    """A command whose help, example and arguments live in its own module
+    (help None): read them from there, importing it."""
+    if command.help is not None:
+        return command
+    module = __import__(_module(command.run.partition(":")[0]), fromlist=["HELP"])
+    return command._replace(help=module.HELP, example=module.EXAMPLE,
+                            add_arguments=module.add_arguments)
 
 
 # ------------------------------------------------------------------ parser
 
 
-COMMANDS = ("status", "start", "stop", "restart", "kill", "reload", "shutdown", "logs",
-            "healthcheck", "diagnose", "config", "version", "import", "metrics", "scale",
-            "top")
 _GLOBAL_WITH_VALUE = ("--config", "-c", "--socket", "-S", "--timeout")
 
 
 def command_word(argv: list[str]) -> str | None:
-    """The command named in ``argv``, found without building the parser."""
+    """The command named in ``argv``, found without building the parser, so
+    that only its subparser is built (see :func:`build_parser`)."""
     words = iter(argv)
     for word in words:
         if word in _GLOBAL_WITH_VALUE:
@@ -711,14 +405,10 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError("must be more than 0 (or 'none')")
     return value
 
-
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole parser, or with ``only`` just that command's subparser:
     building all twelve costs stemctl ~8 ms per run, for help text that is
     shown only with --help or after a usage error."""
-    # absorbs the add_argument() calls of the commands that are skipped
-    unused = argparse.ArgumentParser(add_help=False, conflict_handler="resolve",
-                                     formatter_class=_Formatter)
     parser = argparse.ArgumentParser(
         prog="stemctl", description="Control a running stemd master.", epilog=EPILOG,
         formatter_class=_Formatter)
@@ -730,83 +420,24 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                         help="give up waiting for the master after this long ('none': "
                         "wait for ever); each command has a default, see below")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    def add(name: str, fn: Callable[[Ctl], int], help: str, example: str,
-            names: bool = True) -> argparse.ArgumentParser:
-        if only is not None and name != only:
-            return unused
-        p = sub.add_parser(name, help=help, description=help, epilog=f"example:\n  {example}",
-                           formatter_class=_Formatter)
+    for command in COMMANDS.values():
+        if only is not None and command.name != only:
+            continue
+        command = _described(command)
+        p = sub.add_parser(command.name, help=command.help, description=command.help,
+                           epilog=f"example:\n  {command.example}", formatter_class=_Formatter)
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                        help="machine-readable output")
+        default = (f"default: {command.timeout_help}" if command.timeout is None
+                   else f"default {command.timeout:g}")
         p.add_argument("--timeout", type=_seconds, default=argparse.SUPPRESS,
                        metavar="SECONDS", help="give up when the master has not answered "
-                       f"after SECONDS, or 'none' "
-                       f"({_TIMEOUT_HELP.get(name, f'default {ANSWER_TIMEOUT:g}')})")
-        if names:
+                       f"after SECONDS, or 'none' ({default})")
+        if command.names:
             p.add_argument("names", nargs="*", metavar="NAME",
                            help="nodes or programs (default: all)")
-        p.set_defaults(fn=fn)
-        return p
-
-    p = add("status", cmd_status, "show nodes: state, pid, uptime, restarts, CPU, RSS",
-            "stemctl status alpha beta")
-    p.add_argument("--stats", action="store_true", help="include CPU, RSS and descendants "
-                   "in --json (cpu_percent, cpu_seconds, rss, children)")
-    p.add_argument("--pss", action="store_true", help="also the proportional set size of "
-                   "each tree (pss; reads /proc/PID/smaps_rollup: slower)")
-    if only == "status" or only is None:
-        from stemd.render import COLUMN_HELP
-
-        p.epilog = f"{COLUMN_HELP}\n\nexample:\n  stemctl status alpha beta"
-    add("start", _simple("start"), "start nodes and wait until each is RUNNING or failed",
-        "stemctl start worker")
-    p = add("stop", cmd_stop, "stop nodes and wait until they are stopped", "stemctl stop beta")
-    p.add_argument("--no-wait", action="store_true", help="return at once")
-    add("restart", _simple("restart"), "rolling restart: one node at a time, each RUNNING "
-        "again before the next", "stemctl restart")
-    p = add("kill", cmd_kill, "send a signal to nodes' main processes (--group: their "
-            "whole process groups)", "stemctl kill -s HUP alpha")
-    p.add_argument("--group", "-g", action="store_true",
-                   help="signal each node's whole process group (pool children too), not "
-                        "only its main process")
-    p.add_argument("-s", "--signal", default="TERM", help="signal name or number (default TERM)")
-    add("reload", cmd_reload, "re-read the configuration and apply only the difference",
-        "stemctl reload", names=False)
-    p = add("shutdown", cmd_shutdown, "stop every node and the master; wait until it is "
-            "gone. With no master running, stop the nodes a dead master left behind",
-            "stemctl shutdown --force", names=False)
-    p.add_argument("--force", action="store_true", help="when the master does not answer "
-                   "within the timeout, terminate it (TERM, then KILL) and stop its nodes")
-    p = add("logs", cmd_logs, "print or follow nodes' logs (no name or several: each line "
-            "prefixed with its node)", "stemctl logs alpha -n 100 -f")
-    p.add_argument("-n", "--lines", type=_count, default=20,
-                   help="lines to print from each log (default 20)")
-    p.add_argument("-f", "--follow", action="store_true",
-                   help="keep printing new lines, across logrotate's copytruncate and renames")
-    p = add("healthcheck", cmd_healthcheck, "exit 0 if the master is alive, 1 otherwise "
-            "(needs no socket)", "stemctl healthcheck --pidfile /run/stem/stemd.pid", names=False)
-    p.add_argument("--pidfile", metavar="PATH", help="check the process in this PID file")
-    add("diagnose", cmd_diagnose, "find missing directories, stale PID files, a dead socket, "
-        "config errors", "stemctl diagnose", names=False)
-    p = add("config", cmd_config, "print the effective configuration (no master needed)",
-            "stemctl config --toml > stem.toml", names=False)
-    p.add_argument("--toml", action="store_true", help="as a TOML file")
-    add("version", cmd_version, "versions of stemctl and of the running master",
-        "stemctl version", names=False)
-    _import_arguments(add("import", cmd_import, "translate a supervisord or celeryd "
-                          "configuration (no master needed)",
-                          "stemctl import supervisord supervisord.conf -o stem.toml",
-                          names=False), only)
-    # issue 15: commands in their own modules (NAME, HELP, EXAMPLE, add_arguments,
-    # run), imported only when their parser is built
-    for name in ("metrics", "scale", "top"):
-        if only is None or only == name:
-            import importlib
-
-            module = importlib.import_module(f"stemd.ctl_{name}")
-            p = add(module.NAME, module.run, module.HELP, module.EXAMPLE, names=False)
-            module.add_arguments(p)
+        if command.add_arguments is not None:
+            command.add_arguments(p)
     return parser
 
 
@@ -818,25 +449,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     ctl = Ctl(args)
     try:
-        return args.fn(ctl)
+        return load(COMMANDS[args.command])(ctl)
     except MasterNotRunning as exc:
         from stem_core.locate import config_path
 
         config = config_path(args.config)
-        return _fail(ctl, NOT_RUNNING, "not_running",
-                     f"master not running (no answer on {exc}): start it with "
-                     f"'stemd --config {config}'")
+        return ctl.fail(E.NOT_RUNNING, f"master not running (no answer on {exc}): start it "
+                        f"with 'stemd --config {config}'")
     except ConfigError as exc:
         # The file named cannot even be lexed, so which master it means is
         # unknown: a usage error (2), not "failed" (1), which init scripts and
         # healthchecks would read as "not running".
-        return _fail(ctl, USAGE, "bad_config",
-                     *(str(p) for p in getattr(exc, "problems", [exc])))
+        return ctl.fail(E.BAD_CONFIG, *(str(p) for p in getattr(exc, "problems", [exc])))
     except AccessDenied as exc:
+        from stemd.client import denied_message
+
         message, hint = denied_message(str(exc))
-        return _fail(ctl, DENIED, "permission_denied", message, hint=hint)
+        return ctl.fail(E.PERMISSION_DENIED, message, hint=hint)
     except NoAnswer as exc:
-        return _fail(ctl, FAILED, "timeout", str(exc))
+        return ctl.fail(E.TIMEOUT, str(exc))
     except KeyboardInterrupt:
         return 130
 

@@ -30,11 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(ctl: Ctl) -> int:
-    from stemd.ctl import OK, _error
+    from stemd.ctl import OK
 
     response = ctl.call("metrics")
     if not response["ok"]:
-        return _error(ctl, response)
+        return ctl.error(response)
     text = response["result"]["text"]
     if ctl.json:
         from stemd import render

@@ -52,16 +52,17 @@ def note(scaled: dict[str, Any], source: str) -> list[str]:
 
 
 def run(ctl: Ctl) -> int:
-    from stemd.ctl import OK, USAGE, _error, _fail
+    from stem_core.protocol import ErrorCode as E
+    from stemd.ctl import OK
 
     program, count = ctl.args.program, ctl.args.count
     if program is not None and count is None:
-        return _fail(ctl, USAGE, "bad_argument", "give a program and a node count",
+        return ctl.fail(E.BAD_ARGUMENT, "give a program and a node count",
                      hint=EXAMPLE)
     if program is None:
         response = ctl.call("scale")
         if not response["ok"]:
-            return _error(ctl, response)
+            return ctl.error(response)
         scaled = response["result"]["scaled"]
 
         def human() -> None:
@@ -71,7 +72,7 @@ def run(ctl: Ctl) -> int:
         return OK
     response = ctl.call("scale", program=program, count=count)
     if not response["ok"]:
-        return _error(ctl, response)
+        return ctl.error(response)
     result = response["result"]
 
     def done() -> None:

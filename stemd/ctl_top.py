@@ -218,7 +218,7 @@ def _fetch(ctl: Ctl, view: View) -> list[dict[str, Any]] | dict[str, Any]:
 
 
 def run(ctl: Ctl) -> int:
-    from stemd.ctl import OK, _error
+    from stemd.ctl import OK
 
     view = View(ctl.args.sort)
     if not sys.stdout.isatty() or ctl.json:
@@ -226,7 +226,7 @@ def run(ctl: Ctl) -> int:
         while True:
             nodes = _fetch(ctl, view)
             if isinstance(nodes, dict):
-                return _error(ctl, nodes)
+                return ctl.error(nodes)
             if ctl.json:
                 from stemd.render import print_json
 
@@ -249,12 +249,12 @@ def _live(ctl: Ctl, view: View) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    from stemd.ctl import OK, _error
+    from stemd.ctl import OK
 
     console = Console()
     nodes = _fetch(ctl, view)
     if isinstance(nodes, dict):
-        return _error(ctl, nodes)
+        return ctl.error(nodes)
     stdin = sys.stdin.fileno() if sys.stdin.isatty() else None
     saved = termios.tcgetattr(stdin) if stdin is not None else None
     count = 1
@@ -279,7 +279,7 @@ def _live(ctl: Ctl, view: View) -> int:
                     fetched = _fetch(ctl, view)
                     if isinstance(fetched, dict):
                         live.stop()
-                        return _error(ctl, fetched)
+                        return ctl.error(fetched)
                     nodes = fetched
                     count += 1
                     next_at = time.monotonic() + ctl.args.interval

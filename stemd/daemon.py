@@ -18,7 +18,6 @@ now; it is rewritten, and what it named is logged but never signalled.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import signal
@@ -28,6 +27,7 @@ from typing import NoReturn
 import psutil
 
 from stem_core.errors import StemError
+from stem_core.pidfile import read_pid_at
 
 
 class AlreadyRunning(StemError):
@@ -52,8 +52,8 @@ class MasterLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise AlreadyRunning(_read_pid(fd), path) from None
-            old = _read_pid(fd)
+                raise AlreadyRunning(read_pid_at(fd), path) from None
+            old = read_pid_at(fd)
             stale = None
             if old is not None and old != os.getpid():
                 stale = f"pid {old}: {describe_pid(old)}"
@@ -103,42 +103,6 @@ class MasterLock:
             pass
         os.close(self.fd)
         self.fd = -1
-
-
-def master_alive(path: str) -> bool | None:
-    """Is a master holding ``path``'s lock? None when the file cannot be read.
-    Needs only read access, and no socket (``stemctl healthcheck``)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError as exc:
-        return None if exc.errno != errno.EWOULDBLOCK else True
-    finally:
-        os.close(fd)
-    return False
-
-
-def read_master_pid(path: str) -> int | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        return _read_pid(fd)
-    finally:
-        os.close(fd)
-
-
-def _read_pid(fd: int) -> int | None:
-    text = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
-    return int(text) if text.isdigit() else None
 
 
 def describe_pid(pid: int) -> str:

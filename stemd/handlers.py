@@ -9,22 +9,21 @@ are already configured, a signal, and a line count.
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from stem_core import __version__
 from stem_core import protocol as P
 from stem_core.config import to_dict
 from stem_core.errors import BadValue, ConfigError, StemError
 from stem_core.keys import parse_signal, signal_number
 from stem_core.states import NodeState
-from stemd.control import Hold
+from stemd.control import Handler, Hold
 
 if TYPE_CHECKING:
     from stemd.master import Master
     from stemd.node import Node
 
 S = NodeState
-Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
 def _names(args: dict[str, Any]) -> list[str]:
@@ -35,9 +34,7 @@ def _names(args: dict[str, Any]) -> list[str]:
 
 
 def _failed(message: str, result: Any = None, hint: str | None = None) -> P.ProtocolError:
-    error = P.ProtocolError(P.ErrorCode.FAILED, message, hint)
-    error.result = result  # type: ignore[attr-defined]
-    return error
+    return P.ProtocolError(P.ErrorCode.FAILED, message, hint, result)
 
 
 def table(master: Master) -> dict[str, Handler]:
@@ -130,8 +127,6 @@ def table(master: Master) -> dict[str, Handler]:
         return {"logs": [{"node": n.name, "path": n.spec.log_file} for n in nodes]}
 
     async def version(args: dict[str, Any]) -> Any:
-        from stemd import __version__
-
         return {"version": __version__, "pid": os.getpid(), "protocol": P.VERSION}
 
     async def config(args: dict[str, Any]) -> Any:

@@ -39,9 +39,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from stem_core.exits import ExitStatus
 from stem_core.model import ProgramSpec
 from stem_core.states import NodeState
-from stemd.node import ExitStatus, SpawnError
+from stemd.node import SpawnError
 from stemd.spawn import spawn_node
 
 if TYPE_CHECKING:

@@ -10,10 +10,10 @@ Which processes: the candidates are the configured nodes' PID files, plus the
 records of the master's state file (:mod:`stem_core.statefile`), which also
 name nodes of a configuration that has since changed or no longer parses.
 A candidate is stopped only if it is identified exactly as adoption
-identifies it (:func:`stem_core.pidfile.read_pidfile` with trusted owners,
-then :func:`stem_core.pidfile.check_node_identity`: a session leader, the
-node's user, started before its PID file was written, ``STEMD_NODE`` and
-``STEMD_PROGRAM`` naming it) — never by PID liveness alone. A pidfd is
+identifies it (:func:`stem_core.pidfile.classify`, as the master's adoption
+and ``stemctl diagnose`` do: a PID file owned by a trusted user, naming a
+session leader, the node's user, started before its PID file was written,
+``STEMD_NODE`` and ``STEMD_PROGRAM`` naming it) — never by PID liveness alone. A pidfd is
 opened *before* the check and every signal to the main process goes through
 it, so a PID reused between the check and the signal is never hit.
 
@@ -38,7 +38,16 @@ from dataclasses import dataclass
 
 from stem_core.errors import PidFileError
 from stem_core.keys import signal_number
-from stem_core.pidfile import check_node_identity, read_pidfile, remove_pidfile
+from stem_core.pidfile import (
+    ENVIRON_UNREADABLE,
+    STALE,
+    UNTRUSTED,
+    classify,
+    group_has_members,
+    read_master_pid,
+    remove_pidfile,
+    trusted_owners,
+)
 from stem_core.statefile import read_state, remove_state, state_path
 
 TYPE_CHECKING = False
@@ -78,13 +87,6 @@ class Report:
     failed: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     unknown: str | None = None
-
-
-def trusted_uids() -> frozenset[int]:
-    """Owners whose PID and state files are believed: root and ourselves
-    (the master trusts root and its own user; stemctl runs as one of them
-    to stop nodes at all)."""
-    return frozenset({0, os.geteuid()})
 
 
 def candidates(config: Config | None, master_pid_file: str,
@@ -148,34 +150,30 @@ def identify(cands: list[Candidate], trusted: frozenset[int],
     doubtful: list[str] = []
     seen: set[int] = set()
     for cand in cands:
-        try:
-            record = read_pidfile(cand.pid_file, trusted)
-        except PidFileError as exc:
-            notes.append(f"{cand.name}: ignoring untrusted PID file: {exc}")
+        verdict = classify(cand.pid_file, cand.name, cand.program,
+                           _node_uid(cand.user, master_uid), trusted, pin=True)
+        if verdict.kind == UNTRUSTED:
+            notes.append(f"{cand.name}: ignoring untrusted PID file: {verdict.why}")
             continue
-        if record is None or record.pid in seen:
+        record = verdict.record
+        if record is None:
             continue
-        try:
-            fd = os.pidfd_open(record.pid)
-        except ProcessLookupError:
-            notes.append(f"{cand.name}: removed stale PID file {cand.pid_file} "
-                         f"(pid {record.pid}: no such process)")
-            remove_pidfile(cand.pid_file, record.pid)
+        if record.pid in seen:
+            if verdict.pidfd is not None:
+                os.close(verdict.pidfd)
             continue
-        why = check_node_identity(record, cand.name, cand.program,
-                                  _node_uid(cand.user, master_uid))
-        if why is not None:
-            os.close(fd)
-            if why == "its environment cannot be read":
+        if verdict.kind == STALE:
+            if verdict.why == ENVIRON_UNREADABLE:
                 doubtful.append(f"{cand.name}: cannot tell whether pid {record.pid} is the "
-                                f"node ({why}); run as root")
+                                f"node ({verdict.why}); run as root")
                 continue
             notes.append(f"{cand.name}: removed stale PID file {cand.pid_file} "
-                         f"(pid {record.pid}: {why})")
+                         f"(pid {record.pid}: {verdict.why})")
             remove_pidfile(cand.pid_file, record.pid)
             continue
+        assert verdict.pidfd is not None  # LIVE, pinned
         seen.add(record.pid)
-        targets.append(_Target(cand, record.pid, fd))
+        targets.append(_Target(cand, record.pid, verdict.pidfd))
     return targets, notes, doubtful
 
 
@@ -214,7 +212,7 @@ def stop_targets(targets: list[_Target]) -> tuple[list[Stopped], list[str]]:
             t = by_fd[fd]
             if fd in ready:
                 # The main process is gone; kill what is left of its group.
-                if _group_has_members(t.pid):
+                if group_has_members(t.pid):
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(t.pid, signal.SIGKILL)
                 stopped.append(Stopped(t.candidate.name, t.pid))
@@ -241,7 +239,7 @@ def stop_targets(targets: list[_Target]) -> tuple[list[Stopped], list[str]]:
 def stop_left_behind(config: Config | None, master_pid_file: str) -> Report:
     """Stop the nodes a master that is no longer running left behind.
     The caller has checked that no master holds ``master_pid_file``."""
-    trusted = trusted_uids()
+    trusted = trusted_owners()
     cands, notes, had_state = candidates(config, master_pid_file, trusted)
     master_uid = _owner(master_pid_file)
     targets, more, doubtful = identify(cands, trusted, master_uid)
@@ -312,8 +310,6 @@ def lock_holder(path: str) -> int | None:
 def verified_master(path: str) -> int | None:
     """The master's PID when the process that holds the lock on its PID file
     is the PID the file names and runs stemd; else None."""
-    from stemd.daemon import read_master_pid
-
     pid = read_master_pid(path)
     if pid is None or lock_holder(path) != pid:
         return None
@@ -356,15 +352,3 @@ def _wait_readable(fd: int, timeout: float) -> bool:
 
 def _exited(pidfd: int) -> bool:
     return _wait_readable(pidfd, 0)
-
-
-def _group_has_members(pgid: int) -> bool:
-    """Any live process in group ``pgid``? (One /proc scan per stopped node.)"""
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                if os.getpgid(int(entry.name)) == pgid:
-                    return True
-            except ProcessLookupError:
-                continue
-    return False

@@ -34,15 +34,20 @@ from typing import Any, TypeVar
 import psutil
 from psutil import pid_exists
 
+from stem_core import __version__
+from stem_core.accounts import AccountError, resolve_account
 from stem_core.config import load_config
 from stem_core.errors import ConfigError, PidFileError, StemError
+from stem_core.exits import ExitStatus
 from stem_core.model import Config, NodeSpec, diff
 from stem_core.pidfile import (
+    LIVE,
+    UNTRUSTED,
     FoundNode,
-    check_node_identity,
-    read_pidfile,
+    classify,
     remove_pidfile,
     scan_nodes,
+    trusted_owners,
     write_pidfile,
 )
 from stem_core.statefile import (
@@ -60,14 +65,14 @@ from stemd.control import ControlServer, socket_gid
 from stemd.daemon import MasterLock, Readiness
 from stemd.hooks import HookRunner
 from stemd.memlimit import MemoryLimits
-from stemd.node import ExitStatus, Node, SpawnError
+from stemd.node import Node, SpawnError
 from stemd.notify import Notifier
 from stemd.observe import ReloadRecord, Transitions
 from stemd.reaper import Reaper
 from stemd.runwatch import RunDirWatch
 from stemd.signals import SignalPipe
 from stemd.snapshot import snapshot as build_snapshot
-from stemd.spawn import resolve_account, spawn_node
+from stemd.spawn import spawn_node
 from stemd.usage import CpuTracker
 
 S = NodeState
@@ -374,7 +379,7 @@ class Master:
                 created = psutil.Process(found.pid).create_time()
                 write_pidfile(node.spec.pid_file, found.pid)
                 self.reaper.watch(found.pid, None, self.exit_callback(node))
-            except (SpawnError, OSError, psutil.Error):
+            except (AccountError, OSError, psutil.Error):
                 continue
             node.adopt(found.pid, created)
             self.log.warning("%s: adopted pid %d, which no PID file named (its master died "
@@ -384,7 +389,7 @@ class Master:
 
     def _read_previous_state(self) -> dict[str, NodeRecord]:
         try:
-            state = read_state(self.state_file, trusted_uids=frozenset({0, os.geteuid()}))
+            state = read_state(self.state_file, trusted_uids=trusted_owners())
         except PidFileError as exc:
             self.log.warning("ignoring the state file: %s", exc)
             return {}
@@ -447,7 +452,7 @@ class Master:
         failed = [n for n in self.nodes.values() if n.wanted and n.state is not S.RUNNING
                   and n.state is not S.EXITED]
         self.log.info("stemd %s ready: pid %d, %d nodes (%d adopted), socket %s",
-                      _version(), os.getpid(), len(self.nodes), adopted,
+                      __version__, os.getpid(), len(self.nodes), adopted,
                       self.config.master.socket)
         self.notifier.send("READY=1", f"MAINPID={os.getpid()}", self._status_line())
         if wait > 0 and failed:
@@ -602,18 +607,17 @@ class Master:
         stale. Never signals a process that is not the node."""
         spec = node.spec
         try:
-            record = read_pidfile(spec.pid_file, trusted_uids=frozenset({0, os.geteuid()}))
-        except PidFileError as exc:
-            self.log.warning("%s: ignoring untrusted PID file: %s", node.name, exc)
-            return False
-        if record is None:
-            return False
-        try:
             uid: int | None = resolve_account(spec.run_as.user, spec.run_as.group).uid
-        except SpawnError:
+        except AccountError:
             uid = None
-        why = check_node_identity(record, spec.name, spec.program, uid)
-        if why is None:
+        verdict = classify(spec.pid_file, spec.name, spec.program, uid, trusted_owners())
+        if verdict.kind == UNTRUSTED:
+            self.log.warning("%s: ignoring untrusted PID file: %s", node.name, verdict.why)
+            return False
+        if verdict.record is None:
+            return False
+        record, why = verdict.record, verdict.why
+        if verdict.kind == LIVE:
             try:
                 created = psutil.Process(record.pid).create_time()
                 self.reaper.watch(record.pid, None, self.exit_callback(node))
@@ -972,9 +976,3 @@ def _exit_status(value: int | None) -> ExitStatus | None:
     if value is None:
         return None
     return ExitStatus(signal=-value) if value < 0 else ExitStatus(code=value)
-
-
-def _version() -> str:
-    from stemd import __version__
-
-    return __version__

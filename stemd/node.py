@@ -22,9 +22,9 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
+from stem_core.exits import ExitStatus
 from stem_core.keys import signal_number
 from stem_core.model import NodeSpec
 from stem_core.states import IllegalTransition, NodeState, can_transition
@@ -76,37 +76,6 @@ class ProcessOps(Protocol):
     def forget(self, node: Node, pid: int | None) -> None:
         """The node's process ``pid`` is gone: remove its PID file."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class ExitStatus:
-    """How a process ended. Both None: unknown (an adopted node is not our
-    child, so its status cannot be collected)."""
-
-    code: int | None = None
-    signal: int | None = None
-
-    @property
-    def clean(self) -> bool:
-        return self.code == 0
-
-    @property
-    def as_int(self) -> int | None:
-        """Popen's convention: the exit code, or minus the signal number."""
-        if self.signal is not None:
-            return -self.signal
-        return self.code
-
-    def __str__(self) -> str:
-        if self.signal is not None:
-            try:
-                name = signal.Signals(self.signal).name
-            except ValueError:
-                name = f"signal {self.signal}"
-            return f"killed by {name}"
-        if self.code is not None:
-            return f"exit status {self.code}"
-        return "exit status unknown (adopted)"
 
 
 _Waiter = tuple[Callable[["Node"], bool], Callable[["Node"], None]]

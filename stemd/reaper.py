@@ -38,7 +38,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from stemd.node import ExitStatus
+from stem_core.exits import ExitStatus
+from stem_core.pidfile import group_has_members
 
 ExitCallback = Callable[[int, ExitStatus], None]
 
@@ -145,7 +146,7 @@ class Reaper:
             # Tell Popen it is done, so its __del__ never queues the PID for
             # a later waitpid() that could reap an unrelated, reused PID.
             watch.popen.returncode = status.as_int if status.as_int is not None else -1
-        elif _group_has_members(pid):
+        elif group_has_members(pid):
             # An adopted node: its parent (init) has reaped it, so the leader
             # no longer pins the group id. Members that are left do pin it
             # (a pgid is not reused while any process carries it), so it is
@@ -167,19 +168,6 @@ class Reaper:
         self._watches.clear()
         self._ready.clear()
         self._queued.clear()
-
-
-def _group_has_members(pgid: int) -> bool:
-    """Any live process in group ``pgid``? A scan of /proc, done only when an
-    adopted node dies (rare), never periodically."""
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                if os.getpgid(int(entry.name)) == pgid:
-                    return True
-            except ProcessLookupError:
-                continue
-    return False
 
 
 def _status(info: os.waitid_result) -> ExitStatus:

@@ -11,54 +11,17 @@ output never passes through it.
 
 from __future__ import annotations
 
-import grp
 import os
-import pwd
 import stat
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass
 
+from stem_core.accounts import Account, AccountError, resolve_account
 from stem_core.model import NodeSpec
 from stemd.node import SpawnError
 
 #: variables of the master's own environment that must not reach nodes
 _PRIVATE_ENV = ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "STEMD_CONFIG")
-
-
-@dataclass(frozen=True, slots=True)
-class Account:
-    """Whom a node runs as. ``switch`` is False when the master is not root
-    and the node runs as the master's own user."""
-
-    uid: int
-    gid: int
-    name: str
-    home: str
-    extra_groups: tuple[int, ...]
-    switch: bool
-
-
-def resolve_account(user: str | None, group: str | None) -> Account:
-    """Look up the node account; raises SpawnError naming what is missing.
-
-    Supplementary groups are initialised from the group database, as a login
-    would (``initgroups``), so a node can read files shared with its groups.
-    """
-    try:
-        pw = pwd.getpwnam(user) if user else pwd.getpwuid(os.geteuid())
-    except KeyError:
-        raise SpawnError(f"no such user: {user}") from None
-    try:
-        gid = grp.getgrnam(group).gr_gid if group else pw.pw_gid
-    except KeyError:
-        raise SpawnError(f"no such group: {group}") from None
-    switch = os.geteuid() == 0 and (pw.pw_uid != 0 or gid != os.getegid())
-    extra = tuple(g for g in os.getgrouplist(pw.pw_name, gid)) if switch else ()
-    if os.geteuid() != 0 and pw.pw_uid != os.geteuid():
-        raise SpawnError(f"stemd runs as uid {os.geteuid()} and cannot start nodes as "
-                         f"{pw.pw_name}; run stemd as root or unset STEMD_USER")
-    return Account(pw.pw_uid, gid, pw.pw_name, pw.pw_dir, extra, switch)
 
 
 def open_log(path: str, account: Account) -> int:
@@ -109,7 +72,10 @@ def node_environment(spec: NodeSpec, account: Account,
 def spawn_node(spec: NodeSpec, base_env: Mapping[str, str], force_root: bool
                ) -> subprocess.Popen[bytes]:
     """Start the node's process in its own session. Raises SpawnError."""
-    account = resolve_account(spec.run_as.user, spec.run_as.group)
+    try:
+        account = resolve_account(spec.run_as.user, spec.run_as.group)
+    except AccountError as exc:
+        raise SpawnError(str(exc)) from None  # a failed start, as the node counts it
     if account.uid == 0 and not force_root:
         raise SpawnError("refusing to run a node as root: set STEMD_USER to an unprivileged "
                          "account, or STEMD_FORCE_ROOT=1 if you really mean it")

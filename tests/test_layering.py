@@ -4,14 +4,20 @@ never imports the master (so stemctl starts fast and carries no master code)."""
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
-CLIENT = ("client", "ctl", "render", "logtail", "leftovers")
+CLIENT = ("client", "ctl", "render", "logtail", "leftovers", "checks", "commands/__init__",
+          "commands/nodes", "commands/shutdown", "commands/logs", "commands/info", "importcmd",
+          "ctl_metrics", "ctl_scale", "ctl_top")
 MASTER_ONLY = {"stemd.master", "stemd.node", "stemd.reaper", "stemd.spawn", "stemd.handlers",
-               "stemd.control", "stemd.notify", "stemd.logsetup"}
+               "stemd.control", "stemd.notify", "stemd.logsetup", "stemd.daemon",
+               "stemd.signals", "stemd.snapshot", "stemd.runwatch"}
 
 
 def imports(path: Path) -> set[str]:
@@ -32,7 +38,7 @@ def test_stem_core_never_imports_stemd() -> None:
 
 def test_client_modules_do_not_import_the_master() -> None:
     for name in CLIENT:
-        top_level = set()
+        top_level: set[str] = set()
         tree = ast.parse((ROOT / "stemd" / f"{name}.py").read_text())
         for node in tree.body:  # module level only: lazy imports inside commands are fine
             if isinstance(node, ast.ImportFrom) and node.module:
@@ -47,6 +53,39 @@ def test_stemctl_status_path_loads_neither_master_nor_rich() -> None:
             "print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+#: Runs a stemctl command in-process and prints, at exit, every module it
+#: loaded (lazy imports inside a command included, which an ast read cannot
+#: see: diagnose used to load stemd.node, spawn, control and daemon).
+_RUN = ("import atexit, json, sys; "
+        "atexit.register(lambda: sys.__stderr__.write("
+        "'MODULES ' + json.dumps(sorted(sys.modules)) + '\\n')); "
+        "sys.argv = ['stemctl'] + sys.argv[1:]; "
+        "from stemd.ctl import main; sys.exit(main())")  # as the stemctl script does
+
+
+@pytest.mark.parametrize("argv", [
+    ["status"], ["status", "--json"], ["start", "a"], ["stop", "a"], ["restart"],
+    ["kill", "a"], ["reload"], ["logs", "a"], ["shutdown"], ["healthcheck"], ["diagnose"],
+    ["diagnose", "--json"], ["config"], ["config", "--toml"], ["version"], ["--help"],
+    ["import", "celeryd", "/nonexistent/celeryd"], ["metrics"], ["scale"], ["top", "-n", "1"],
+], ids=" ".join)
+def test_no_stemctl_command_loads_master_code(argv: list[str], tmp_path: Path) -> None:
+    """Every command, run against a configuration whose master is not
+    running, loads nothing of the master side."""
+    conf = tmp_path / "stem"
+    conf.write_text(f"STEMD_NODES=2\nSTEMD_COMMAND='/bin/sleep 60'\n"
+                    f"STEMD_MASTER_PID_FILE={tmp_path}/stemd.pid\n"
+                    f"STEMD_SOCKET={tmp_path}/stemd.sock\n"
+                    f"STEMD_PID_FILE={tmp_path}/%n.pid\nSTEMD_LOG_FILE={tmp_path}/%n.log\n")
+    out = subprocess.run([sys.executable, "-c", _RUN, "--config", str(conf), *argv],
+                         capture_output=True, text=True, timeout=60)
+    line = [x for x in out.stderr.splitlines() if x.startswith("MODULES ")]
+    assert line, out.stderr
+    loaded = set(json.loads(line[-1].removeprefix("MODULES ")))
+    assert "stemd.ctl" in loaded
+    assert not loaded & MASTER_ONLY, f"stemctl {' '.join(argv)} loaded {loaded & MASTER_ONLY}"
 
 
 def test_every_package_is_shipped() -> None:

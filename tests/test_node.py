@@ -14,9 +14,10 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
+from stem_core.exits import ExitStatus
 from stem_core.model import NodeSpec, Policy, RunAs
 from stem_core.states import TRANSITIONS, NodeState
-from stemd.node import ExitStatus, Node, SpawnError
+from stemd.node import Node, SpawnError
 
 S = NodeState
 FAILED = ExitStatus(code=1)

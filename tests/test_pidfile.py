@@ -14,10 +14,17 @@ import pytest
 
 from stem_core.errors import PidFileError
 from stem_core.pidfile import (
+    ABSENT,
+    LIVE,
+    STALE,
+    UNTRUSTED,
     PidRecord,
     check_node_identity,
+    classify,
+    healthy,
     read_pidfile,
     remove_pidfile,
+    trusted_owners,
     write_pidfile,
 )
 
@@ -109,3 +116,48 @@ def test_identity_needs_session_leader() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_classify_gives_one_verdict_per_file(tmp_path: Path) -> None:
+    """The verdict the master's adoption, diagnose and the leftovers stop
+    all act on: absent, untrusted (left alone), stale (with why), live."""
+    path = str(tmp_path / "alpha.pid")
+    trusted = trusted_owners()
+    assert classify(path, "alpha", "worker", None, trusted).kind == ABSENT
+    write_pidfile(path, 4242)
+    untrusted = classify(path, "alpha", "worker", None, frozenset({os.geteuid() + 1}))
+    assert untrusted.kind == UNTRUSTED and "owned by uid" in (untrusted.why or "")
+    proc = _node("alpha")
+    try:
+        write_pidfile(path, proc.pid)
+        live = classify(path, "alpha", "worker", os.getuid(), trusted)
+        assert live.kind == LIVE and live.record is not None and live.record.pid == proc.pid
+        assert live.pidfd is None
+        pinned = classify(path, "alpha", "worker", os.getuid(), trusted, pin=True)
+        assert pinned.kind == LIVE and pinned.pidfd is not None
+        os.close(pinned.pidfd)
+        other = classify(path, "beta", "worker", None, trusted, pin=True)
+        assert other.kind == STALE and "not node beta" in (other.why or "")
+        assert other.pidfd is None
+    finally:
+        proc.kill()
+        proc.wait()
+    gone = classify(path, "alpha", "worker", None, trusted, pin=True)
+    assert gone.kind == STALE and gone.why == "no such process"
+
+
+def test_healthy_reads_the_lock_and_for_any_pid_file_the_process(tmp_path: Path) -> None:
+    import fcntl
+
+    path = str(tmp_path / "stemd.pid")
+    assert healthy(path) == (False, None)
+    write_pidfile(path, os.getpid())
+    assert healthy(path) == (False, os.getpid())  # nobody holds the lock
+    assert healthy(path, any_pidfile=True) == (True, os.getpid())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        # another open file description: flock conflicts even within a process
+        assert healthy(path) == (True, os.getpid())
+    finally:
+        os.close(fd)

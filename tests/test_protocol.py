@@ -95,7 +95,9 @@ def test_bad_responses(line: bytes) -> None:
 def test_error_codes_are_the_strings_on_the_wire() -> None:
     assert {str(c) for c in P.ErrorCode} == {
         "bad_request", "unknown_command", "bad_argument", "not_found", "permission_denied",
-        "failed", "busy"}
+        "failed", "busy",
+        # stemctl's own, in the same error object (--json)
+        "not_running", "timeout", "bad_config"}
     assert json.loads(P.encode(P.error(P.ErrorCode.BUSY, "x")))["error"]["code"] == "busy"
 
 
