@@ -12,6 +12,7 @@ import dataclasses
 import os
 import re
 import shlex
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -163,9 +164,13 @@ def _refuse_foreign_format(path: str) -> None:
     """A supervisord or celeryd file would otherwise fail with a lexer error
     about its first line ("'[program:x]' is a command"): name the format and
     the command that converts it."""
+    # A second open of a pipe would wait for a writer that may never come
+    # (the first reader's close killed it): only a regular file is looked at.
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return
         text = read_config_bytes(path).decode("utf-8", errors="replace")
-    except ConfigError:
+    except (OSError, ConfigError):
         return  # the loader's own error stands
     found = foreign_format(text)
     if found is not None:
