@@ -33,6 +33,7 @@ demo: venv
 # can boot a container) the real-systemd tests.
 test: venv
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-fast: venv
@@ -40,6 +41,7 @@ test-fast: venv
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: venv
 	$(BIN)/python -m compileall -q stem_core stemd  # stemctl must not compile at each run

@@ -424,11 +424,9 @@ def _program(name: str, settings: dict[str, Any], nodes: tuple[str, ...]) -> Pro
 def _finish(path: str, master: MasterSpec, programs: list[ProgramSpec], problems: _Problems,
             where: _Where) -> Config:
     host = master_values()
-    master = MasterSpec(**{
-        name: expand(value, host) if isinstance(value, str) and name in (
-            "pid_file", "log_file", "socket") else value
-        for name, value in dataclasses.asdict(master).items()
-    })
+    master = dataclasses.replace(master, pid_file=expand(master.pid_file, host),
+                                 log_file=expand(master.log_file, host),
+                                 socket=expand(master.socket, host))
     nodes: list[NodeSpec] = []
     program_names = {p.name for p in programs}
     seen: dict[str, str] = {}

@@ -87,11 +87,11 @@ def _number(value: Any, kind: type) -> Any:
 
 
 def parse_count(value: Any) -> int:
-    return _number(value, int)
+    return int(_number(value, int))
 
 
 def parse_seconds(value: Any) -> float:
-    number = _number(value, float)
+    number = float(_number(value, float))
     if number != number or number in (float("inf"),):  # NaN, inf
         raise BadValue(f"expected a finite number of seconds, got {value!r}")
     return number

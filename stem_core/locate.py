@@ -86,11 +86,11 @@ def _from_file(path: str, key: str, toml_name: str, environ: Mapping[str, str],
         if problems is not None:
             problems.extend(exc.problems)
         return _env_leniently(data, path, key, environ)
-    value = None
+    found: str | None = None
     for assignment in assignments:
         if assignment.name == key:
-            value = assignment.value
-    return value
+            found = str(assignment.value)
+    return found
 
 
 def _env_leniently(data: bytes, path: str, key: str, environ: Mapping[str, str]) -> str | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 
 __all__ = ["argv_findings", "legacy_key_finding", "needs_node_names", "runs_celery_worker",
            "setting_hint", "template_finding"]
@@ -97,7 +98,7 @@ def setting_hint(name: str) -> str | None:
     return f"stemd has no such key: use {found}" if found else None
 
 
-def legacy_key_finding(name: str, exported: bool, known: dict[str, object]
+def legacy_key_finding(name: str, exported: bool, known: Mapping[str, object]
                        ) -> tuple[str, str] | None:
     """(message, hint) for a name in a stemd env file that is not a stemd
     setting but looks like a celery one or a typo of a stemd key, else None.

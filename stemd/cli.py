@@ -14,8 +14,9 @@ import sys
 
 from stem_core import __version__
 from stem_core import keys as K
-from stem_core.config import config_path, load_config
+from stem_core.config import load_config
 from stem_core.errors import ConfigError, Problem, StemError
+from stem_core.locate import config_path
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

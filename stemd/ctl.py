@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
+    from stem_core.model import Policy
+
 OK, FAILED, USAGE, NOT_RUNNING, DENIED = 0, 1, 2, 3, 4
 
 #: the exit status of each error code; any other: FAILED
@@ -89,8 +91,9 @@ class Ctl:
     # The configuration is read lazily: most commands need only the socket.
     def config(self, required: bool = False) -> Any:
         if self._config is None and self._config_error is None:
-            from stem_core.config import config_path, load_config
+            from stem_core.config import load_config
             from stem_core.errors import ConfigError
+            from stem_core.locate import config_path
 
             path = config_path(self.args.config)
             try:
@@ -107,7 +110,7 @@ class Ctl:
         (the key's own line is read leniently): never silently another
         master's default socket."""
         if self.args.socket:
-            return self.args.socket
+            return str(self.args.socket)
         return self._master_path("STEMD_SOCKET")
 
     def master_pid_file(self) -> str:
@@ -147,7 +150,7 @@ class Ctl:
         policies = [n.policy for n in config.nodes]
         # Priority groups start (and stop) one after the other, each group's
         # nodes in parallel: the longest of each group, summed.
-        groups: dict[int, list[Any]] = {}
+        groups: dict[int, list[Policy]] = {}
         for node in config.nodes:
             groups.setdefault(node.priority, []).append(node.policy)
         stop = sum(max(p.stop_timeout for p in group) for group in groups.values())
@@ -325,7 +328,9 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
 def load(command: Command) -> Callable[[Ctl], int]:
     """The command's function, its module imported now (not at start-up)."""
     module, _, function = command.run.partition(":")
-    return getattr(__import__(_module(module), fromlist=[function]), function)
+    run: Callable[[Ctl], int] = getattr(__import__(_module(module), fromlist=[function]),
+                                        function)
+    return run
 
 
 def _module(name: str) -> str:
@@ -388,7 +393,7 @@ def _columns() -> int:
     except (KeyError, ValueError):
         pass
     try:
-        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
+        return os.get_terminal_size((sys.__stdout__ or sys.stdout).fileno()).columns or 80
     except (AttributeError, ValueError, OSError):
         return 80
 

@@ -212,7 +212,7 @@ def _fetch(ctl: Ctl, view: View) -> list[dict[str, Any]] | dict[str, Any]:
     response = ctl.call("status", names=ctl.args.names, stats=True)
     if not response["ok"]:
         return response
-    nodes = response["result"]
+    nodes: list[dict[str, Any]] = response["result"]
     view.cpu(nodes, time.monotonic())
     return nodes
 
@@ -268,8 +268,11 @@ def _live(ctl: Ctl, view: View) -> int:
                 if ctl.args.iterations and count >= ctl.args.iterations:
                     return OK
                 wait = max(0.0, next_at - time.monotonic())
-                ready = select.select([stdin], [], [], wait)[0] if stdin is not None \
-                    else time.sleep(wait) or []
+                if stdin is not None:
+                    ready = select.select([stdin], [], [], wait)[0]
+                else:
+                    time.sleep(wait)  # not a terminal: nothing to read, just the next frame
+                    ready = []
                 if ready:
                     key = os.read(stdin, 1).decode(errors="replace") if stdin is not None \
                         else ""

@@ -96,9 +96,9 @@ class ReopenableFileHandler(logging.StreamHandler):  # type: ignore[type-arg]
 def configure(level: str, log_file: str | None) -> logging.Logger:
     """Log to ``log_file`` (a daemon) or to stderr (None: the foreground)."""
     log = logging.getLogger(LOGGER)
-    for handler in list(log.handlers):
-        log.removeHandler(handler)
-        handler.close()
+    for old in list(log.handlers):
+        log.removeHandler(old)
+        old.close()
     handler: logging.Handler
     handler = ReopenableFileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(FORMAT))

@@ -24,6 +24,7 @@ import time
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from typing import BinaryIO
 
 MAX_READ = 8 * 1024 * 1024  # bytes read backwards at most, whatever -n asks
 MAX_LINE = 64 * 1024  # bytes of one line shown at most
@@ -219,13 +220,13 @@ def prefixes(names: Sequence[str], colour: bool) -> list[bytes]:
     return out
 
 
-def follow(files: Sequence[Followed], out: object = None) -> None:
+def follow(files: Sequence[Followed], out: BinaryIO | None = None) -> None:
     """Follow every file in one loop, printing what each one gains (whole
     prefixed lines, or raw bytes for an unprefixed single file). Returns
     only on an exception (KeyboardInterrupt, BrokenPipeError)."""
     stream = out if out is not None else sys.stdout.buffer
-    write = stream.write  # type: ignore[attr-defined]
-    flush = stream.flush  # type: ignore[attr-defined]
+    write = stream.write
+    flush = stream.flush
     try:
         while True:
             busy = False

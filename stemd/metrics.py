@@ -166,7 +166,7 @@ class FleetCollector:
 
 def registry(master: Master) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(FleetCollector(master))  # type: ignore[arg-type]
+    reg.register(FleetCollector(master))
     # the master's own CPU, memory and descriptors, under stemd_master_
     # (not process_: node_exporter's textfile collector would clash with
     # its own process_ metrics)

@@ -60,7 +60,7 @@ def size(n: int | None) -> str:
 
 
 def status_rows(nodes: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for n in nodes:
         cpu = n.get("cpu_percent")
         # Why a node is not running (its last spawn error, crash loop or

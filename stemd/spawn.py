@@ -90,9 +90,6 @@ def spawn_node(spec: NodeSpec, base_env: Mapping[str, str], force_root: bool
             if log_fd is not None:
                 os.close(log_fd)
             raise
-    kwargs: dict[str, object] = {}
-    if account.switch:
-        kwargs.update(user=account.uid, group=account.gid, extra_groups=list(account.extra_groups))
     try:
         return subprocess.Popen(
             spec.argv,
@@ -104,7 +101,10 @@ def spawn_node(spec: NodeSpec, base_env: Mapping[str, str], force_root: bool
             close_fds=True,
             start_new_session=True,
             umask=spec.run_as.umask,
-            **kwargs,  # type: ignore[arg-type]
+            # None leaves the account as it is (a master not running as root)
+            user=account.uid if account.switch else None,
+            group=account.gid if account.switch else None,
+            extra_groups=list(account.extra_groups) if account.switch else None,
         )
     except OSError as exc:
         what = exc.filename or spec.argv[0]

@@ -621,7 +621,8 @@ def _merge(processes: list[dict[str, Any]]) -> dict[str, Any] | None:
             continue
         if not all(isinstance(v, str) for v in values):
             return None  # environments differ: stemd does not template them
-        templated = {v.replace(p["name"], "%n") for v, p in zip(values, processes, strict=True)}
+        texts = [str(v) for v in values]  # all str, checked above
+        templated = {v.replace(p["name"], "%n") for v, p in zip(texts, processes, strict=True)}
         if len(templated) != 1:
             return None
         merged[key] = templated.pop()
