@@ -110,6 +110,13 @@ class Fleet:
         assert result.returncode == 0, result.stderr
         return result
 
+    def script(self, name: str, text: str) -> str:
+        """Write an executable node script in the fleet's directory; its path."""
+        path = self.root / name
+        path.write_text(text)
+        path.chmod(0o755)
+        return str(path)
+
     def start_failing(self, *args: str) -> str:
         """Start the daemon on a fleet that cannot run: ready means running,
         so the launcher must exit 1 naming the failures (the master stays

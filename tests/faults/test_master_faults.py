@@ -20,13 +20,6 @@ while :; do sleep 0.05; done
 """
 
 
-def script(fleet: Fleet, name: str, text: str) -> str:
-    path = fleet.root / name
-    path.write_text(text)
-    path.chmod(0o755)
-    return str(path)
-
-
 def timed_status(fleet: Fleet) -> float:
     t0 = time.monotonic()
     result = subprocess.run([STEMCTL, "--config", str(fleet.config), "status", "--json"],
@@ -59,7 +52,7 @@ def test_a_master_killed_during_a_reload_that_removes_a_node_leaves_no_orphan(
     """B5: the removed node was orphaned: its PID file stayed, diagnose saw
     nothing and shutdown left it running. The state file keeps it until it
     is stopped, and the next master stops it."""
-    command = script(fleet, "slow.sh", SLOW_STOP)
+    command = fleet.script("slow.sh", SLOW_STOP)
     fleet.write(nodes="a b c", command=command)
     fleet.start()
     c_pid = fleet.status()["c"]["pid"]

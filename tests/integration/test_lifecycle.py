@@ -28,13 +28,6 @@ while :; do sleep 0.05; done
 """
 
 
-def script(fleet: Fleet, name: str, text: str) -> str:
-    path = fleet.root / name
-    path.write_text(text)
-    path.chmod(0o755)
-    return str(path)
-
-
 def pids(fleet: Fleet) -> dict[str, Any]:
     return {name: info["pid"] for name, info in fleet.status().items()}
 
@@ -48,9 +41,9 @@ def assert_nothing_left(fleet: Fleet) -> None:
 
 
 def test_sighup_then_sigterm_leaves_no_node_behind(fleet: Fleet) -> None:
-    fleet.write(nodes="a b c", command=script(fleet, "slow.sh", SLOW_STOP))
+    fleet.write(nodes="a b c", command=fleet.script("slow.sh", SLOW_STOP))
     fleet.start()
-    fleet.write(nodes="a b c", command=script(fleet, "slow.sh", SLOW_STOP), opts="--changed")
+    fleet.write(nodes="a b c", command=fleet.script("slow.sh", SLOW_STOP), opts="--changed")
     master = fleet.master_pid()
     assert master
     os.kill(master, signal.SIGHUP)
@@ -62,7 +55,7 @@ def test_sighup_then_sigterm_leaves_no_node_behind(fleet: Fleet) -> None:
 
 
 def test_shutdown_during_a_rolling_restart_leaves_no_node_behind(fleet: Fleet) -> None:
-    fleet.write(nodes="a b c", command=script(fleet, "slow.sh", SLOW_STOP))
+    fleet.write(nodes="a b c", command=fleet.script("slow.sh", SLOW_STOP))
     fleet.start()
     restart = subprocess.Popen([STEMCTL, "--config", str(fleet.config), "restart"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -87,7 +80,7 @@ def _send_and_leave(fleet: Fleet, cmd: str) -> None:
 
 def test_restarts_of_clients_that_left_are_dropped_after_the_current_node(fleet: Fleet
                                                                           ) -> None:
-    fleet.write(nodes="a b c", command=script(fleet, "slow.sh", SLOW_STOP))
+    fleet.write(nodes="a b c", command=fleet.script("slow.sh", SLOW_STOP))
     fleet.start()
     before = pids(fleet)
     _send_and_leave(fleet, "restart")
@@ -103,7 +96,7 @@ def test_restarts_of_clients_that_left_are_dropped_after_the_current_node(fleet:
 
 
 def test_two_concurrent_rolling_restarts_never_take_two_nodes_down(fleet: Fleet) -> None:
-    fleet.write(nodes="a b c", command=script(fleet, "slow.sh", SLOW_STOP), start_secs=0.3)
+    fleet.write(nodes="a b c", command=fleet.script("slow.sh", SLOW_STOP), start_secs=0.3)
     fleet.start()
     worst: list[int] = []
     done = threading.Event()
@@ -203,7 +196,7 @@ def test_a_master_restarted_after_kill_9_keeps_intent_counters_and_verdicts(flee
 
 
 def test_status_says_why_a_node_is_fatal(fleet: Fleet) -> None:
-    worker = Path(script(fleet, "worker.sh", "#!/bin/sh\nexec sleep 1000\n"))
+    worker = Path(fleet.script("worker.sh", "#!/bin/sh\nexec sleep 1000\n"))
     fleet.write(nodes="a", command=str(worker), start_retries=2)
     fleet.start()
     worker.unlink()  # the binary vanishes (a botched deploy)
@@ -252,7 +245,7 @@ def test_kill_9_of_the_master_during_shutdown_is_not_reported_as_stopped(fleet: 
                                                                         ) -> None:
     """stemctl printed "stemd (pid N) stopped" and exited 0 while three
     TERM-ignoring nodes still ran. "Stopped" means no node is left."""
-    deaf = script(fleet, "deaf.sh", "#!/bin/sh\ntrap '' TERM\nwhile :; do sleep 0.05; done\n")
+    deaf = fleet.script("deaf.sh", "#!/bin/sh\ntrap '' TERM\nwhile :; do sleep 0.05; done\n")
     fleet.write(nodes="a b c", stop_timeout=4, command=deaf)
     fleet.start()
     nodes = fleet.node_pids()
