@@ -26,6 +26,11 @@ class Notifier:
     def from_environ(cls) -> Notifier:
         return cls(os.environ.pop("NOTIFY_SOCKET", None))
 
+    @property
+    def enabled(self) -> bool:
+        """Is there a systemd to tell? (Lets callers skip building a message.)"""
+        return self._sock is not None
+
     def send(self, *fields: str) -> None:
         """Best effort: systemd going away must not take the master down."""
         if self._sock is None:

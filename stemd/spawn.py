@@ -69,13 +69,16 @@ def node_environment(spec: NodeSpec, account: Account,
     return env
 
 
-def spawn_node(spec: NodeSpec, base_env: Mapping[str, str], force_root: bool
-               ) -> subprocess.Popen[bytes]:
-    """Start the node's process in its own session. Raises SpawnError."""
-    try:
-        account = resolve_account(spec.run_as.user, spec.run_as.group)
-    except AccountError as exc:
-        raise SpawnError(str(exc)) from None  # a failed start, as the node counts it
+def spawn_node(spec: NodeSpec, base_env: Mapping[str, str], force_root: bool,
+               account: Account | None = None) -> subprocess.Popen[bytes]:
+    """Start the node's process in its own session. Raises SpawnError.
+    ``account``: the node's, already resolved (the master looks each one up
+    once per burst of spawns)."""
+    if account is None:
+        try:
+            account = resolve_account(spec.run_as.user, spec.run_as.group)
+        except AccountError as exc:
+            raise SpawnError(str(exc)) from None  # a failed start, as the node counts it
     if account.uid == 0 and not force_root:
         raise SpawnError("refusing to run a node as root: set STEMD_USER to an unprivileged "
                          "account, or STEMD_FORCE_ROOT=1 if you really mean it")
