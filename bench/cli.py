@@ -34,9 +34,17 @@ from bench.scenarios import (
     run_flood,
     run_storm,
     run_trial,
+    run_warm_stop,
 )
 from bench.stats import summarize
-from bench.workloads import Settings, Workload, flood_workload, sleep_workload, storm_workload
+from bench.workloads import (
+    Settings,
+    Workload,
+    flood_workload,
+    sleep_workload,
+    storm_workload,
+    warm_workload,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER_NAMES = ("supervisord", "circus")
@@ -54,6 +62,8 @@ class Options:
     storm_start_secs: int
     flood_mb: int
     flood_trials: int
+    warm_nodes: int
+    warm_trials: int
     out: Path | None
     json_path: Path | None
     stemd_bin: Path
@@ -80,6 +90,9 @@ def parse_args(argv: list[str]) -> Options:
     )
     p.add_argument("--flood-mb", type=int, default=200, help="0 skips the stdout flood")
     p.add_argument("--flood-trials", type=int, default=3)
+    p.add_argument("--warm-nodes", type=int, default=100,
+                   help="warm stop: nodes that exit 0.5 s after TERM (0 skips it)")
+    p.add_argument("--warm-trials", type=int, default=3)
     p.add_argument("--out", type=Path, help="Markdown file (section between bench markers)")
     p.add_argument("--json", type=Path, dest="json_path")
     p.add_argument("--stemd-bin", type=Path, default=ROOT / ".venv" / "bin")
@@ -91,11 +104,13 @@ def parse_args(argv: list[str]) -> Options:
     sizes = tuple(int(n) for n in a.nodes.split(",") if n.strip())
     trials, storm_nodes, storm_secs = a.trials, a.storm_nodes, a.storm_secs
     flood_mb, flood_trials = a.flood_mb, a.flood_trials
+    warm_nodes, warm_trials = a.warm_nodes, a.warm_trials
     if a.quick:
         sizes, trials = (10,), min(trials, 2)
         plan = TrialPlan(status_calls=3, respawn_kills=2, idle_secs=min(a.idle_secs, 3.0))
         storm_nodes, storm_secs = 10, 3.0
         flood_mb, flood_trials = min(flood_mb, 20), 1
+        warm_nodes, warm_trials = min(warm_nodes, 10), min(warm_trials, 1)
     names = tuple(a.supervisors.split(",")) if a.supervisors else tuple(ADAPTERS)
     unknown = set(names) - set(ADAPTERS)
     if unknown:
@@ -111,6 +126,8 @@ def parse_args(argv: list[str]) -> Options:
         storm_start_secs=a.storm_start_secs,
         flood_mb=flood_mb,
         flood_trials=flood_trials,
+        warm_nodes=warm_nodes,
+        warm_trials=warm_trials,
         out=a.out,
         json_path=a.json_path,
         stemd_bin=a.stemd_bin,
@@ -158,6 +175,7 @@ def run(opts: Options, work_dir: Path) -> dict[str, Any]:
         "sizes": {},
         "storm": {},
         "flood": {},
+        "warm_stop": {},
         "skipped": [],
     }
     log(f"settings: {asdict(settings)}; sizes {list(opts.sizes)}, {opts.trials} trial(s)")
@@ -170,6 +188,8 @@ def run(opts: Options, work_dir: Path) -> dict[str, Any]:
         results["storm"] = runner.storms(active)
     if opts.flood_mb > 0 and opts.flood_trials > 0:
         results["flood"] = summarize_all(runner.floods(active))
+    if opts.warm_nodes > 0 and opts.warm_trials > 0:
+        results["warm_stop"] = summarize_all(runner.warm_stops(active))
     results["targets"] = targets(results)
     results["meta"]["machine"]["loadavg_at_end"] = os.getloadavg()[0]
     return results
@@ -230,6 +250,8 @@ def meta(opts: Options, settings: Settings) -> dict[str, Any]:
         "storm_start_secs": opts.storm_start_secs,
         "flood_mb": opts.flood_mb,
         "flood_trials": opts.flood_trials,
+        "warm_nodes": opts.warm_nodes,
+        "warm_trials": opts.warm_trials,
         "command": opts.command,
     }
 
@@ -328,6 +350,27 @@ class Runner:
         return {name: s for name, s in samples.items() if s}
 
 
+    def warm_stops(self, names: list[str]) -> dict[str, Samples]:
+        samples: dict[str, Samples] = {name: {} for name in names}
+        failed: set[str] = set()
+        nodes = self.opts.warm_nodes
+        for trial in range(self.opts.warm_trials):
+            for name in rotated(names, trial):
+                if name in failed:
+                    continue
+                sup = self.make(name, warm_workload(nodes), f"warm-t{trial}")
+                try:
+                    seconds = run_warm_stop(sup, self.opts.plan)
+                    merge(samples[name], {"warm_stop": [seconds]})
+                    log(f"{name} warm stop of {nodes}: {seconds * 1000:.0f} ms")
+                except BenchError as exc:
+                    failed.add(name)
+                    self.skip(name, nodes, "warm stop", exc)
+                finally:
+                    self.finish(sup)
+        return {name: s for name, s in samples.items() if s}
+
+
 def rotated(names: list[str], k: int) -> list[str]:
     k %= max(1, len(names))
     return names[k:] + names[:k]
@@ -346,7 +389,7 @@ def summarize_all(by_sup: dict[str, Samples]) -> dict[str, dict[str, Any]]:
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Issue 6's targets for stemd, judged on medians."""
+    """Issues 6 and 10's targets for stemd, judged on medians."""
 
     def median(size: int, name: str, key: str) -> float | None:
         summary = results["sizes"].get(str(size), {}).get(name, {}).get(key)
@@ -373,6 +416,28 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "target": label,
                 "value": "n/a" if value is None else f"{value * scale:.2f}",
                 "met": None if value is None else value * scale <= limit,
+            }
+        )
+    # issue 10: stemd's time as a fraction of supervisord's, on medians
+    relative: list[tuple[int, str, str, float]] = [
+        (100, "stop-all ≤ 0.3x supervisord", "stop_all", 0.3),
+        (1000, "stop-all ≤ 0.3x supervisord", "stop_all", 0.3),
+        (1000, "launcher start → all alive ≤ 0.1x supervisord", "alive_after_launch", 0.1),
+        (1000, "status ≤ 0.1x supervisord", "status_wall", 0.1),
+    ]
+    for size, label, key, limit in relative:
+        if size not in measured:
+            continue
+        mine, peer = median(size, "stemd", key), median(size, "supervisord", key)
+        both = mine is not None and peer is not None and peer > 0
+        out.append(
+            {
+                "nodes": size,
+                "target": label,
+                "value": f"{mine / peer:.2f}x ({mine * 1000:.0f} vs {peer * 1000:.0f} ms)"
+                if both
+                else "n/a",
+                "met": mine / peer <= limit if both else None,
             }
         )
     ours, theirs = median(100, "stemd", "status_wall"), median(100, "supervisord", "status_wall")

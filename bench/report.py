@@ -80,6 +80,8 @@ def render(results: dict[str, Any]) -> str:
         parts.append(render_storm(results["storm"], results["meta"]))
     if results.get("flood"):
         parts.append(render_flood(results["flood"], peers, results["meta"]))
+    if results.get("warm_stop"):
+        parts.append(render_warm(results["warm_stop"], peers, results["meta"]))
     if results.get("targets"):
         parts.append(render_targets(results["targets"]))
     if results.get("skipped"):
@@ -207,9 +209,31 @@ def render_flood(flood: dict[str, Any], peers: list[str], meta: dict[str, Any]) 
     return "\n".join(rows)
 
 
+WARM_METRIC = Metric("warm_stop", "stop command → no node left", 1000, "ms", 0)
+
+
+def render_warm(warm: dict[str, Any], peers: list[str], meta: dict[str, Any]) -> str:
+    head = ["metric", OURS]
+    for peer in peers:
+        head += [peer, f"{OURS}/{peer}"]
+    ours = warm.get(OURS, {}).get(WARM_METRIC.key)
+    row = [f"{WARM_METRIC.label} ({WARM_METRIC.unit})", cell(ours, WARM_METRIC)]
+    for peer in peers:
+        theirs = warm.get(peer, {}).get(WARM_METRIC.key)
+        row += [cell(theirs, WARM_METRIC), ratio_cell(ours, theirs)]
+    return "\n".join([
+        f"### Warm stop ({meta['warm_nodes']} nodes that exit 0.5 s after TERM, "
+        f"{meta['warm_trials']} trial(s))",
+        "",
+        table_row(head),
+        table_row(["---"] * len(head)),
+        table_row(row),
+    ])
+
+
 def render_targets(targets: list[dict[str, Any]]) -> str:
     rows = [
-        "### Targets (issue 6)",
+        "### Targets (issues 6 and 10)",
         "",
         table_row(["nodes", "target", "stemd", "met"]),
         table_row(["---"] * 4),
@@ -253,6 +277,9 @@ def render_notes(meta: dict[str, Any]) -> str:
             "happen; the spawn count shows it. Status is called every 100 ms throughout.",
             "- Flood: time from the node's start (from `/proc`) until the end marker is in the "
             "node's log file; master CPU from the first sample after the launcher returned.",
+            "- Warm stop: each node is `sh -c` that traps TERM, sleeps 0.5 s and exits 0 (a "
+            "background `sleep` stands for its pool); from a settled fleet, the stop command "
+            "until no node's shell is left. 0.5 s is the floor.",
             "- Polling `/proc` with 1,000 nodes costs ~10-20 ms per scan, which bounds the "
             "resolution of the alive and stop figures at that size.",
         ]

@@ -286,6 +286,29 @@ def count_lines(path: Path) -> int:
         return 0
 
 
+def run_warm_stop(sup: Supervisor, plan: TrialPlan) -> float:
+    """Seconds from the stop command until no node is left, for nodes that
+    exit ``delay`` after TERM (:func:`bench.workloads.warm_workload`), from a
+    fleet that is all RUNNING (for circus: alive for start-secs)."""
+    match = script_index("warm-")
+    n = sup.workload.nodes
+    with running_master(sup):
+        if procs.poll_until(lambda: len(procs.find_nodes(match)) >= n, plan.timeout,
+                            0.005) is None:
+            raise BenchError(f"fewer than {n} warm nodes alive after {plan.timeout:.0f} s")
+        if sup.has_running_state:
+            wait_running(sup, time.monotonic(), plan)
+        else:
+            time.sleep(sup.settings.start_secs + 0.1)
+        start = time.monotonic()
+        result = sup.stop_all()
+        if not result.ok:
+            raise BenchError(f"stop failed: {result.describe()}")
+        if procs.poll_until(lambda: not procs.find_nodes(match), plan.timeout, 0.005) is None:
+            raise BenchError("warm nodes still alive after stop")
+        return time.monotonic() - start
+
+
 def run_flood(sup: Supervisor, megabytes: int, timeout: float = 300.0) -> dict[str, float]:
     """One node writes ``megabytes`` MiB to stdout: seconds from the node's
     start until all of it (and the end marker) is in its log file, and the

@@ -61,6 +61,15 @@ def storm_workload(nodes: int, spawn_log: str) -> Workload:
     return Workload("storm", nodes, ("/bin/sh", "-c", script, "storm-" + INDEX))
 
 
+def warm_workload(nodes: int, delay: float = 0.5) -> Workload:
+    """Every node stops warmly, like a prefork worker finishing its tasks:
+    on TERM it sleeps ``delay`` seconds, then exits 0. Its main process is a
+    shell waiting on a background sleep (its "pool"), which a supervisor
+    that signals only the main process must clean up afterwards."""
+    script = f"stop() {{ sleep {delay:g}; exit 0; }}; trap stop TERM; sleep 100000 & wait"
+    return Workload("warm", nodes, ("/bin/sh", "-c", script, "warm-" + INDEX))
+
+
 def flood_workload(megabytes: int) -> Workload:
     """One node writes ``megabytes`` MiB of 1 KiB lines to stdout, then an
     end marker, then sleeps; the benchmark waits for the marker in the log."""

@@ -107,6 +107,15 @@ def test_smoke_run_covers_storm_and_flood(smoke: dict) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(90)
+def test_smoke_run_covers_the_warm_stop(smoke: dict) -> None:
+    warm = smoke["results"]["warm_stop"]["stemd"]["warm_stop"]
+    # each node exits 0.5 s after TERM: no stop can be quicker
+    assert 0.5 <= warm["median"] < 15
+    assert "### Warm stop" in smoke["markdown"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
 def test_smoke_run_writes_the_marked_section_and_cleans_up(smoke: dict) -> None:
     markdown = smoke["markdown"]
     assert "<!-- bench:start -->" in markdown and "<!-- bench:end -->" in markdown
