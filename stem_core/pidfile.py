@@ -194,12 +194,14 @@ def scan_nodes(instance: str) -> list[FoundNode]:
     PID files can be missing where the nodes are not: a master killed
     between the fork and the PID file's rename, or a run directory removed
     under a running master. A master scans once at start, before it starts
-    anything, so it never runs a second copy of a node that is running. Only
-    session leaders' environments are read (few on any host), so the scan
-    costs one small read of /proc/PID/stat per process.
-    """
-    import psutil
+    anything, so it never runs a second copy of a node that is running.
 
+    Only session leaders are looked at, and their raw environment is
+    searched for this instance's marker before anything is parsed: another
+    fleet on the host (1,000 session leaders of its own) made a psutil read
+    of every environment cost 70-125 ms of start-up.
+    """
+    marker = b"STEMD_INSTANCE=" + os.fsencode(instance) + b"\0"
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -211,15 +213,28 @@ def scan_nodes(instance: str) -> list[FoundNode]:
             # fields[0] is field 3 (state): ppid 4, session 6
             if fields[0] == b"Z" or int(fields[3]) != pid:
                 continue
-            proc = psutil.Process(pid)
-            env = proc.environ()
-            if env.get("STEMD_INSTANCE") != instance or "STEMD_NODE" not in env:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                raw = b"\0" + f.read()
+            if b"\0" + marker not in raw:
                 continue
-            found.append(FoundNode(pid, int(fields[1]), env["STEMD_NODE"],
-                                   env.get("STEMD_PROGRAM", ""), proc.uids().real))
-        except (OSError, IndexError, ValueError, psutil.Error):
+            env = dict(item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+            node = env.get(b"STEMD_NODE")
+            if node is None:
+                continue
+            found.append(FoundNode(pid, int(fields[1]), os.fsdecode(node),
+                                   os.fsdecode(env.get(b"STEMD_PROGRAM", b"")), _real_uid(pid)))
+        except (OSError, IndexError, ValueError):
             continue
     return found
+
+
+def _real_uid(pid: int) -> int:
+    """The real uid, from /proc/PID/status (raises OSError, ValueError)."""
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"Uid:"):
+                return int(line.split()[1])
+    raise ValueError(f"no Uid line for pid {pid}")
 
 
 def group_has_members(pgid: int) -> bool:
