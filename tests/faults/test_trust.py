@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -25,16 +24,10 @@ import psutil
 import pytest
 
 from stem_core.envfile import quote_env_value
+from tests.faults.accounts import nobody as _nobody
 from tests.fleet import Fleet, pid_alive, wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (nodes run as nobody)")
-
-
-def _nobody() -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam("nobody")
-    except KeyError:
-        pytest.skip("no user 'nobody'")
 
 
 def as_nobody(*argv: str, **kw: object) -> subprocess.CompletedProcess[str]:

@@ -17,7 +17,6 @@ import shutil
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -31,6 +30,7 @@ from conftest import STEMCTL, Fleet, pid_alive, wait_until
 import stemd
 from stem_core import protocol as P
 from stemd.control import authorised
+from tests.faults.accounts import ctl_as, nobody, python_for
 
 REPO = Path(stemd.__file__).resolve().parents[1]
 
@@ -92,55 +92,19 @@ def open_fleet() -> Iterator[Fleet]:
 
 
 def _nobody() -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam("nobody")
-    except KeyError:
-        pytest.skip("no user 'nobody'")
-
-
-_PYTHON_FOR_NOBODY: list[str | None] = []
+    return nobody()
 
 
 def python_for_nobody() -> str:
-    """An interpreter ``nobody`` can run that imports this checkout's stemctl
-    (the venv's may live under a 0700 home). Skips when there is none."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to run a client as another user")
-    if not _PYTHON_FOR_NOBODY:
-        found = None
-        for candidate in (os.path.realpath(sys.executable), "/usr/bin/python3.11",
-                          "/usr/bin/python3", "/usr/local/bin/python3"):
-            if not os.path.exists(candidate):
-                continue
-            try:
-                probe = subprocess.run(
-                    [candidate, "-c",
-                     "import sys, stemd.ctl; assert sys.version_info >= (3, 11)"],
-                    user=_nobody().pw_uid, group=_nobody().pw_gid, extra_groups=[],
-                    env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, cwd="/",
-                    capture_output=True, timeout=30)
-            except OSError:
-                continue
-            if probe.returncode == 0:
-                found = candidate
-                break
-        _PYTHON_FOR_NOBODY.append(found)
-    if _PYTHON_FOR_NOBODY[0] is None:
-        pytest.skip("no Python 3.11 that user nobody can run with this checkout")
-    return _PYTHON_FOR_NOBODY[0]
+    return python_for(nobody())
 
 
 def ctl_as_nobody(socket_path: Path, *args: str, extra_groups: list[int] | None = None,
                   gid: int | None = None) -> subprocess.CompletedProcess[str]:
-    """stemctl (this checkout's code) as ``nobody``. ``extra_groups`` defaults
-    to none at all: otherwise the child would keep root's supplementary groups."""
-    python = python_for_nobody()
-    nobody = _nobody()
-    return subprocess.run(
-        [python, "-m", "stemd.ctl", "--socket", str(socket_path), *args],
-        user=nobody.pw_uid, group=nobody.pw_gid if gid is None else gid,
-        extra_groups=extra_groups or [], env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-        cwd="/", capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    """stemctl (this checkout's code) as ``nobody``, with no supplementary
+    group unless given (tests/faults/accounts.py runs it)."""
+    return ctl_as(nobody(), "--socket", str(socket_path), *args, gid=gid,
+                  extra_groups=extra_groups, timeout=30)
 
 
 def a_group_nobody_is_not_in() -> tuple[str, int]:
