@@ -187,6 +187,10 @@ class FoundNode:
     uid: int
 
 
+#: how much of a session leader's environment the scan reads
+_MAX_ENVIRON = 1 << 20
+
+
 def scan_nodes(instance: str) -> list[FoundNode]:
     """Every live process that says it is a node of ``instance``: a session
     leader with ``STEMD_INSTANCE`` (the master PID file's path) naming it.
@@ -214,7 +218,9 @@ def scan_nodes(instance: str) -> list[FoundNode]:
             if fields[0] == b"Z" or int(fields[3]) != pid:
                 continue
             with open(f"/proc/{pid}/environ", "rb") as f:
-                raw = b"\0" + f.read()
+                # bounded: a node user can start session leaders with
+                # environments of megabytes; a node's own is a few KiB
+                raw = b"\0" + f.read(_MAX_ENVIRON)
             if b"\0" + marker not in raw:
                 continue
             env = dict(item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)

@@ -18,6 +18,7 @@ from stem_core.pidfile import (
     LIVE,
     STALE,
     UNTRUSTED,
+    FoundNode,
     PidRecord,
     check_node_identity,
     classify,
@@ -161,3 +162,41 @@ def test_healthy_reads_the_lock_and_for_any_pid_file_the_process(tmp_path: Path)
         assert healthy(path) == (True, os.getpid())
     finally:
         os.close(fd)
+
+
+def test_the_instance_scan_reads_a_bounded_part_of_each_environment() -> None:
+    """A node user can start session leaders with environments of
+    megabytes; the master's start-up scan must not read them whole. The
+    marker past the first MiB is not seen (a real node's environment is a
+    few KiB, its marker well inside)."""
+    from stem_core.pidfile import scan_nodes
+
+    instance = f"/nonexistent/{time.time()}/stemd.pid"
+    # one string may not exceed 128 KiB (MAX_ARG_STRLEN): 1.4 MB in 12 of them
+    env: dict[str, str] = {f"BIG{i}": "x" * 120_000 for i in range(12)}
+    env.update(STEMD_INSTANCE=instance, STEMD_NODE="far", STEMD_PROGRAM="p")
+    far = subprocess.Popen(["/bin/sleep", "30"], env=env, start_new_session=True)
+    near = subprocess.Popen(["/bin/sleep", "30"], start_new_session=True,
+                            env={"STEMD_INSTANCE": instance, "STEMD_NODE": "near",
+                                 "STEMD_PROGRAM": "p"})
+    try:
+        deadline = time.monotonic() + 10
+        while not {"far", "near"} <= {f.node for f in _scan_all(instance)}:
+            assert time.monotonic() < deadline, "the children's environments never appeared"
+            time.sleep(0.01)
+        assert [f.node for f in scan_nodes(instance)] == ["near"]
+    finally:
+        for proc in (far, near):
+            proc.kill()
+            proc.wait()
+
+
+def _scan_all(instance: str) -> list[FoundNode]:
+    """The scan without its bound: what a whole read would find."""
+    import stem_core.pidfile as pidfile
+
+    bound, pidfile._MAX_ENVIRON = pidfile._MAX_ENVIRON, 1 << 30
+    try:
+        return pidfile.scan_nodes(instance)
+    finally:
+        pidfile._MAX_ENVIRON = bound
