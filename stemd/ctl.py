@@ -168,16 +168,27 @@ class Ctl:
         return wait + ANSWER_TIMEOUT
 
     def call(self, cmd: str, hold: bool = False, **args: Any) -> dict[str, Any]:
-        timeout = self.timeout()
-        hold_timeout = None
+        given = self.args.timeout
+        timeout = None if given == 0 else given
+        extend: Callable[[], float | None] | None = None
+        hold_timeout: float | Callable[[], float | None] | None = None
         if hold:  # shutdown: a quick answer, then the wait for the nodes
-            hold_timeout = timeout if self.args.timeout is not None else self.node_wait()
-            timeout = ANSWER_TIMEOUT if self.args.timeout is None else timeout
+            hold_timeout = timeout if given is not None else self.node_wait
+            timeout = ANSWER_TIMEOUT if given is None else timeout
+        elif given is None:
+            timeout = COMMANDS[self.args.command].timeout
+            if timeout is None:
+                # Waits for nodes: the deadline from the configuration is
+                # worked out only if the answer is not in within
+                # ANSWER_TIMEOUT (node_wait() is never less): a quick stop
+                # does not pay for reading the whole configuration.
+                timeout, extend = ANSWER_TIMEOUT, self.node_wait
         try:
-            return Client(self.socket_path(), timeout=timeout).call(
+            return Client(self.socket_path(), timeout=timeout, extend=extend).call(
                 cmd, hold, hold_timeout=hold_timeout, **args)
         except TimeoutError as exc:
-            raise NoAnswer(timeout, str(exc)) from None
+            waited = self.timeout() if extend is not None else timeout
+            raise NoAnswer(waited, str(exc)) from None
 
     def out(self, value: Any, human: Callable[[], None]) -> None:
         if self.json:
