@@ -12,7 +12,8 @@ nodes of a dead master whose configuration has since changed.
 It lives beside the master PID file (``stemd.pid`` -> ``stemd.state``), in
 the run directory that only the master's user can write. It is written
 atomically (temporary file + ``rename``, never through a symlink) after
-every change of intent, and removed by a clean shutdown: a clean stop
+every change of what it records (a spawn or a node becoming RUNNING changes
+none of it, and does not rewrite it), and removed by a clean shutdown: a clean stop
 followed by a start begins fresh.
 
 The file is a record, never an order: a process it names is adopted or
@@ -39,7 +40,7 @@ class NodeRecord:
     name: str
     program: str
     pid_file: str
-    pid: int | None = None
+    pid: int | None = None  # as of the last write; informational (PID files say which)
     wanted: bool = True  # the operator's intent: up (True) or stopped (False)
     restarts: int = 0
     exit_status: int | None = None  # Popen's convention: code, or -signal

@@ -242,6 +242,10 @@ class Master:
         self.runwatch: RunDirWatch | None = None
         self._lock: MasterLock
         self._state_written = 0.0
+        # What the state file last got of each node (see _durable): a
+        # transition that changes none of it (a spawn, STARTING -> RUNNING)
+        # does not rewrite the whole file.
+        self._persisted: dict[str, tuple[object, ...]] = {}
         # observe (issue 15): CPU% since the previous status --stats; who
         # watches transitions (metrics, hooks); the last reload's outcome
         self.cpu = CpuTracker()
@@ -583,7 +587,8 @@ class Master:
 
     def _node_changed(self, node: Node) -> None:
         self.transitions.changed(node)
-        self._state_changed()
+        if self._persisted.get(node.name) != _durable(node):
+            self._state_changed()
 
     def _state_changed(self) -> None:
         """Something the next master must know changed: write the state file
@@ -603,6 +608,7 @@ class Master:
         if self.shutting_down:
             return
         self._state_written = self.loop.time()
+        self._persisted = {n.name: _durable(n) for n in self.nodes.values()}
         records = {n.name: _record(n) for n in self.nodes.values()}
         records.update({n.name: _record(n, removed=True) for n in self.removed.values()})
         try:
@@ -692,12 +698,15 @@ class Master:
         they are. A stop is never refused, not even during a shutdown."""
         for node in nodes:
             node.wanted = False
-        self._save_state()
         if not wait:
+            self._save_state()
             for node in nodes:
                 node.stop()
             return
-        await self._operation(self._stop_in_order(nodes))
+        # Written once the signals are out, while the nodes exit; scheduled
+        # now too, should the operation be cancelled before it runs.
+        self._state_changed()
+        await self._operation(self._stop_in_order(nodes, before_wait=self._save_state))
 
     async def restart(self, nodes: list[Node]) -> list[Node]:
         """Rolling: one node at a time — across every client's restart —
@@ -808,12 +817,76 @@ class Master:
             states.update({n.name: s for n, s in zip(group, results, strict=True)})
         return [states.get(n.name, n.state) for n in nodes]
 
-    async def _stop_in_order(self, nodes: list[Node], locked: bool = True) -> None:
+    async def _stop_in_order(self, nodes: list[Node], locked: bool = True,
+                             before_wait: Callable[[], None] | None = None) -> None:
         """Stop in reverse priority (higher first), each priority's nodes in
-        parallel and all of them down before the next."""
-        stop = self._stop_node if locked else self._stop_unlocked
+        parallel and all of them down before the next. ``before_wait`` runs
+        once the first group's signals are out (the state file is written
+        while the nodes exit, not before they are told to)."""
         for group in _by_priority(nodes, reverse=True):
-            await asyncio.gather(*(stop(n) for n in group))
+            await self._stop_together(group, locked, before_wait)
+            before_wait = None
+
+    async def _stop_together(self, nodes: list[Node], locked: bool,
+                             before_wait: Callable[[], None] | None) -> None:
+        """Stop ``nodes`` at once and wait until each is down.
+
+        A stop-all of 1,000 nodes is the fleet-wide case, so it costs one
+        pass and one future, not a task, a lock queue and a future per node
+        (those took ~70 µs a node, a third of the stop, profiled). Every node
+        whose lock is free is locked, signalled and waited on here; each lock
+        is released the moment its node is down. A node another command holds
+        (a restart's step, a start) is stopped after that command, as before,
+        through :meth:`_stop_node`.
+        """
+        held: set[Node] = set()
+        mine: list[Node] = []  # stopped here
+        queued: list[Node] = []  # after the command that holds them
+
+        def down(node: Node) -> None:
+            if node in held:
+                held.discard(node)
+                node.lock.release()
+        try:
+            for node in nodes:
+                if locked and node.lock.locked():
+                    queued.append(node)
+                    continue
+                if locked:
+                    # A free lock is taken without suspending (should a
+                    # released lock still have a waiter to wake, this waits
+                    # its turn, as a per-node stop would).
+                    await node.lock.acquire()
+                    held.add(node)
+                mine.append(node)
+            for node in mine:
+                node.stop()
+            if before_wait is not None:
+                before_wait()
+            await asyncio.gather(self._wait_all(mine, _is_down, down),
+                                 *(self._stop_node(n) for n in queued))
+        finally:
+            for node in list(held):  # cancelled: what is still locked is let go
+                down(node)
+
+    def _wait_all(self, nodes: list[Node], done: Callable[[Node], bool],
+                  each: Callable[[Node], None]) -> asyncio.Future[None]:
+        """One future for many nodes: resolved once ``done`` holds for every
+        one; ``each(node)`` is called as each gets there."""
+        future: asyncio.Future[None] = self.loop.create_future()
+        left = len(nodes)
+
+        def wake(node: Node) -> None:
+            nonlocal left
+            each(node)
+            left -= 1
+            if left == 0 and not future.done():
+                future.set_result(None)
+        for node in nodes:
+            node.add_waiter(done, wake)
+        if left == 0 and not future.done():
+            future.set_result(None)
+        return future
 
     async def _start_node(self, node: Node) -> NodeState:
         async with node.lock:
@@ -831,8 +904,7 @@ class Master:
 
     async def _stop_unlocked(self, node: Node) -> NodeState:
         node.stop()
-        return await self.wait_for(node, lambda n: n.state not in ALIVE
-                                   and n.state is not S.BACKOFF)
+        return await self.wait_for(node, _is_down)
 
     async def _restart_node(self, node: Node) -> NodeState:
         async with self._rolling_lock, node.lock:
@@ -984,11 +1056,24 @@ def _by_priority(nodes: Iterable[Node], reverse: bool = False) -> list[list[Node
     return [groups[p] for p in sorted(groups, reverse=reverse)]
 
 
+def _is_down(node: Node) -> bool:
+    """Stopped for good: no process, and no retry pending."""
+    return node.state not in ALIVE and node.state is not S.BACKOFF
+
+
 def _is_master(pid: int) -> bool:
     try:
         return any("stemd" in os.path.basename(arg) for arg in psutil.Process(pid).cmdline()[:2])
     except psutil.Error:
         return False
+
+
+def _durable(node: Node) -> tuple[object, ...]:
+    """What of a node the state file is read for (Node.restore): intent,
+    counters, last exit and error, and an EXITED or FATAL verdict. Its PID
+    and its other states are not: PID files and adoption answer those."""
+    verdict = node.state if node.state in (S.EXITED, S.FATAL) else None
+    return (node.wanted, node.restarts, node.exit_status, node.last_error, verdict)
 
 
 def _record(node: Node, removed: bool = False) -> NodeRecord:
