@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from bench import procs
 from bench.adapters import Supervisor
-from bench.workloads import FLOOD_END, script_index, sleep_index
+from bench.workloads import FLOOD_END, Workload, script_index, sleep_index
 
 Samples = dict[str, list[float]]
 
@@ -359,3 +360,40 @@ def log_complete(path: Path, total: int) -> bool:
             return FLOOD_END.encode() in f.read()
     except FileNotFoundError:
         return False
+
+
+FLOOR_SCRIPT = Path(__file__).with_name("floor_spawner.py")
+
+
+def run_floor(python: Path, workload: Workload, procs_: int, log_dir: Path,
+              timeout: float = LAUNCH_TIMEOUT) -> float:
+    """The spawn floor (:mod:`bench.floor_spawner`): seconds from just
+    before the bare Popen loop is started until all its nodes are alive,
+    timed like a supervisor's launcher start → all alive (same clock start,
+    same :func:`wait_alive`, same ``/proc`` poller and interval)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    argv = [str(python), str(FLOOR_SCRIPT), "--log-dir", str(log_dir),
+            "--cwd", str(log_dir), "--nodes", str(workload.nodes),
+            "--procs", str(procs_), "--", *workload.argv]
+    try:
+        start = time.monotonic()
+        spawner = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE)
+        try:
+            return wait_alive(workload.nodes, start, timeout)
+        except BenchError:
+            if spawner.poll() is not None:
+                err = spawner.stderr.read().decode(errors="replace") if spawner.stderr else ""
+                tail = err.strip().splitlines()[-1:] or [""]
+                raise BenchError(f"floor spawner exited {spawner.returncode}: {tail[0]}") from None
+            raise
+        finally:
+            spawner.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                spawner.wait(timeout)
+            if spawner.stderr:
+                spawner.stderr.close()
+    except OSError as exc:
+        raise BenchError(f"cannot run the floor spawner: {exc}") from None
+    finally:
+        procs.kill_descendants()
