@@ -14,7 +14,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,10 +113,26 @@ def run_trial(sup: Supervisor, plan: TrialPlan) -> Samples:
     return samples
 
 
-def wait_alive(n: int, since: float, timeout: float) -> float:
-    if procs.poll_until(lambda: len(sleep_nodes()) >= n, timeout, 0.005) is None:
+def wait_alive(
+    n: int, since: float, timeout: float, gave_up: Callable[[], bool] | None = None
+) -> float:
+    """Seconds from ``since`` until ``n`` sleep nodes are alive. ``gave_up``
+    (checked after each failed scan) ends the wait early: the spawn floor
+    uses it so that a spawner that died is not waited for until the
+    deadline."""
+
+    alive = False
+
+    def done() -> bool:
+        nonlocal alive
+        alive = len(sleep_nodes()) >= n
+        return alive or (gave_up is not None and gave_up())
+
+    waited = procs.poll_until(done, timeout, 0.005)
+    elapsed = time.monotonic() - since
+    if waited is None or not alive:
         raise BenchError(f"fewer than {n} nodes alive after {timeout:.0f} s")
-    return time.monotonic() - since
+    return elapsed
 
 
 def wait_running(sup: Supervisor, since: float, plan: TrialPlan) -> float:
@@ -380,7 +396,8 @@ def run_floor(python: Path, workload: Workload, procs_: int, log_dir: Path,
         spawner = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE)
         try:
-            return wait_alive(workload.nodes, start, timeout)
+            return wait_alive(workload.nodes, start, timeout,
+                              gave_up=lambda: spawner.poll() is not None)
         except BenchError:
             if spawner.poll() is not None:
                 err = spawner.stderr.read().decode(errors="replace") if spawner.stderr else ""
