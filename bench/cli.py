@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from bench import procs, report
+from bench import procs, report, rundirs
 from bench.adapters import ADAPTERS, Supervisor, run_cli
 from bench.peers import ensure_peers, peers_ready
 from bench.scenarios import (
@@ -32,6 +32,7 @@ from bench.scenarios import (
     Samples,
     TrialPlan,
     run_flood,
+    run_floor,
     run_storm,
     run_trial,
     run_warm_stop,
@@ -48,6 +49,8 @@ from bench.workloads import (
 
 ROOT = Path(__file__).resolve().parent.parent
 PEER_NAMES = ("supervisord", "circus")
+#: the spawn floor's variants (bench/floor_spawner.py): name -> spawner processes
+FLOORS = {"floor_1proc": 1, "floor_2procs": 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,7 @@ class Options:
     peers_venv: Path
     install_peers: bool
     keep: bool
+    floor: bool
     command: str
 
 
@@ -99,6 +103,8 @@ def parse_args(argv: list[str]) -> Options:
     p.add_argument("--peers-venv", type=Path, default=ROOT / "bench" / ".venv-peers")
     p.add_argument("--no-install", action="store_true", help="never create the peers' venv")
     p.add_argument("--keep", action="store_true", help="keep the run directories")
+    p.add_argument("--no-floor", action="store_true",
+                   help="skip the spawn floor (bare Popen loop) at each size")
     a = p.parse_args(argv)
     plan = TrialPlan(idle_secs=a.idle_secs)
     sizes = tuple(int(n) for n in a.nodes.split(",") if n.strip())
@@ -134,6 +140,7 @@ def parse_args(argv: list[str]) -> Options:
         peers_venv=a.peers_venv,
         install_peers=not a.no_install and not a.quick,
         keep=a.keep,
+        floor=not a.no_floor,
         command=shlex.join(["python", "bench/run.py", *argv]),
     )
 
@@ -150,11 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _exit_on_term)
     work_dir = Path(tempfile.mkdtemp(prefix="stemd-bench-"))
+    runtime = rundirs.runtime_root(work_dir)
     try:
-        results = run(opts, work_dir)
+        results = run(opts, work_dir, runtime)
     finally:
         procs.kill_descendants()
-        if not opts.keep:
+        if opts.keep:
+            log(f"kept {work_dir} and {runtime.path}")
+        else:
+            shutil.rmtree(runtime.path, ignore_errors=True)
             shutil.rmtree(work_dir, ignore_errors=True)
     markdown = report.render(results)
     if opts.json_path:
@@ -165,14 +176,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run(opts: Options, work_dir: Path) -> dict[str, Any]:
+def run(opts: Options, work_dir: Path, runtime: rundirs.RuntimeRoot) -> dict[str, Any]:
     supervisors = check_supervisors(opts)
     active = [name for name, info in supervisors.items() if info["available"]]
     settings = Settings()
     results: dict[str, Any] = {
-        "meta": meta(opts, settings),
+        "meta": meta(opts, settings, work_dir, runtime),
         "supervisors": supervisors,
         "sizes": {},
+        "floor": {},
         "storm": {},
         "flood": {},
         "warm_stop": {},
@@ -181,9 +193,19 @@ def run(opts: Options, work_dir: Path) -> dict[str, Any]:
     log(f"settings: {asdict(settings)}; sizes {list(opts.sizes)}, {opts.trials} trial(s)")
     for name, info in supervisors.items():
         log(f"{name}: {info.get('version') or 'unavailable'} {info.get('note', '')}".rstrip())
-    runner = Runner(opts, settings, work_dir, results["skipped"])
+    log(f"run-time files ({runtime.kind}, {runtime.fs_type}) in {runtime.path}; "
+        f"logs ({results['meta']['log_fs']}) in {work_dir}"
+        + (f"; {runtime.note}" if runtime.note else ""))
+    runner = Runner(opts, settings, work_dir, results["skipped"], runtime.path)
+    floors = list(FLOORS) if floor_python(opts) is not None else []
     for size in opts.sizes:
-        results["sizes"][str(size)] = summarize_all(runner.sizes(active, size))
+        by_name = runner.sizes(active, size, floors)
+        results["sizes"][str(size)] = summarize_all(
+            {name: s for name, s in by_name.items() if name not in FLOORS}
+        )
+        floor = summarize_all({name: s for name, s in by_name.items() if name in FLOORS})
+        if floor:
+            results["floor"][str(size)] = floor
     if opts.storm_nodes > 0 and opts.storm_secs > 0:
         results["storm"] = runner.storms(active)
     if opts.flood_mb > 0 and opts.flood_trials > 0:
@@ -231,7 +253,22 @@ def peer_info(opts: Options, name: str) -> dict[str, Any]:
     return {"available": True, "version": probe.stdout.strip(), "bin": str(bin_dir)}
 
 
-def meta(opts: Options, settings: Settings) -> dict[str, Any]:
+def floor_python(opts: Options) -> Path | None:
+    """The interpreter stemd runs with, for the spawn floor; None when the
+    floor is off or that interpreter is missing (the floor is then skipped,
+    and the log says why)."""
+    if not opts.floor or not opts.sizes:
+        return None
+    python = opts.stemd_bin / "python"
+    if not os.access(python, os.X_OK):
+        log(f"spawn floor skipped: no interpreter at {python}")
+        return None
+    return python
+
+
+def meta(
+    opts: Options, settings: Settings, work_dir: Path, runtime: rundirs.RuntimeRoot
+) -> dict[str, Any]:
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": {
@@ -252,6 +289,16 @@ def meta(opts: Options, settings: Settings) -> dict[str, Any]:
         "flood_trials": opts.flood_trials,
         "warm_nodes": opts.warm_nodes,
         "warm_trials": opts.warm_trials,
+        # where each supervisor's PID files, sockets and state files went
+        # ("tmpfs", as /run in production, or "disk" when no tmpfs was usable)
+        "run_files": {
+            "kind": runtime.kind,
+            "fs_type": runtime.fs_type,
+            "path": str(runtime.path),
+            "note": runtime.note,
+        },
+        "log_fs": rundirs.fs_type(work_dir),
+        "floor_procs": FLOORS if opts.floor else {},
         "command": opts.command,
     }
 
@@ -259,39 +306,54 @@ def meta(opts: Options, settings: Settings) -> dict[str, Any]:
 class Runner:
     """Runs the scenarios for a list of supervisors, recording skips."""
 
-    def __init__(self, opts: Options, settings: Settings, work_dir: Path, skipped: list) -> None:
+    def __init__(
+        self, opts: Options, settings: Settings, work_dir: Path, skipped: list, runtime_dir: Path
+    ) -> None:
         self.opts = opts
         self.settings = settings
         self.work_dir = work_dir
+        self.runtime_dir = runtime_dir  # tmpfs when possible: see bench.rundirs
         self.skipped: list[dict[str, Any]] = skipped
 
     def make(
         self, name: str, workload: Workload, tag: str, settings: Settings | None = None
     ) -> Supervisor:
         run_dir = self.work_dir / f"{name}-{tag}"
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
+        runtime_dir = self.runtime_dir / f"{name}-{tag}"
+        for path in (run_dir, runtime_dir):
+            if path.exists():
+                shutil.rmtree(path)
+            path.mkdir(parents=True)
         bin_dir = self.opts.stemd_bin if name == "stemd" else self.opts.peers_venv / "bin"
-        return ADAPTERS[name](bin_dir, run_dir, workload, settings or self.settings)
+        return ADAPTERS[name](
+            bin_dir, run_dir, workload, settings or self.settings, runtime_dir=runtime_dir
+        )
 
     def finish(self, sup: Supervisor) -> None:
         if not self.opts.keep:
             shutil.rmtree(sup.run_dir, ignore_errors=True)
+            shutil.rmtree(sup.runtime_dir, ignore_errors=True)
 
     def skip(self, name: str, nodes: int, phase: str, exc: Exception) -> None:
         log(f"{name} n={nodes} {phase}: skipped: {exc}")
         entry = {"supervisor": name, "nodes": nodes, "phase": phase, "reason": str(exc)}
         self.skipped.append(entry)
 
-    def sizes(self, names: list[str], size: int) -> dict[str, Samples]:
-        samples: dict[str, Samples] = {name: {} for name in names}
+    def sizes(self, names: list[str], size: int, floors: list[str]) -> dict[str, Samples]:
+        """Every trial at ``size``; the spawn floor's variants (``floors``)
+        take their own slots in the same rotation, so that they are measured
+        in the same run, under the same load and the same poller."""
+        samples: dict[str, Samples] = {name: {} for name in [*names, *floors]}
         failed: set[str] = set()
         for trial in range(self.opts.trials):
             # idle is measured once per size: it is long and varies little
             plan = self.opts.plan if trial == 0 else replace(self.opts.plan, idle_secs=0)
-            for name in rotated(names, trial):
+            for name in rotated([*names, *floors], trial):
                 if name in failed:
+                    continue
+                if name in FLOORS:
+                    if not self.floor(name, size, trial, samples[name]):
+                        failed.add(name)
                     continue
                 sup = self.make(name, sleep_workload(size), f"n{size}-t{trial}")
                 try:
@@ -303,6 +365,24 @@ class Runner:
                     self.finish(sup)
                 log_trial(name, size, trial, samples[name])
         return {name: s for name, s in samples.items() if s}
+
+    def floor(self, name: str, size: int, trial: int, samples: Samples) -> bool:
+        """One measurement of a spawn-floor variant; False (and a skip
+        entry) when it failed, so that it is not tried again at this size."""
+        python = self.opts.stemd_bin / "python"
+        log_dir = self.work_dir / f"{name}-n{size}-t{trial}" / "logs"
+        try:
+            alive = run_floor(python, sleep_workload(size), FLOORS[name], log_dir,
+                              self.opts.plan.timeout)
+        except BenchError as exc:
+            self.skip(name, size, f"trial {trial + 1}", exc)
+            return False
+        finally:
+            if not self.opts.keep:
+                shutil.rmtree(log_dir.parent, ignore_errors=True)
+        merge(samples, {"alive_after_launch": [alive]})
+        log(f"{name} n={size} trial {trial + 1}: alive_after_launch {alive * 1000:.1f} ms")
+        return True
 
     def storms(self, names: list[str]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -430,16 +510,17 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         mine, peer = median(size, "stemd", key), median(size, "supervisord", key)
         both = mine is not None and peer is not None and peer > 0
-        out.append(
-            {
-                "nodes": size,
-                "target": label,
-                "value": f"{mine / peer:.2f}x ({mine * 1000:.0f} vs {peer * 1000:.0f} ms)"
-                if both
-                else "n/a",
-                "met": mine / peer <= limit if both else None,
-            }
-        )
+        entry = {
+            "nodes": size,
+            "target": label,
+            "value": f"{mine / peer:.2f}x ({mine * 1000:.0f} vs {peer * 1000:.0f} ms)"
+            if both
+            else "n/a",
+            "met": mine / peer <= limit if both else None,
+        }
+        if key == "alive_after_launch":
+            add_floor(entry, results["floor"].get(str(size), {}), peer)
+        out.append(entry)
     ours, theirs = median(100, "stemd", "status_wall"), median(100, "supervisord", "status_wall")
     if 100 not in measured:
         return out
@@ -454,6 +535,29 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         }
     )
     return out
+
+
+def add_floor(entry: dict[str, Any], floor: dict[str, Any], peer: float | None) -> None:
+    """What the spawn floor itself scores against supervisord on the launch
+    target: a target below the floor's own ratio is out of reach of any
+    serial Python spawner on this machine, however little it does."""
+    scores: dict[str, dict[str, float | None]] = {}
+    for name, procs_ in FLOORS.items():
+        summary = floor.get(name, {}).get("alive_after_launch")
+        if summary is None:
+            continue
+        value = summary["median"]
+        scores[name] = {"procs": procs_, "median": value,
+                        "ratio": value / peer if peer else None}
+    if not scores:
+        return
+    entry["floor"] = scores
+    parts = []
+    for s in scores.values():
+        label = f"{s['procs']:.0f} proc{'s' if s['procs'] != 1 else ''}"
+        ratio = "n/a" if s["ratio"] is None else f"{s['ratio']:.2f}x"
+        parts.append(f"{label} {ratio} ({(s['median'] or 0) * 1000:.0f} ms)")
+    entry["value"] += "; floor (bare Popen loop): " + ", ".join(parts)
 
 
 def log(message: str) -> None:

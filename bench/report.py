@@ -74,8 +74,9 @@ def write_markdown(section: str, path: Path) -> None:
 def render(results: dict[str, Any]) -> str:
     parts = [render_header(results)]
     peers = [name for name in results["supervisors"] if name != OURS]
+    floors = results.get("floor", {})
     for size, by_sup in results["sizes"].items():
-        parts.append(render_size(int(size), by_sup, peers))
+        parts.append(render_size(int(size), by_sup, peers, floors.get(size, {})))
     if results.get("storm"):
         parts.append(render_storm(results["storm"], results["meta"]))
     if results.get("flood"):
@@ -131,7 +132,17 @@ def ratio_cell(ours: dict[str, Any] | None, theirs: dict[str, Any] | None) -> st
     return "n/a" if value is None else f"{value:.2f}x"
 
 
-def render_size(size: int, by_sup: dict[str, Any], peers: list[str]) -> str:
+#: the spawn floor's rows: result name -> row label (launch metric only)
+FLOOR_ROWS = {
+    "floor_1proc": "floor: bare Popen loop, 1 process",
+    "floor_2procs": "floor: bare Popen loop, 2 processes",
+}
+FLOOR_METRIC = next(m for m in SIZE_METRICS if m.key == "alive_after_launch")
+
+
+def render_size(
+    size: int, by_sup: dict[str, Any], peers: list[str], floor: dict[str, Any] | None = None
+) -> str:
     head = ["metric", OURS]
     for peer in peers:
         head += [peer, f"{OURS}/{peer}"]
@@ -145,6 +156,20 @@ def render_size(size: int, by_sup: dict[str, Any], peers: list[str]) -> str:
             theirs = by_sup.get(peer, {}).get(metric.key)
             row += [cell(theirs, metric), ratio_cell(ours.get(metric.key), theirs)]
         rows.append(table_row(row))
+    floor_rows = [name for name in FLOOR_ROWS if (floor or {}).get(name)]
+    for name in floor_rows:
+        # the floor's own figure sits in the stemd column; the ratio columns
+        # are floor / peer, what the floor itself would score
+        mine = (floor or {})[name].get(FLOOR_METRIC.key)
+        row = [f"{FLOOR_ROWS[name]} (start → all nodes alive, {FLOOR_METRIC.unit})",
+               cell(mine, FLOOR_METRIC)]
+        for peer in peers:
+            theirs = by_sup.get(peer, {}).get(FLOOR_METRIC.key)
+            row += [cell(theirs, FLOOR_METRIC), ratio_cell(mine, theirs)]
+        rows.append(table_row(row))
+    if floor_rows:
+        ratios = ", and the ratios are floor / peer" if peers else ""
+        rows += ["", f"Floor rows: the floor's own figure is in the {OURS} column{ratios}."]
     return "\n".join(rows)
 
 
@@ -251,6 +276,41 @@ def render_skipped(skipped: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def run_files_note(meta: dict[str, Any]) -> str:
+    """Where the run-time files went (older results have no such entry)."""
+    run_files = meta.get("run_files")
+    if not run_files:
+        return "- Run-time files: in the work dir, next to the logs (not recorded)."
+    where = (
+        f"on a tmpfs ({run_files['path'].rsplit('/', 1)[0]}), as /run is in production"
+        if run_files["kind"] == "tmpfs"
+        else f"on disk ({run_files['fs_type']}): no writable tmpfs was found"
+    )
+    text = (
+        f"- Run-time files (master PID and state files, sockets, node PID files) of every "
+        f"supervisor {where}; node and master logs and the configs on disk "
+        f"({meta.get('log_fs', 'n/a')}), as /var/log and /etc are."
+    )
+    if run_files.get("note"):
+        text += f" ({run_files['note']}.)"
+    return text
+
+
+def floor_note(meta: dict[str, Any]) -> list[str]:
+    if not meta.get("floor_procs"):
+        return []
+    return [
+        "- Spawn floor (`bench/floor_spawner.py`): a stdlib-only script, started with "
+        "stemd's interpreter, that from interpreter start opens each node's log (O_APPEND, "
+        "on disk) and `subprocess.Popen`s the node (own session, log as stdout/stderr, "
+        "close_fds), serially, with no supervision work at all; the 2-process variant "
+        "forks once and each process spawns half. It takes its own slots in each trial's "
+        "rotation and is timed like a launcher: from just before it is started until every "
+        "node is alive, with the same `/proc` poller. A launch target below the floor's "
+        "own ratio is out of reach of any serial Python spawner on this machine.",
+    ]
+
+
 def render_notes(meta: dict[str, Any]) -> str:
     return "\n".join(
         [
@@ -282,6 +342,8 @@ def render_notes(meta: dict[str, Any]) -> str:
             "until no node's shell is left. 0.5 s is the floor.",
             "- Polling `/proc` with 1,000 nodes costs ~10-20 ms per scan, which bounds the "
             "resolution of the alive and stop figures at that size.",
+            run_files_note(meta),
+            *floor_note(meta),
         ]
     )
 

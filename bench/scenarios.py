@@ -12,14 +12,15 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import procs
 from bench.adapters import Supervisor
-from bench.workloads import FLOOD_END, script_index, sleep_index
+from bench.workloads import FLOOD_END, Workload, script_index, sleep_index
 
 Samples = dict[str, list[float]]
 
@@ -112,10 +113,26 @@ def run_trial(sup: Supervisor, plan: TrialPlan) -> Samples:
     return samples
 
 
-def wait_alive(n: int, since: float, timeout: float) -> float:
-    if procs.poll_until(lambda: len(sleep_nodes()) >= n, timeout, 0.005) is None:
+def wait_alive(
+    n: int, since: float, timeout: float, gave_up: Callable[[], bool] | None = None
+) -> float:
+    """Seconds from ``since`` until ``n`` sleep nodes are alive. ``gave_up``
+    (checked after each failed scan) ends the wait early: the spawn floor
+    uses it so that a spawner that died is not waited for until the
+    deadline."""
+
+    alive = False
+
+    def done() -> bool:
+        nonlocal alive
+        alive = len(sleep_nodes()) >= n
+        return alive or (gave_up is not None and gave_up())
+
+    waited = procs.poll_until(done, timeout, 0.005)
+    elapsed = time.monotonic() - since
+    if waited is None or not alive:
         raise BenchError(f"fewer than {n} nodes alive after {timeout:.0f} s")
-    return time.monotonic() - since
+    return elapsed
 
 
 def wait_running(sup: Supervisor, since: float, plan: TrialPlan) -> float:
@@ -359,3 +376,41 @@ def log_complete(path: Path, total: int) -> bool:
             return FLOOD_END.encode() in f.read()
     except FileNotFoundError:
         return False
+
+
+FLOOR_SCRIPT = Path(__file__).with_name("floor_spawner.py")
+
+
+def run_floor(python: Path, workload: Workload, procs_: int, log_dir: Path,
+              timeout: float = LAUNCH_TIMEOUT) -> float:
+    """The spawn floor (:mod:`bench.floor_spawner`): seconds from just
+    before the bare Popen loop is started until all its nodes are alive,
+    timed like a supervisor's launcher start → all alive (same clock start,
+    same :func:`wait_alive`, same ``/proc`` poller and interval)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    argv = [str(python), str(FLOOR_SCRIPT), "--log-dir", str(log_dir),
+            "--cwd", str(log_dir), "--nodes", str(workload.nodes),
+            "--procs", str(procs_), "--", *workload.argv]
+    try:
+        start = time.monotonic()
+        spawner = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE)
+        try:
+            return wait_alive(workload.nodes, start, timeout,
+                              gave_up=lambda: spawner.poll() is not None)
+        except BenchError:
+            if spawner.poll() is not None:
+                err = spawner.stderr.read().decode(errors="replace") if spawner.stderr else ""
+                tail = err.strip().splitlines()[-1:] or [""]
+                raise BenchError(f"floor spawner exited {spawner.returncode}: {tail[0]}") from None
+            raise
+        finally:
+            spawner.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                spawner.wait(timeout)
+            if spawner.stderr:
+                spawner.stderr.close()
+    except OSError as exc:
+        raise BenchError(f"cannot run the floor spawner: {exc}") from None
+    finally:
+        procs.kill_descendants()

@@ -69,21 +69,40 @@ def _text(data: bytes | str | None) -> str:
 
 
 class Supervisor(ABC):
-    """One supervisor running one workload in its own directory."""
+    """One supervisor running one workload in its own directories.
+
+    ``run_dir`` is on disk and holds the configuration, the master's log and
+    the node logs (``logs/``), as /etc and /var/log do in production.
+    ``runtime_dir`` holds the run-time files: master PID file, sockets, node
+    PID files, state files. In production they live in /run, a tmpfs, so the
+    benchmark puts them on a tmpfs too when it can (see
+    :func:`bench.rundirs.runtime_root`), so that creating, renaming and
+    removing them costs what it costs on a real host, not an ext4 journal's
+    price.
+    """
 
     name: str = ""
     #: False for circus, which has no start-secs state: "all RUNNING" is n/a
     has_running_state: bool = True
 
-    def __init__(self, bin_dir: Path, run_dir: Path, workload: Workload, settings: Settings):
+    def __init__(
+        self,
+        bin_dir: Path,
+        run_dir: Path,
+        workload: Workload,
+        settings: Settings,
+        runtime_dir: Path | None = None,
+    ):
         self.bin_dir = bin_dir
         self.run_dir = run_dir
+        self.runtime_dir = run_dir if runtime_dir is None else runtime_dir
         self.workload = workload
         self.settings = settings
         self.log_dir = run_dir / "logs"
 
     def prepare(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.runtime_dir.mkdir(parents=True, exist_ok=True)
         self.write_config()
 
     def command_line(self, index_template: str) -> str:

@@ -2,7 +2,7 @@
 
 circus has no start-secs state (a process is either there or not), so "all
 RUNNING" does not apply; its ``status`` answers per watcher, not per process.
-All endpoints are IPC sockets in the run directory and the multicast
+All endpoints are IPC sockets in the run-time directory (tmpfs, as /run) and the multicast
 discovery endpoint is disabled, so nothing listens on the network.
 """
 
@@ -22,10 +22,10 @@ class Circus(Supervisor):
         return self.run_dir / "circus.ini"
 
     def pid_file(self) -> Path:
-        return self.run_dir / "circus.pid"
+        return self.runtime_dir / "circus.pid"
 
     def endpoint(self) -> str:
-        return f"ipc://{self.run_dir}/endpoint.sock"
+        return f"ipc://{self.runtime_dir}/endpoint.sock"
 
     def write_config(self) -> None:
         s = self.settings
@@ -35,7 +35,7 @@ class Circus(Supervisor):
         text = f"""\
 [circus]
 endpoint = {self.endpoint()}
-pubsub_endpoint = ipc://{self.run_dir}/pubsub.sock
+pubsub_endpoint = ipc://{self.runtime_dir}/pubsub.sock
 multicast_endpoint =
 statsd = false
 pidfile = {self.pid_file()}

@@ -16,7 +16,8 @@ class Stemd(Supervisor):
         return self.run_dir / "stemd.env"
 
     def pid_file(self) -> Path:
-        return self.run_dir / "stemd.pid"
+        # the master's state file (stem_core.statefile) goes beside it
+        return self.runtime_dir / "stemd.pid"
 
     def write_config(self) -> None:
         s = self.settings
@@ -35,8 +36,10 @@ class Stemd(Supervisor):
             # RUNNING, do not fail the launch.
             "STEMD_START_WAIT": "0",
             "STEMD_MASTER_PID_FILE": str(self.pid_file()),
-            "STEMD_SOCKET": str(self.run_dir / "stemd.sock"),
-            "STEMD_PID_FILE": str(self.run_dir / "run" / "%n.pid"),
+            # run-time files on tmpfs, like the defaults /run/stem/stemd.sock
+            # and /run/stem/%n.pid; logs and the config stay on disk
+            "STEMD_SOCKET": str(self.runtime_dir / "stemd.sock"),
+            "STEMD_PID_FILE": str(self.runtime_dir / "run" / "%n.pid"),
             "STEMD_LOG_FILE": str(self.log_dir / "%n.log"),
             "STEMD_MASTER_LOG_FILE": str(self.run_dir / "stemd.log"),
         }

@@ -15,11 +15,13 @@ class Supervisord(Supervisor):
         return self.run_dir / "supervisord.conf"
 
     def pid_file(self) -> Path:
-        return self.run_dir / "supervisord.pid"
+        return self.runtime_dir / "supervisord.pid"
 
     def write_config(self) -> None:
         s = self.settings
-        sock = self.run_dir / "supervisor.sock"
+        # socket and PID file in the run-time directory (tmpfs, as /run);
+        # the log files on disk
+        sock = self.runtime_dir / "supervisor.sock"
         program = self.workload.program
         # minfds: supervisord holds three pipe ends per process; it raises its
         # soft RLIMIT_NOFILE to this and refuses to start if it cannot.
