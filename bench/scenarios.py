@@ -393,8 +393,12 @@ def run_floor(python: Path, workload: Workload, procs_: int, log_dir: Path,
             "--procs", str(procs_), "--", *workload.argv]
     try:
         start = time.monotonic()
+        # In its own session, as every supervisor's daemonized master is:
+        # with the kernel's autogroup scheduling (sched_autogroup_enabled),
+        # a process left in the benchmark's session shares one CPU share
+        # with the /proc poller, and the "floor" came out slower than stemd.
         spawner = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE)
+                                   stderr=subprocess.PIPE, start_new_session=True)
         try:
             return wait_alive(workload.nodes, start, timeout,
                               gave_up=lambda: spawner.poll() is not None)
