@@ -35,7 +35,7 @@ from stem_core.nodes import (
     validate_node_name,
 )
 from stem_core.statefile import state_path
-from stem_core.templates import expand, master_values, node_values
+from stem_core.templates import expand, expand_name, master_values, node_values
 from stem_core.trust import check_config_file
 
 ENV_PROGRAM = "worker"  # the program of an env file's STEMD_NODES
@@ -418,7 +418,8 @@ def _program(name: str, settings: dict[str, Any], nodes: tuple[str, ...]) -> Pro
         if key.toml != "nodes" and key.part in parts:  # not "node_names": spent
             parts[key.part][key.toml] = settings.get(key.toml, key.default)
     return ProgramSpec(name=name, nodes=nodes, policy=Policy(**parts["policy"]),
-                       run_as=RunAs(**parts["run_as"]), **parts["program"])
+                       run_as=RunAs(**parts["run_as"]), name_pattern=settings.get("name"),
+                       **parts["program"])
 
 
 def _finish(path: str, master: MasterSpec, programs: list[ProgramSpec], problems: _Problems,
@@ -479,8 +480,9 @@ def _node_spec(program: ProgramSpec, name: str, index: int, words: list[str],
 def scaled(config: Config, program_name: str, count: int) -> Config:
     """``config`` with ``count`` nodes in program ``program_name`` (``stemctl
     scale``): the first ``count`` of its nodes are kept (the highest-numbered
-    go first); new ones are named ``PROGRAM<index>`` (the name pattern of a
-    node count), skipping names already in use. Raises BadValue."""
+    go first); new ones are named as a reload of a file with that count
+    would name them (the program's ``name`` pattern, else ``PROGRAM<index>``),
+    skipping names already in use. Raises BadValue."""
     program = next((p for p in config.programs if p.name == program_name), None)
     if program is None:
         known = ", ".join(p.name for p in config.programs)
@@ -493,7 +495,8 @@ def scaled(config: Config, program_name: str, count: int) -> Config:
     index = len(names)
     while len(names) < count:
         index += 1
-        name = f"{program.name}{index}"
+        name = (expand_name(program.name_pattern, program.name, index)
+                if program.name_pattern else f"{program.name}{index}")
         if name in taken:
             continue
         validate_node_name(name)
@@ -625,7 +628,7 @@ def to_dict(config: Config) -> dict[str, Any]:
     for p in config.programs:
         # the parts flatten back into one table: their fields are the keys
         table = {f.name: getattr(p, f.name) for f in dataclasses.fields(ProgramSpec)
-                 if f.name not in ("name", "policy", "run_as")}
+                 if f.name not in ("name", "policy", "run_as", "name_pattern")}
         table.update(dataclasses.asdict(p.policy), **dataclasses.asdict(p.run_as))
         table["nodes"] = list(p.nodes)
         table["environment"] = dict(p.environment)

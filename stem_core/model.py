@@ -93,6 +93,9 @@ class ProgramSpec:
     on_state_change_states: tuple[str, ...] = ("FATAL", "crash-loop", "failed-exit")
     hook_timeout: float = 30.0
     max_rss: int | None = None  # bytes of the whole tree; None: no limit
+    # The `name` key (a node count's naming), spent on ``nodes`` but kept so
+    # that `stemctl scale` names the nodes it adds as a reload would.
+    name_pattern: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

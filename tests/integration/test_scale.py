@@ -74,6 +74,23 @@ def test_scale_two_five_one(fleet: Fleet, tmp_path: Path) -> None:
     assert json.loads(fleet.ctl("scale", "--json").stdout) == {"scaled": {}}
 
 
+def test_scale_names_new_nodes_by_the_programs_name_pattern(fleet: Fleet) -> None:
+    """Regression: scale named new nodes PROGRAM<index> whatever the `name`
+    pattern, so a reload after editing the file to the same count replaced
+    them (worker3 stopped, worker_03 started: churn in a scaled fleet)."""
+    fleet.write(nodes="2", node_name="%p_%02i", start_secs=0.2)
+    fleet.start()
+    assert names(fleet) == ["worker_01", "worker_02"]
+    result = fleet.ctl("scale", "worker", "3")
+    assert result.returncode == 0, result.stderr
+    assert names(fleet) == ["worker_01", "worker_02", "worker_03"]
+    kept = fleet.status("worker_03")["worker_03"]["pid"]
+    fleet.write(nodes="3", node_name="%p_%02i", start_secs=0.2)
+    reload = json.loads(fleet.ctl("--json", "reload").stdout)
+    assert reload["added"] == [] and reload["removed"] == [], reload
+    assert fleet.status("worker_03")["worker_03"]["pid"] == kept
+
+
 def test_scale_errors(fleet: Fleet) -> None:
     fleet.write(nodes="2", start_secs=0.2)
     fleet.start()
