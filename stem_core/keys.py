@@ -424,7 +424,7 @@ KEYS: tuple[Key, ...] = (
         "per-node PID file template"),
     Key("STEMD_LOG_FILE", "log_file", P, parse_required_str, "/var/log/stem/%n.log",
         "per-node log file template (stdout and stderr); - sends node output to the "
-        "master's own stdout/stderr"),
+        "master's own stdout/stderr, /dev/null discards it"),
     Key("STEMD_STDERR_LOG_FILE", "stderr_log_file", P, parse_optional_str, None,
         "per-node log file template for stderr alone (- : the master's own stderr); "
         "unset: stderr goes to log_file with stdout", example="/var/log/stem/%n.err"),

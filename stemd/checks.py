@@ -47,7 +47,7 @@ def needed_directories(config: Config) -> list[DirNeed]:
         needs.setdefault(d, DirNeed(d, "node PID files"))
     for node in config.nodes:
         for log in dict.fromkeys((node.log_file, node.stderr_log_file)):
-            if log == "-":
+            if log in ("-", os.devnull):
                 continue
             d = os.path.dirname(log)
             needs.setdefault(d, DirNeed(d, "node logs"))
@@ -191,7 +191,39 @@ def check_environment(config: Config, *, creating: bool) -> list[Problem]:
             key = key_name(config, "STEMD_PID_FILE", node.program)
             problems.append(Problem(f"the PID file {node.pid_file} of node {node.name} is a "
                                     "directory", key=key, hint=f"remove it, or change {key}"))
+    problems.extend(_check_log_files(config))
     problems.extend(p for p in check_trust(config) if p not in problems)
+    return problems
+
+
+def _check_log_files(config: Config) -> list[Problem]:
+    """A node log path that exists and is not a plain file (a symlink, a
+    FIFO, a device other than /dev/null, a directory, a hard link): the node
+    cannot start (stemd/spawn.py refuses to open it). Never fatal at start:
+    in a log directory a node user can write, it may be theirs to plant,
+    and one node's log must not keep the whole fleet down."""
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for node in config.nodes:
+        for which, log in (("STEMD_LOG_FILE", node.log_file),
+                           ("STEMD_STDERR_LOG_FILE", node.stderr_log_file)):
+            if log in ("-", os.devnull) or log in seen:
+                continue
+            seen.add(log)
+            try:
+                st = os.lstat(log)
+            except OSError:
+                continue  # missing: created at start
+            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                continue
+            kind = ("a symlink" if stat.S_ISLNK(st.st_mode) else
+                    "a directory" if stat.S_ISDIR(st.st_mode) else
+                    f"a file with {st.st_nlink} hard links" if stat.S_ISREG(st.st_mode) else
+                    "a special file (FIFO, socket or device)")
+            key = key_name(config, which, node.program)
+            problems.append(Problem(
+                f"the log file {log} of node {node.name} is {kind}: the node cannot start",
+                key=key, hint=f"remove it, or change {key} ({os.devnull} discards output)"))
     return problems
 
 

@@ -11,6 +11,7 @@ output never passes through it.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import subprocess
@@ -30,11 +31,20 @@ def open_log(path: str, account: Account) -> int:
     The log directory may be writable by the node user, so the final name is
     opened with O_NOFOLLOW and must be a regular file with a single link (a
     hard link to, say, /etc/shadow would otherwise be appended to as root).
+
+    ``/dev/null`` is the one special file taken: it is how an operator (and
+    ``stemctl import`` for supervisord's ``NONE``) discards a node's output,
+    and it lives in root's /dev, out of any node user's reach.
     """
+    if path == os.devnull:
+        return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC | os.O_NOCTTY)
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
     try:
         fd = os.open(path, flags | os.O_NONBLOCK, 0o640)
     except OSError as exc:
+        if exc.errno in (errno.ENXIO, errno.ELOOP):  # a FIFO nobody reads; a symlink
+            raise SpawnError(f"log file {path} is not a plain file (a FIFO or a symlink)",
+                             exc.errno) from None
         raise SpawnError(f"cannot open log file {path}: {exc.strerror}", exc.errno) from None
     try:
         st = os.fstat(fd)

@@ -277,3 +277,39 @@ def test_follow_colours_each_node_on_a_terminal(fleet: Fleet) -> None:
     codes = {ln.split(b"m", 1)[0] for ln in lines}
     assert all(ln.startswith(b"\x1b[") for ln in lines), lines
     assert len(codes) == 2  # a colour per node
+
+
+def test_dev_null_as_a_log_discards_output_and_the_node_runs(fleet: Fleet) -> None:
+    """Regression: STEMD_LOG_FILE=/dev/null (and what `stemctl import`
+    writes for supervisord's stdout_logfile=NONE) was refused as "not a
+    plain file": every node backed off to FATAL while --check said OK."""
+    fleet.write(nodes="alpha beta", log_file="/dev/null",
+                command="/bin/sh -c 'echo hello; exec sleep 1000'")
+    checked = fleet.stemd("--check")
+    assert checked.returncode == 0, checked.stderr
+    assert "/dev (node logs)" not in checked.stdout + checked.stderr
+    fleet.start()
+    nodes = fleet.wait_state("RUNNING")
+    assert set(nodes) == {"alpha", "beta"}
+    assert os.path.exists(os.devnull) and not os.path.isfile(os.devnull)  # still the device
+
+
+def test_check_names_a_log_path_that_is_not_a_plain_file_and_start_goes_on(
+        fleet: Fleet) -> None:
+    """A FIFO planted where a node's log goes: --check says which node and
+    key (the node cannot start); the master still starts the rest, since a
+    node user may be the one who planted it."""
+    fleet.write(nodes="alpha beta")
+    fleet.log_dir.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(fleet.log_dir / "beta.log")
+    checked = fleet.stemd("--check")
+    assert checked.returncode != 0
+    out = checked.stdout + checked.stderr
+    assert f"the log file {fleet.log_dir / 'beta.log'} of node beta is a special file" in out
+    assert "STEMD_LOG_FILE" in out
+    assert "node alpha" not in out
+    said = fleet.start_failing()  # the master stays and runs the rest
+    assert "beta" in said and "alpha" not in said
+    assert fleet.status("alpha")["alpha"]["state"] == "RUNNING"
+    assert "not a plain file" in (fleet.status("beta")["beta"]["last_error"] or "")
+    fleet.ctl("shutdown")

@@ -282,12 +282,13 @@ def test_log_file_symlink_is_not_followed(fleet: Fleet) -> None:
     os.symlink(victim, fleet.log_dir / "alpha.log")
     fleet.write(nodes="alpha beta", start_retries=2)
     said = fleet.start_failing()
-    assert f"alpha: FATAL (cannot start: cannot open log file {fleet.log_dir}/alpha.log" in said
+    assert (f"alpha: FATAL (cannot start: log file {fleet.log_dir}/alpha.log is not a plain "
+            "file (a FIFO or a symlink)") in said
     assert "beta" not in said
     fleet.wait_state("FATAL", "alpha")
     assert fleet.status()["beta"]["state"] == "RUNNING"
     log = fleet.master_log()
-    assert f"cannot open log file {fleet.log_dir}/alpha.log" in log
+    assert f"log file {fleet.log_dir}/alpha.log is not a plain file" in log
     assert snapshot(victim) == before
     assert (fleet.log_dir / "alpha.log").is_symlink()
 
