@@ -505,7 +505,7 @@ class _Importer:
                 table["log_file"] = _escape(log)
         redirect = (get("redirect_stderr", "false") or "").strip().lower() in _TRUE
         stderr = None if redirect else get("stderr_logfile")
-        if stderr is not None and stderr.strip().lower() not in _LOG_NONE:
+        if stderr is not None:  # NONE: /dev/null, discarded as supervisord does
             err_log = _logfile(stderr, values["stderr_logfile"].here)
             if err_log is not None:  # AUTO: with stdout, see _program_notes
                 table["stderr_log_file"] = _escape(err_log)
@@ -554,10 +554,7 @@ class _Importer:
                 low = text.lower()
                 if redirected:
                     continue
-                if low in _LOG_NONE:
-                    self.note(value, setting, "stemd cannot discard stderr alone: it goes "
-                              "to the node's log_file with stdout")
-                elif low == "syslog":
+                if low == "syslog":
                     self.note(value, setting, "syslog output is not supported: stderr goes "
                               "to the node's log_file with stdout")
             elif key.endswith(("_logfile_maxbytes", "_logfile_backups")):
