@@ -140,8 +140,15 @@ def _node_writable(path: str, config: Config) -> str | None:
     return None
 
 
-def check_environment(config: Config, *, creating: bool) -> list[Problem]:
-    """What would stop the master or its nodes from working on this host."""
+def check_environment(config: Config, *, creating: bool,
+                      master_uid: int | None = None) -> list[Problem]:
+    """What would stop the master or its nodes from working on this host.
+
+    ``master_uid``: the uid a running master has, when ``diagnose`` knows it.
+    Whether stemd can write its directories is asked of the kernel as the
+    caller (os.access); an operator running ``diagnose`` is usually not the
+    master's user: for a root master nothing is reported (root writes them),
+    for another uid the question is left out rather than answered wrongly."""
     problems: list[Problem] = []
     lookup = _account_lookup()
     for node in config.nodes:
@@ -165,8 +172,11 @@ def check_environment(config: Config, *, creating: bool) -> list[Problem]:
                                     "does not exist", fatal_at_start=True,
                                     key=key_name(config, "STEMD_CHDIR", node.program)))
     problems.extend(_check_socket_group(config))
+    judged = master_uid is None or master_uid == os.geteuid()
     for need in needed_directories(config):
         if os.path.isdir(need.path):
+            if not judged:
+                continue
             if not os.access(need.path, os.W_OK):
                 problems.append(Problem(f"{need.path} ({need.what}) is not writable by "
                                         "stemd's user", hint="fix its owner or mode"))
@@ -340,7 +350,8 @@ def diagnose(config: Config | None, config_problems: list[Problem],
     master = None
     if config is not None:
         alive = master_alive(config.master.pid_file)
-        problems.extend(check_environment(config, creating=config.master.create_dirs))
+        problems.extend(check_environment(config, creating=config.master.create_dirs,
+                                          master_uid=_master_uid(config) if alive else None))
         problems.extend(stale_pidfiles(config))
         sock = socket_path()
         exists = os.path.exists(sock)
@@ -358,6 +369,19 @@ def diagnose(config: Config | None, config_problems: list[Problem],
             notes.append("the master is not running")
     warnings = list(config.warnings) if config is not None else []
     return Diagnosis(problems, warnings, notes, master)
+
+
+def _master_uid(config: Config) -> int | None:
+    """The uid of the running master (the owner of its /proc entry)."""
+    from stem_core.pidfile import read_master_pid
+
+    pid = read_master_pid(config.master.pid_file)
+    if pid is None:
+        return None
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
 
 
 #: descriptors the master holds whatever the fleet's size: its log, the PID

@@ -618,6 +618,28 @@ def test_diagnose_reports_an_unwritable_directory(open_dir: Path) -> None:
         result.stdout + result.stderr
 
 
+def test_diagnose_by_an_operator_does_not_judge_a_root_masters_directories(
+        open_dir: Path) -> None:
+    """Regression: an operator (not root) running diagnose against a root
+    master was told the run directory "is not writable by stemd's user":
+    os.access answered for the operator. With a master running as another
+    uid, writability is not judged from the operator's side."""
+    if os.geteuid() != 0:
+        pytest.skip("needs a root master and another user to diagnose it")
+    fleet = Fleet(open_dir)
+    fleet.write()
+    fleet.start()
+    try:
+        assert (fleet.run_dir.stat().st_mode & 0o777) == 0o755
+        result = as_nobody("-m", "stemd.ctl", "--config", str(fleet.config), "diagnose")
+        out = result.stdout + result.stderr
+        assert "Traceback" not in out, out
+        assert result.returncode in (0, 1), out
+        assert "is not writable" not in out, out
+    finally:
+        fleet.ctl("shutdown")
+
+
 # ------------------------------------------------------------------- config
 
 
