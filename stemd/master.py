@@ -908,6 +908,10 @@ class Master:
 
     async def _restart_node(self, node: Node) -> NodeState:
         async with self._rolling_lock, node.lock:
+            if not node.wanted:
+                # The operator stopped it after the restart began: that
+                # command is the later one, and it stands.
+                return node.state
             await self._stop_unlocked(node)
             return await self._start_unlocked(node)
 
@@ -923,7 +927,12 @@ class Master:
             step.add_done_callback(self._operations.discard)
             state = await asyncio.shield(step)
             done.append(node)
-            if state is not S.RUNNING and self.nodes.get(node.name) is node:
+            if self.nodes.get(node.name) is not node:
+                continue
+            if not node.wanted:
+                raise RestartHalted(f"restart halted: {node.name} was stopped meanwhile "
+                                    "(stemctl stop); the rest are not restarted", done)
+            if state is not S.RUNNING:
                 raise RestartHalted(f"restart halted: {node.name} is {state}", done)
         return nodes
 

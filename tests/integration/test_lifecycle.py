@@ -70,6 +70,27 @@ def test_shutdown_during_a_rolling_restart_leaves_no_node_behind(fleet: Fleet) -
     assert_nothing_left(fleet)
 
 
+def test_a_stop_during_a_rolling_restart_stands(fleet: Fleet) -> None:
+    """Regression: `stemctl stop` while a rolling restart was on its first
+    node stopped the fleet, and then the restart went on and started b and
+    c again: the operator's last command was stop, and they ran."""
+    fleet.write(nodes="a b c", command=fleet.script("slow.sh", SLOW_STOP), start_secs=0.3)
+    fleet.start()
+    restart = subprocess.Popen([STEMCTL, "--config", str(fleet.config), "restart"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=fleet.env())
+    wait_until(lambda: "a: RUNNING -> STOPPING" in fleet.master_log(), 10,
+               what="the restart's first stop")
+    result = fleet.ctl("stop")
+    assert result.returncode == 0, result.stderr
+    _, err = restart.communicate(timeout=60)
+    assert restart.returncode != 0 and "stopped meanwhile" in err, err
+    time.sleep(1.5)  # b would be back by now had the restart gone on
+    nodes = fleet.status()
+    assert {n: i["state"] for n, i in nodes.items()} == dict.fromkeys("abc", "STOPPED")
+    assert fleet.node_pids() == []
+
+
 def _send_and_leave(fleet: Fleet, cmd: str) -> None:
     """A client that asks for something and goes away without waiting."""
     with socket.socket(socket.AF_UNIX) as sock:
