@@ -123,8 +123,13 @@ def table(master: Master) -> dict[str, Handler]:
         with its own bounds). The master never reads a node's log: a node user
         controls its size and shape (a 20 GB sparse file, one 100 MB line),
         and nothing it writes may stall supervision (issue 11 B1)."""
-        nodes = select(args)
-        return {"logs": [{"node": n.name, "path": n.spec.log_file} for n in nodes]}
+        logs = []
+        for n in select(args):
+            entry = {"node": n.name, "path": n.spec.log_file}
+            if n.spec.stderr_log_file != n.spec.log_file:
+                entry["stderr_path"] = n.spec.stderr_log_file  # stderr has its own file
+            logs.append(entry)
+        return {"logs": logs}
 
     async def version(args: dict[str, Any]) -> Any:
         return {"version": __version__, "pid": os.getpid(), "protocol": P.VERSION}

@@ -11,6 +11,7 @@ from stemd.ctl import OK
 # Annotations only (postponed): importing typing costs stemctl ~5 ms a run.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
 
     from stemd.ctl import Ctl
 
@@ -25,49 +26,63 @@ def show_logs(ctl: Ctl) -> int:
     response = ctl.call("logs", names=ctl.args.names)
     if not response["ok"]:
         return ctl.error(response)
-    logs = [(e["node"], e["path"]) for e in response["result"]["logs"]]
+    # One stream per file: a node whose stderr has a file of its own
+    # (stderr_log_file) shows both, its stderr as "NODE:stderr".
+    logs: list[tuple[str, str, str, str]] = []  # (node, label, stream, path)
+    for e in response["result"]["logs"]:
+        logs.append((e["node"], e["node"], "stdout", e["path"]))
+        if e.get("stderr_path"):
+            logs.append((e["node"], f"{e['node']}:stderr", "stderr", e["stderr_path"]))
     single = len(ctl.args.names) == 1 and len(logs) == 1
-    elsewhere = [name for name, path in logs if path == "-"]
+    elsewhere = [label for _node, label, _stream, path in logs if path == "-"]
     if elsewhere:
         message = (f"{', '.join(elsewhere)}: logs to the master's output; see the "
                    "container's or the journal's log")
         if single:
             return ctl.fail(E.FAILED, message)
         sys.stderr.write(f"stemctl: {message}\n")
-    logs = [(name, path) for name, path in logs if path != "-"]
-    tails: list[tuple[str, str, list[bytes], int]] = []
+    logs = [entry for entry in logs if entry[3] != "-"]
+    tails: list[tuple[str, str, str, str, list[bytes], int]] = []
     status = OK
-    for name, path in logs:
+    for node, label, stream, path in logs:
         try:
             lines, size = logtail.tail(path, ctl.args.lines)
         except FileNotFoundError:
             if not ctl.args.follow:
                 status = ctl.fail(E.FAILED, f"cannot read {path}: no such file "
-                                  f"(has {name} written anything yet?)")
+                                  f"(has {node} written anything yet?)")
                 continue
             lines, size = [], 0  # nothing written yet: follow waits for it
         except OSError as exc:
             status = ctl.fail(E.FAILED, logtail.cannot_read(path, exc))
             continue
-        tails.append((name, path, lines, size))
+        tails.append((node, label, stream, path, lines, size))
     if ctl.json and not ctl.args.follow:
         from stemd.render import print_json
 
-        records = [{"node": name, "path": path, "size": size,
-                    "lines": [line.decode("utf-8", "replace") for line in lines]}
-                   for name, path, lines, size in tails]
-        print_json(records[0] if single and records else records)
+        records: dict[str, dict[str, Any]] = {}  # per node; its stderr file nested
+        for node, _label, stream, path, lines, size in tails:
+            record = {"node": node, "path": path, "size": size,
+                      "lines": [line.decode("utf-8", "replace") for line in lines]}
+            if stream == "stderr":
+                records.setdefault(node, {"node": node})["stderr"] = record
+            else:
+                records[node] = {**record, **records.get(node, {})}
+        listed = list(records.values())
+        print_json(listed[0] if len(ctl.args.names) == 1 and len(listed) == 1 else listed)
         return status
     colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-    marks = [b""] if single else logtail.prefixes([t[0] for t in tails], colour)
+    marks = [b""] if single else logtail.prefixes([t[1] for t in tails], colour)
     out = sys.stdout.buffer
     try:
-        for (_name, _path, lines, _size), mark in zip(tails, marks, strict=True):
+        for (_node, _label, _stream, _path, lines, _size), mark in zip(tails, marks,
+                                                                        strict=True):
             out.write(b"".join(mark + line + b"\n" for line in lines))
         out.flush()
         if ctl.args.follow and tails:
-            logtail.follow([logtail.Followed(name, path, size, mark) for
-                            (name, path, _lines, size), mark in zip(tails, marks, strict=True)])
+            logtail.follow([logtail.Followed(label, path, size, mark) for
+                            (_node, label, _stream, path, _lines, size), mark
+                            in zip(tails, marks, strict=True)])
     except KeyboardInterrupt:
         return status
     except BrokenPipeError:

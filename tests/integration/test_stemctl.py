@@ -440,6 +440,26 @@ def test_logs_prints_the_last_lines(running: Fleet) -> None:
     assert running.ctl("logs", "alpha", "-n", "-1").returncode == 2
 
 
+def test_logs_shows_a_separate_stderr_log_too(fleet: Fleet) -> None:
+    """Regression: with stderr_log_file set (supervisord's stderr_logfile,
+    imported), `stemctl logs` showed only the stdout log, and a Celery
+    worker logs to stderr: its tracebacks were not there."""
+    fleet.write(nodes="alpha", stderr_log_file=f"{fleet.log_dir}/%n.err",
+                command="/bin/sh -c 'echo to-stdout; echo to-stderr >&2; exec sleep 1000'")
+    fleet.start()
+    wait_until(lambda: (fleet.log_dir / "alpha.err").exists()
+               and (fleet.log_dir / "alpha.err").read_text() != "", 10, what="stderr written")
+    result = fleet.ctl("logs", "alpha")
+    assert result.returncode == 0, result.stderr
+    assert "to-stdout" in result.stdout and "to-stderr" in result.stdout, result.stdout
+    err_line = next(line for line in result.stdout.splitlines() if "to-stderr" in line)
+    assert "stderr" in err_line.split("|")[0], err_line  # its stream is named
+    data = json.loads(fleet.ctl("logs", "alpha", "--json").stdout)
+    assert data["lines"] == ["to-stdout"]
+    assert data["stderr"]["lines"] == ["to-stderr"]
+    assert data["stderr"]["path"] == str(fleet.log_dir / "alpha.err")
+
+
 def test_logs_follow(running: Fleet) -> None:
     log = running.log_dir / "alpha.log"
     with log.open("a") as f:
