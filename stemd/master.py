@@ -849,14 +849,10 @@ class Master:
                 node.lock.release()
         try:
             for node in nodes:
-                if locked and node.lock.locked():
-                    queued.append(node)
-                    continue
                 if locked:
-                    # A free lock is taken without suspending (should a
-                    # released lock still have a waiter to wake, this waits
-                    # its turn, as a per-node stop would).
-                    await node.lock.acquire()
+                    if not node.lock.try_acquire():  # held, or promised to a waiter
+                        queued.append(node)
+                        continue
                     held.add(node)
                 mine.append(node)
             for node in mine:

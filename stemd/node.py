@@ -15,7 +15,6 @@ wakes whoever waits for the node.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import signal
@@ -28,6 +27,7 @@ from stem_core.exits import ExitStatus
 from stem_core.keys import signal_number
 from stem_core.model import NodeSpec
 from stem_core.states import IllegalTransition, NodeState, can_transition
+from stemd.cmdlock import CommandLock
 
 S = NodeState
 
@@ -99,7 +99,7 @@ class Node:
         self.closed = False
         # Serialises commands on this node (start, stop, restart), so each
         # command sees its own effect through.
-        self.lock = asyncio.Lock()
+        self.lock = CommandLock()
         self.last_error: str | None = None  # why it is not running, for status
         self.pid: int | None = None
         self.adopted = False
