@@ -29,8 +29,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from prometheus_client.core import (
     CollectorRegistry,
@@ -56,9 +55,9 @@ TIMEOUT = 10.0
 MAX_CLIENTS = 8
 
 
-#: nodes rendered between two yields to the event loop (~20 samples each,
-#: ~1 µs a sample: a slice holds the loop ~0.5-2 ms)
-SLICE = 100
+#: nodes written between two yields to the event loop (~20 samples each,
+#: ~0.15 µs a sample: a slice holds the loop ~1 ms)
+SLICE = 250
 
 
 def _escape_label(value: str) -> str:
@@ -124,12 +123,12 @@ def _header(name: str, kind: str, text: str) -> str:
     return f"# HELP {name} {_escape_help(text)}\n# TYPE {name} {kind}\n"
 
 
-@dataclass(frozen=True, slots=True)
-class _NodeRow:
+class _NodeRow(NamedTuple):
     """One node's values, all read in the same turn of the event loop so
     that the families of one scrape agree with each other (a node is not
     RUNNING in one and BACKOFF in the next) even though they are written
-    in slices."""
+    in slices. A NamedTuple, not a frozen dataclass: 1,000 of them are
+    built in that one turn, at a quarter of the cost."""
 
     labels: str  # 'node="x",program="y"', escaped once per scrape
     state: NodeState
