@@ -169,9 +169,8 @@ async def sample_async(roots: Iterable[int], slice_size: int = SLICE) -> dict[in
         return {}
     names = os.listdir("/proc")
     for i in range(0, len(names), slice_size):
+        await asyncio.sleep(0)
         scan.feed(names[i:i + slice_size])
-        if i + slice_size < len(names):
-            await asyncio.sleep(0)
     return scan.result()
 
 
