@@ -155,8 +155,8 @@ def sample(roots: Iterable[int], pss: bool = False) -> dict[int, TreeUsage]:
 
 
 #: processes read between two yields to the event loop in :func:`sample_async`
-#: (~4-14 µs each: a slice holds the loop ~1 ms)
-SLICE = 100
+#: (~4-20 µs each: a slice holds the loop ~0.5-1 ms)
+SLICE = 50
 
 
 async def sample_async(roots: Iterable[int], slice_size: int = SLICE) -> dict[int, TreeUsage]:
@@ -167,6 +167,7 @@ async def sample_async(roots: Iterable[int], slice_size: int = SLICE) -> dict[in
     scan = _Scan(roots, False)
     if not scan.wanted:
         return {}
+    await asyncio.sleep(0)  # the caller's turn may have been busy already
     names = os.listdir("/proc")
     for i in range(0, len(names), slice_size):
         await asyncio.sleep(0)
