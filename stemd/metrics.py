@@ -123,14 +123,15 @@ def _header(name: str, kind: str, text: str) -> str:
     return f"# HELP {name} {_escape_help(text)}\n# TYPE {name} {kind}\n"
 
 
-class _NodeRow(NamedTuple):
+class NodeRow(NamedTuple):
     """One node's values, all read in the same turn of the event loop so
     that the families of one scrape agree with each other (a node is not
     RUNNING in one and BACKOFF in the next) even though they are written
     in slices. A NamedTuple, not a frozen dataclass: 1,000 of them are
     built in that one turn, at a quarter of the cost."""
 
-    labels: str  # 'node="x",program="y"', escaped once per scrape
+    name: str
+    labels: str  # node_labels(name, program): escaped once per scrape
     state: NodeState
     restarts: int
     start_failures: int
@@ -143,7 +144,12 @@ class _NodeRow(NamedTuple):
     wanted: bool
 
 
-def _snapshot(m: Master) -> tuple[list[_NodeRow], list[str]]:
+def node_labels(name: str, program: str) -> str:
+    """The labels of a node's samples, as they stand between the braces."""
+    return f'node="{_escape_label(name)}",program="{_escape_label(program)}"'
+
+
+def _snapshot(m: Master) -> tuple[list[NodeRow], list[str]]:
     """Every node's row, and the programs in configuration order."""
     limits = {p.name: p.max_rss for p in m.config.programs if p.max_rss}
     memory_restarts = m.memory.restarts if hasattr(m, "memory") else {}
@@ -158,9 +164,8 @@ def _snapshot(m: Master) -> tuple[list[_NodeRow], list[str]]:
             now = n.clock.time() if now is None else now
             uptime = max(0.0, now - n.started_at)
         status = n.exit_status
-        rows.append(_NodeRow(
-            f'node="{_escape_label(n.name)}",program="{_escape_label(program)}"',
-            n.state, n.restarts, failures.get(n.name, 0),
+        rows.append(NodeRow(
+            n.name, node_labels(n.name, program), n.state, n.restarts, failures.get(n.name, 0),
             # only where a limit applies: 1,000 zeros cost a scrape ~6 %
             memory_restarts.get(n.name, 0) if limit or n.name in memory_restarts else None,
             limit, status.as_int if status is not None else None, uptime, n.pid, program,
@@ -168,7 +173,7 @@ def _snapshot(m: Master) -> tuple[list[_NodeRow], list[str]]:
     return rows, [p.name for p in m.config.programs]
 
 
-def _render_rows(rows: list[_NodeRow], trees: dict[int, TreeUsage],
+def _render_rows(rows: list[NodeRow], trees: dict[int, TreeUsage],
                  out: list[list[bytes]]) -> None:
     """Append the sample lines of ``rows`` to ``out``: one encoded piece
     per family (joined and encoded here, a slice at a time, rather than
@@ -205,10 +210,18 @@ def _render_rows(rows: list[_NodeRow], trees: dict[int, TreeUsage],
 
 
 async def _fleet_text(m: Master, slice_size: int) -> list[bytes]:
-    """The per-node and per-program families, written by hand (see the
-    module's docstring), yielding to the loop every ``slice_size`` nodes."""
+    """The per-node and per-program families of ``m``, written by hand (see
+    the module's docstring), yielding to the loop every ``slice_size``
+    nodes."""
     rows, programs = _snapshot(m)
     trees = await sample_async(r.pid for r in rows if r.pid is not None)
+    return await render_fleet(rows, programs, trees, slice_size)
+
+
+async def render_fleet(rows: list[NodeRow], programs: list[str],
+                       trees: dict[int, TreeUsage], slice_size: int = SLICE) -> list[bytes]:
+    """The text of the per-node and per-program families, in pieces, from
+    a snapshot (tests compare it with prometheus_client's printer)."""
     out: list[list[bytes]] = [[] for _ in _FAMILIES]
     for i in range(0, len(rows), slice_size):
         await asyncio.sleep(0)
