@@ -48,6 +48,41 @@ def samples(text: str, name: str) -> dict[str, float]:
     return out
 
 
+#: every family, its type as prometheus_client's parser reads it
+FAMILIES = {
+    "stemd_node_state": "gauge", "stemd_node_up": "gauge", "stemd_node_restarts": "counter",
+    "stemd_node_start_failures": "counter", "stemd_node_memory_restarts": "counter",
+    "stemd_node_last_exit_code": "gauge", "stemd_node_uptime_seconds": "gauge",
+    "stemd_node_cpu_seconds": "counter", "stemd_node_resident_memory_bytes": "gauge",
+    "stemd_node_max_rss_bytes": "gauge", "stemd_node_children": "gauge",
+    "stemd_program_desired_nodes": "gauge", "stemd_program_running_nodes": "gauge",
+    "stemd_build_info": "gauge", "stemd_config_last_reload_successful": "gauge",
+    "stemd_config_last_reload_timestamp_seconds": "gauge",
+}
+
+
+def assert_families(text: str, nodes: list[str]) -> None:
+    """The text read by prometheus_client's own parser: every family with
+    its type, one sample per node in each per-node family, and families of
+    one scrape that agree (up is the RUNNING state; one state at a time)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name, kind in FAMILIES.items():
+        assert families[name].type == kind, name
+    for name in ("stemd_node_up", "stemd_node_restarts", "stemd_node_start_failures",
+                 "stemd_node_uptime_seconds", "stemd_node_cpu_seconds",
+                 "stemd_node_resident_memory_bytes", "stemd_node_children"):
+        assert sorted(s.labels["node"] for s in families[name].samples) == sorted(nodes), name
+    state: dict[str, float] = {}
+    for s in families["stemd_node_state"].samples:
+        state[s.labels["node"]] = state.get(s.labels["node"], 0.0) + s.value
+    assert state == dict.fromkeys(nodes, 1.0)
+    running = {s.labels["node"]: s.value for s in families["stemd_node_state"].samples
+               if s.labels["state"] == "RUNNING"}
+    assert running == {s.labels["node"]: s.value for s in families["stemd_node_up"].samples}
+
+
 def http(port: int, raw: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(raw)
@@ -71,6 +106,7 @@ def test_stemctl_metrics_is_valid_and_counts_restarts(fleet: Fleet) -> None:
     assert samples(text, "stemd_build_info")
     assert samples(text, "stemd_config_last_reload_successful") == {
         "stemd_config_last_reload_successful": 1.0}
+    assert_families(text, ["alpha", "beta"])
     alpha = fleet.status("alpha")["alpha"]["pid"]
     os.kill(alpha, signal.SIGKILL)
     wait_until(lambda: fleet.status("alpha")["alpha"]["restarts"] == 1, 10, what="respawn")
