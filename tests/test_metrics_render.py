@@ -137,3 +137,37 @@ def test_hand_written_families_match_prometheus_client() -> None:
         assert ([x for x in text.splitlines() if x.startswith("#")]
                 == [x for x in theirs.splitlines() if x.startswith("#")])
         assert text.count("\n") == theirs.count("\n")
+
+
+def test_sliced_proc_pass_reads_what_the_whole_pass_reads() -> None:
+    """stemd.usage.sample_async (the scrape's pass over /proc, a few
+    processes per turn of the loop) finds the same trees as sample (the
+    pass of status --stats and the memory limit): three real sessions,
+    one with children, and a PID that leads no session."""
+    import subprocess
+    import time
+
+    from stemd.usage import sample, sample_async
+
+    procs = [subprocess.Popen(["/bin/sh", "-c", script], start_new_session=True)
+             for script in ("sleep 60", "sleep 60 & sleep 60 & wait", "exec sleep 60")]
+    try:
+        roots = [p.pid for p in procs]
+        deadline = time.monotonic() + 10
+        while sample(roots).get(roots[1], TreeUsage(0, 0, 0, 0)).children < 2:
+            assert time.monotonic() < deadline, "the children of the second session"
+            time.sleep(0.01)
+        wanted = [*roots, 1]  # init leads no session of ours: absent from both
+        for size in (1, 7, 50, 100_000):
+            whole = sample(wanted)
+            sliced = asyncio.run(sample_async(wanted, slice_size=size))
+            assert sorted(sliced) == sorted(whole) == sorted(roots)
+            for pid in roots:  # sleeping processes: nothing moves between the passes
+                assert (sliced[pid].children, sliced[pid].start_ticks) == (
+                    whole[pid].children, whole[pid].start_ticks)
+                assert abs(sliced[pid].rss - whole[pid].rss) <= 64 * 1024
+        assert whole[roots[1]].children == 2 and whole[roots[2]].children == 0
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
