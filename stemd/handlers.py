@@ -177,7 +177,7 @@ def table(master: Master) -> dict[str, Handler]:
         'stemctl metrics' prints for node_exporter's textfile collector."""
         from stemd.metrics import exposition
 
-        return {"text": exposition(master).decode()}
+        return {"text": (await exposition(master)).decode()}
 
     return {
         "metrics": metrics, "scale": scale,

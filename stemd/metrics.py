@@ -1,18 +1,36 @@
-"""Prometheus metrics: a collector that reads the master at scrape time, and
-a tiny read-only HTTP endpoint on the master's own event loop.
+"""Prometheus metrics: the text format built at scrape time, and a tiny
+read-only HTTP endpoint on the master's own event loop.
 
-Why ``prometheus_client`` (a runtime dependency): the exposition format has
-escaping, type and ``_total`` rules that a hand-written printer gets subtly
-wrong, and the library is the reference implementation that Prometheus'
-own tools are tested against. It is imported only when metrics are asked
-for (``stemctl metrics`` or ``STEMD_METRICS_LISTEN``): a master without
-them pays nothing.
+Two printers, on purpose:
+
+- The per-node and per-program families (``stemd_node_*``,
+  ``stemd_program_*``: ~19 samples a node, 1 MB at 1,000 nodes) are
+  written by the small printer here (text format 0.0.4: HELP with backslash
+  and newline escaped, TYPE, a counter's ``_total`` on its HELP, TYPE and
+  samples, label values with backslash, ``"`` and newline escaped). With
+  ``prometheus_client`` they cost a scrape of 1,000 nodes ~100 ms of CPU
+  (60 % in its ``generate_latest``: ``sample_line``, ``floatToGoString``,
+  escaping and name checks on every sample; 25 % building the families),
+  all of it in one turn of the loop: a respawn, a SIGTERM or a ``stemctl
+  status`` waited for it. Here each node's label string is escaped once,
+  and each value formatted once; ~22 ms in all.
+- The master's own families (``stemd_master_*`` from the library's process
+  collector, hooks, build info, configuration loads: a dozen samples) stay
+  with ``prometheus_client``, whose rules and process collector are worth
+  more there than its speed. ``tests/test_metrics_render.py`` holds the
+  hand-written text to what the library writes from the same values.
+
+The library is imported only when metrics are asked for (``stemctl
+metrics`` or ``STEMD_METRICS_LISTEN``): a master without them pays nothing.
 
 Nothing is collected between scrapes. A scrape (``GET /metrics`` or the
-``metrics`` control command that ``stemctl metrics`` sends) builds the
-families from the node table and one pass over ``/proc`` (stemd.usage),
-then forgets them: no background thread, no timer, no wake-up while nobody
-scrapes.
+``metrics`` control command that ``stemctl metrics`` sends) takes one
+snapshot of the node table in a single turn of the loop (so that the
+families of one scrape agree with each other), then reads ``/proc``
+(stemd.usage.sample_async) and writes the text in slices of ~1 ms,
+letting the loop run between them, then forgets everything: no background
+thread, no timer, no wake-up while nobody scrapes. The HTTP answer is
+written a piece at a time as well.
 
 The endpoint can serve nothing but ``GET``/``HEAD /metrics``: it parses a
 request line and headers (at most :data:`MAX_HEAD` bytes, within
@@ -26,9 +44,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from prometheus_client.core import (
     CollectorRegistry,
@@ -40,7 +59,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from prometheus_client.process_collector import ProcessCollector
 
 from stem_core.states import NodeState
-from stemd.usage import sample
+from stemd.usage import TreeUsage, sample_async
 
 if TYPE_CHECKING:
     from stemd.master import Master
@@ -53,11 +72,199 @@ TIMEOUT = 10.0
 #: connections served at once; more are closed at once (a scraper retries)
 MAX_CLIENTS = 8
 
-_NODE = ["node", "program"]
+
+#: nodes written between two yields to the event loop (~20 samples, ~0.5
+#: µs a sample: a slice holds the loop ~0.5-1 ms on a busy 2-core host)
+SLICE = 100
 
 
-class FleetCollector:
-    """Reads the master's node table when collected (at scrape time)."""
+def _escape_label(value: str) -> str:
+    """A label value as the text format 0.0.4 quotes it."""
+    if "\\" in value or '"' in value or "\n" in value:
+        value = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return value
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _num(value: float) -> str:
+    """A sample value as prometheus_client writes it (``1.0``, ``-9.0``,
+    ``0.25``; Go's spelling of the non-finite ones), give or take an
+    exponent: ``1228800.0`` where it writes ``1.2288e+06``, the same
+    float to every parser."""
+    if type(value) is int:
+        return f"{value}.0"
+    f = float(value)
+    if f != f:
+        return "NaN"
+    if f in (math.inf, -math.inf):
+        return "+Inf" if f > 0 else "-Inf"
+    return repr(f)
+
+
+#: the per-node families, in the order they are written: (name as sampled,
+#: type, help). A counter's samples carry ``_total``, as prometheus_client
+#: names them (its CounterMetricFamily adds the suffix to the family's name).
+_FAMILIES: tuple[tuple[str, str, str], ...] = (
+    ("stemd_node_state", "gauge", "1 for the node's current state, 0 for the others"),
+    ("stemd_node_up", "gauge", "1 if the node is RUNNING"),
+    ("stemd_node_restarts_total", "counter", "automatic respawns of the node (kept across a "
+     "restart of the master)"),
+    ("stemd_node_start_failures_total", "counter", "starts that did not reach RUNNING "
+     "(STARTING -> BACKOFF or FATAL) since the master started"),
+    ("stemd_node_memory_restarts_total", "counter", "restarts of the node because its tree "
+     "exceeded max_rss, since the master started (absent: no limit)"),
+    ("stemd_node_last_exit_code", "gauge", "exit status of the node's last process, minus "
+     "the signal number if a signal killed it (absent: none yet)"),
+    ("stemd_node_uptime_seconds", "gauge", "seconds since the node's main process started "
+     "(absent: not running)"),
+    ("stemd_node_cpu_seconds_total", "counter", "user + system CPU of the node's live "
+     "process tree, its reaped children included"),
+    ("stemd_node_resident_memory_bytes", "gauge", "resident memory of the node's process "
+     "tree, summed over its processes"),
+    ("stemd_node_max_rss_bytes", "gauge", "the node's max_rss (absent: no limit)"),
+    ("stemd_node_children", "gauge", "descendants of the node's main process"),
+)
+(_STATE, _UP, _RESTARTS, _FAILURES, _MEMORY, _EXIT, _UPTIME, _CPU, _RSS, _LIMIT,
+ _CHILDREN) = range(len(_FAMILIES))
+_PROGRAM_FAMILIES = (
+    ("stemd_program_desired_nodes", "gauge", "nodes of the program the operator wants up"),
+    ("stemd_program_running_nodes", "gauge", "nodes of the program that are RUNNING"),
+)
+
+
+def _header(name: str, kind: str, text: str) -> str:
+    # prometheus_client writes a counter's HELP and TYPE under the name
+    # with _total, as the samples have it (exposition format 0.0.4)
+    return f"# HELP {name} {_escape_help(text)}\n# TYPE {name} {kind}\n"
+
+
+class NodeRow(NamedTuple):
+    """One node's values, all read in the same turn of the event loop so
+    that the families of one scrape agree with each other (a node is not
+    RUNNING in one and BACKOFF in the next) even though they are written
+    in slices. A NamedTuple, not a frozen dataclass: 1,000 of them are
+    built in that one turn, at a quarter of the cost."""
+
+    name: str
+    labels: str  # node_labels(name, program): escaped once per scrape
+    state: NodeState
+    restarts: int
+    start_failures: int
+    memory_restarts: int | None  # None: no limit and none counted: absent
+    max_rss: int | None
+    exit_code: int | None
+    uptime: float | None
+    pid: int | None
+    program: str
+    wanted: bool
+
+
+def node_labels(name: str, program: str) -> str:
+    """The labels of a node's samples, as they stand between the braces."""
+    return f'node="{_escape_label(name)}",program="{_escape_label(program)}"'
+
+
+def _snapshot(m: Master) -> tuple[list[NodeRow], list[str]]:
+    """Every node's row, and the programs in configuration order."""
+    limits = {p.name: p.max_rss for p in m.config.programs if p.max_rss}
+    memory_restarts = m.memory.restarts if hasattr(m, "memory") else {}
+    failures = m.transitions.start_failures
+    rows = []
+    now: float | None = None
+    for n in m.nodes.values():
+        program = n.spec.program
+        limit = limits.get(program)
+        uptime = None
+        if n.pid is not None and n.started_at is not None:
+            now = n.clock.time() if now is None else now
+            uptime = max(0.0, now - n.started_at)
+        status = n.exit_status
+        rows.append(NodeRow(
+            n.name, node_labels(n.name, program), n.state, n.restarts, failures.get(n.name, 0),
+            # only where a limit applies: 1,000 zeros cost a scrape ~6 %
+            memory_restarts.get(n.name, 0) if limit or n.name in memory_restarts else None,
+            limit, status.as_int if status is not None else None, uptime, n.pid, program,
+            bool(n.wanted)))
+    return rows, [p.name for p in m.config.programs]
+
+
+def _render_rows(rows: list[NodeRow], trees: dict[int, TreeUsage],
+                 out: list[list[bytes]]) -> None:
+    """Append the sample lines of ``rows`` to ``out``: one encoded piece
+    per family (joined and encoded here, a slice at a time, rather than
+    1 MB at the end in one turn)."""
+    states = [(s, f',state="{_escape_label(str(s))}"}} ') for s in S]
+    lines: list[list[str]] = [[] for _ in _FAMILIES]
+    (state, up, restarts, failures, memory, exit_code, uptime, cpu, rss, limit,
+     children) = lines
+    running = S.RUNNING
+    for r in rows:
+        lab = r.labels
+        for s, tail in states:
+            state.append(f"stemd_node_state{{{lab}{tail}{'1.0' if r.state is s else '0.0'}\n")
+        up.append(f"stemd_node_up{{{lab}}} {'1.0' if r.state is running else '0.0'}\n")
+        restarts.append(f"stemd_node_restarts_total{{{lab}}} {_num(r.restarts)}\n")
+        failures.append(f"stemd_node_start_failures_total{{{lab}}} "
+                        f"{_num(r.start_failures)}\n")
+        if r.memory_restarts is not None:
+            memory.append(f"stemd_node_memory_restarts_total{{{lab}}} "
+                          f"{_num(r.memory_restarts)}\n")
+        if r.max_rss is not None:
+            limit.append(f"stemd_node_max_rss_bytes{{{lab}}} {_num(r.max_rss)}\n")
+        if r.exit_code is not None:
+            exit_code.append(f"stemd_node_last_exit_code{{{lab}}} {_num(r.exit_code)}\n")
+        if r.uptime is not None:
+            uptime.append(f"stemd_node_uptime_seconds{{{lab}}} {_num(r.uptime)}\n")
+        tree = trees.get(r.pid) if r.pid is not None else None
+        if tree is not None:
+            cpu.append(f"stemd_node_cpu_seconds_total{{{lab}}} {_num(tree.cpu_seconds)}\n")
+            rss.append(f"stemd_node_resident_memory_bytes{{{lab}}} {_num(tree.rss)}\n")
+            children.append(f"stemd_node_children{{{lab}}} {_num(tree.children)}\n")
+    for piece, family in zip(lines, out, strict=True):
+        family.append("".join(piece).encode())
+
+
+async def _fleet_text(m: Master, slice_size: int) -> list[bytes]:
+    """The per-node and per-program families of ``m``, written by hand (see
+    the module's docstring), yielding to the loop every ``slice_size``
+    nodes."""
+    rows, programs = _snapshot(m)
+    trees = await sample_async(r.pid for r in rows if r.pid is not None)
+    return await render_fleet(rows, programs, trees, slice_size)
+
+
+async def render_fleet(rows: list[NodeRow], programs: list[str],
+                       trees: dict[int, TreeUsage], slice_size: int = SLICE) -> list[bytes]:
+    """The text of the per-node and per-program families, in pieces, from
+    a snapshot (tests compare it with prometheus_client's printer)."""
+    out: list[list[bytes]] = [[] for _ in _FAMILIES]
+    for i in range(0, len(rows), slice_size):
+        await asyncio.sleep(0)
+        _render_rows(rows[i:i + slice_size], trees, out)
+    await asyncio.sleep(0)
+    desired = dict.fromkeys(programs, 0)
+    running = dict(desired)
+    for r in rows:
+        desired[r.program] = desired.get(r.program, 0) + (1 if r.wanted else 0)
+        running[r.program] = running.get(r.program, 0) + (1 if r.state is S.RUNNING else 0)
+    parts = []
+    for (name, kind, text), pieces in zip(_FAMILIES, out, strict=True):
+        parts.append(_header(name, kind, text).encode())
+        parts.extend(pieces)
+    for (name, kind, text), counts in zip(_PROGRAM_FAMILIES, (desired, running), strict=True):
+        parts.append(_header(name, kind, text).encode())
+        parts.append("".join(f'{name}{{program="{_escape_label(p)}"}} {_num(v)}\n'
+                             for p, v in counts.items()).encode())
+    return parts
+
+
+class MasterCollector:
+    """The master's few own families (hooks, build, configuration loads),
+    left to prometheus_client: a dozen samples, where its rules are worth
+    more than its speed."""
 
     def __init__(self, master: Master) -> None:
         self.master = master
@@ -67,75 +274,6 @@ class FleetCollector:
 
     def collect(self) -> Iterator[Metric]:
         m = self.master
-        nodes = list(m.nodes.values())
-        trees = sample(n.pid for n in nodes if n.pid is not None)
-        state = GaugeMetricFamily("stemd_node_state", "1 for the node's current state, 0 for "
-                                  "the others", labels=[*_NODE, "state"])
-        up = GaugeMetricFamily("stemd_node_up", "1 if the node is RUNNING", labels=_NODE)
-        restarts = CounterMetricFamily("stemd_node_restarts", "automatic respawns of the node "
-                                       "(kept across a restart of the master)", labels=_NODE)
-        failures = CounterMetricFamily("stemd_node_start_failures", "starts that did not "
-                                       "reach RUNNING (STARTING -> BACKOFF or FATAL) since "
-                                       "the master started", labels=_NODE)
-        exit_code = GaugeMetricFamily("stemd_node_last_exit_code", "exit status of the "
-                                      "node's last process, minus the signal number if a "
-                                      "signal killed it (absent: none yet)", labels=_NODE)
-        uptime = GaugeMetricFamily("stemd_node_uptime_seconds", "seconds since the node's "
-                                   "main process started (absent: not running)", labels=_NODE)
-        cpu = CounterMetricFamily("stemd_node_cpu_seconds", "user + system CPU of the node's "
-                                  "live process tree, its reaped children included",
-                                  labels=_NODE)
-        rss = GaugeMetricFamily("stemd_node_resident_memory_bytes", "resident memory of the "
-                                "node's process tree, summed over its processes",
-                                labels=_NODE)
-        memory = CounterMetricFamily("stemd_node_memory_restarts", "restarts of the node "
-                                     "because its tree exceeded max_rss, since the master "
-                                     "started (absent: no limit)", labels=_NODE)
-        limit = GaugeMetricFamily("stemd_node_max_rss_bytes", "the node's max_rss (absent: "
-                                  "no limit)", labels=_NODE)
-        limits = {p.name: p.max_rss for p in m.config.programs if p.max_rss}
-        memory_restarts = m.memory.restarts if hasattr(m, "memory") else {}
-        children = GaugeMetricFamily("stemd_node_children", "descendants of the node's main "
-                                     "process", labels=_NODE)
-        desired: dict[str, int] = {p.name: 0 for p in m.config.programs}
-        running: dict[str, int] = dict(desired)
-        now = None
-        for n in nodes:
-            labels = [n.name, n.spec.program]
-            for s in S:
-                state.add_metric([*labels, str(s)], 1.0 if n.state is s else 0.0)
-            up.add_metric(labels, 1.0 if n.state is S.RUNNING else 0.0)
-            restarts.add_metric(labels, n.restarts)
-            failures.add_metric(labels, m.transitions.start_failures.get(n.name, 0))
-            if n.spec.program in limits or n.name in memory_restarts:
-                # only where a limit applies: 1,000 zeros cost a scrape ~6 %
-                memory.add_metric(labels, memory_restarts.get(n.name, 0))
-            if n.spec.program in limits:
-                limit.add_metric(labels, limits[n.spec.program])
-            if n.exit_status is not None and n.exit_status.as_int is not None:
-                exit_code.add_metric(labels, n.exit_status.as_int)
-            if n.pid is not None and n.started_at is not None:
-                now = n.clock.time() if now is None else now
-                uptime.add_metric(labels, max(0.0, now - n.started_at))
-            tree = trees.get(n.pid) if n.pid is not None else None
-            if tree is not None:
-                cpu.add_metric(labels, tree.cpu_seconds)
-                rss.add_metric(labels, tree.rss)
-                children.add_metric(labels, tree.children)
-            desired[n.spec.program] = desired.get(n.spec.program, 0) + (1 if n.wanted else 0)
-            running[n.spec.program] = running.get(n.spec.program, 0) + (
-                1 if n.state is S.RUNNING else 0)
-        yield from (state, up, restarts, failures, memory, exit_code, uptime, cpu, rss, limit,
-                    children)
-        want = GaugeMetricFamily("stemd_program_desired_nodes", "nodes of the program the "
-                                 "operator wants up", labels=["program"])
-        have = GaugeMetricFamily("stemd_program_running_nodes", "nodes of the program that "
-                                 "are RUNNING", labels=["program"])
-        for program in desired:
-            want.add_metric([program], desired[program])
-            have.add_metric([program], running[program])
-        yield want
-        yield have
         hooks = getattr(m, "hooks", None)
         if hooks is not None:
             for name, value, text in (
@@ -165,8 +303,9 @@ class FleetCollector:
 
 
 def registry(master: Master) -> CollectorRegistry:
+    """The families prometheus_client writes (not the per-node ones)."""
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(FleetCollector(master))
+    reg.register(MasterCollector(master))
     # the master's own CPU, memory and descriptors, under stemd_master_
     # (not process_: node_exporter's textfile collector would clash with
     # its own process_ metrics)
@@ -174,9 +313,21 @@ def registry(master: Master) -> CollectorRegistry:
     return reg
 
 
-def exposition(master: Master) -> bytes:
-    """The text format, once (no state is kept between two calls)."""
-    return generate_latest(registry(master))
+async def exposition_parts(master: Master, slice_size: int = SLICE) -> list[bytes]:
+    """The text format, once (no state is kept between two calls), as
+    pieces to be written in order. The event loop runs between slices of
+    the work: a scrape of 1,000 nodes never holds it for more than a
+    millisecond or two at a time."""
+    parts = await _fleet_text(master, slice_size)
+    await asyncio.sleep(0)
+    parts.append(generate_latest(registry(master)))
+    await asyncio.sleep(0)
+    return parts
+
+
+async def exposition(master: Master, slice_size: int = SLICE) -> bytes:
+    """:func:`exposition_parts` in one piece (``stemctl metrics``)."""
+    return b"".join(await exposition_parts(master, slice_size))
 
 
 class MetricsServer:
@@ -229,18 +380,42 @@ class MetricsServer:
             writer.write(_response(405, b"method not allowed: metrics are read-only\n",
                                    extra=b"Allow: GET, HEAD\r\n"))
         else:
-            body = exposition(self.master)
-            writer.write(_response(200, body, CONTENT_TYPE_PLAIN_0_0_4.encode(),
-                                   head_only=words[0] == b"HEAD"))
+            parts = await exposition_parts(self.master)
+            writer.write(_head(200, sum(map(len, parts)), CONTENT_TYPE_PLAIN_0_0_4.encode()))
+            if words[0] == b"GET":
+                await _write_parts(writer, parts)
         await writer.drain()
 
 
 _REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed"}
 
 
-def _response(code: int, body: bytes, content_type: bytes = b"text/plain; charset=utf-8",
-              extra: bytes = b"", head_only: bool = False) -> bytes:
-    head = (b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+def _head(code: int, length: int, content_type: bytes = b"text/plain; charset=utf-8",
+          extra: bytes = b"") -> bytes:
+    return (b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
             b"Connection: close\r\nCache-Control: no-store\r\n%s\r\n"
-            % (code, _REASONS[code], content_type, len(body), extra))
-    return head if head_only else head + body
+            % (code, _REASONS[code], content_type, length, extra))
+
+
+def _response(code: int, body: bytes, content_type: bytes = b"text/plain; charset=utf-8",
+              extra: bytes = b"") -> bytes:
+    return _head(code, len(body), content_type, extra) + body
+
+
+#: bytes of a response handed to the socket between two yields to the loop
+WRITE_SLICE = 256 * 1024
+
+
+async def _write_parts(writer: asyncio.StreamWriter, parts: list[bytes]) -> None:
+    """Write the body piece by piece, letting the loop run every
+    :data:`WRITE_SLICE` bytes: one ``write`` of 1 MB (a copy into the
+    transport's buffer, the loopback's delivery inside ``send``) held the
+    loop ~1-3 ms, on top of joining the pieces first."""
+    pending = 0
+    for part in parts:
+        writer.write(part)
+        pending += len(part)
+        if pending >= WRITE_SLICE:
+            pending = 0
+            await writer.drain()  # a slow reader is bounded by TIMEOUT
+            await asyncio.sleep(0)

@@ -35,6 +35,7 @@ supervisor.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -96,41 +97,82 @@ def pss_of(pid: int) -> int | None:
     return None
 
 
+class _Scan:
+    """One pass over ``/proc``, fed a slice of its listing at a time, so
+    that :func:`sample` reads it at once and :func:`sample_async` lets the
+    event loop run between slices: the master's loop must not be held for
+    the whole pass (~15 ms at 1,000 nodes) while a respawn or a control
+    request waits."""
+
+    def __init__(self, roots: Iterable[int], pss: bool) -> None:
+        self.wanted = set(roots)
+        self.pss = pss
+        self.rss: dict[int, int] = {}
+        self.ticks: dict[int, int] = {}
+        self.count: dict[int, int] = {}
+        self.start: dict[int, int] = {}
+        self.members: dict[int, list[int]] = {}
+
+    def feed(self, names: Iterable[str]) -> None:
+        wanted, rss, ticks, count = self.wanted, self.rss, self.ticks, self.count
+        for name in names:
+            if not name[0].isdigit():
+                continue
+            found = _stat(name)
+            if found is None:
+                continue
+            sid, cpu, started, resident = found
+            if sid not in wanted:
+                continue
+            rss[sid] = rss.get(sid, 0) + resident
+            ticks[sid] = ticks.get(sid, 0) + cpu
+            count[sid] = count.get(sid, 0) + 1
+            if int(name) == sid:
+                self.start[sid] = started
+            if self.pss:
+                self.members.setdefault(sid, []).append(int(name))
+
+    def result(self) -> dict[int, TreeUsage]:
+        result = {}
+        for sid in self.start:  # only sessions whose leader (the node's main process) lives
+            total: int | None = None
+            if self.pss:
+                parts = [pss_of(pid) for pid in self.members.get(sid, ())]
+                total = None if any(p is None for p in parts) else sum(p or 0 for p in parts)
+            result[sid] = TreeUsage(self.rss[sid], self.ticks[sid], self.start[sid],
+                                    self.count[sid] - 1, total)
+        return result
+
+
 def sample(roots: Iterable[int], pss: bool = False) -> dict[int, TreeUsage]:
     """The usage of each session led by a PID in ``roots``, from one pass
     over ``/proc``. A root that is gone is absent from the result."""
-    wanted = set(roots)
-    if not wanted:
+    scan = _Scan(roots, pss)
+    if not scan.wanted:
         return {}
-    rss: dict[int, int] = {}
-    ticks: dict[int, int] = {}
-    count: dict[int, int] = {}
-    start: dict[int, int] = {}
-    members: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name[0].isdigit():
-            continue
-        found = _stat(name)
-        if found is None:
-            continue
-        sid, cpu, started, resident = found
-        if sid not in wanted:
-            continue
-        rss[sid] = rss.get(sid, 0) + resident
-        ticks[sid] = ticks.get(sid, 0) + cpu
-        count[sid] = count.get(sid, 0) + 1
-        if int(name) == sid:
-            start[sid] = started
-        if pss:
-            members.setdefault(sid, []).append(int(name))
-    result = {}
-    for sid in start:  # only sessions whose leader (the node's main process) lives
-        total: int | None = None
-        if pss:
-            parts = [pss_of(pid) for pid in members.get(sid, ())]
-            total = None if any(p is None for p in parts) else sum(p or 0 for p in parts)
-        result[sid] = TreeUsage(rss[sid], ticks[sid], start[sid], count[sid] - 1, total)
-    return result
+    scan.feed(os.listdir("/proc"))
+    return scan.result()
+
+
+#: processes read between two yields to the event loop in :func:`sample_async`
+#: (~4-20 µs each: a slice holds the loop ~0.5-1 ms)
+SLICE = 50
+
+
+async def sample_async(roots: Iterable[int], slice_size: int = SLICE) -> dict[int, TreeUsage]:
+    """:func:`sample` (without PSS) for the master's event loop: the same
+    pass, yielding to the loop every ``slice_size`` processes. A process
+    may start or end during the pass, as it may during :func:`sample`'s;
+    each is read once."""
+    scan = _Scan(roots, False)
+    if not scan.wanted:
+        return {}
+    await asyncio.sleep(0)  # the caller's turn may have been busy already
+    names = os.listdir("/proc")
+    for i in range(0, len(names), slice_size):
+        await asyncio.sleep(0)
+        scan.feed(names[i:i + slice_size])
+    return scan.result()
 
 
 def uptime_ticks() -> float:
