@@ -90,18 +90,25 @@ def _escape_help(text: str) -> str:
 
 
 def _num(value: float) -> str:
-    """A sample value as prometheus_client writes it (``1.0``, ``-9.0``,
-    ``0.25``; Go's spelling of the non-finite ones), give or take an
-    exponent: ``1228800.0`` where it writes ``1.2288e+06``, the same
-    float to every parser."""
-    if type(value) is int:
+    """A sample value exactly as prometheus_client writes it
+    (``prometheus_client.utils.floatToGoString``: ``1.0``, ``0.25``,
+    ``6.291456e+07`` — Go switches to an exponent from 7 integer digits —
+    and Go's spelling of the non-finite ones), so the text is the same byte
+    for byte as the library's; small whole numbers, most of a scrape, take
+    a short cut."""
+    if type(value) is int and -10**15 < value < 1_000_000:
         return f"{value}.0"
     f = float(value)
     if f != f:
         return "NaN"
     if f in (math.inf, -math.inf):
         return "+Inf" if f > 0 else "-Inf"
-    return repr(f)
+    text = repr(f)
+    dot = text.find(".")
+    if f > 0 and dot > 6:
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1:]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return text
 
 
 #: the per-node families, in the order they are written: (name as sampled,

@@ -137,6 +137,23 @@ def test_hand_written_families_match_prometheus_client() -> None:
         assert ([x for x in text.splitlines() if x.startswith("#")]
                 == [x for x in theirs.splitlines() if x.startswith("#")])
         assert text.count("\n") == theirs.count("\n")
+        assert text == theirs, seed  # byte for byte: numbers spelt as the library does
+
+
+def test_numbers_are_spelt_as_prometheus_client_spells_them() -> None:
+    """Regression: 62914560 came out as ``62914560.0``, where the library (and
+    what users grep in the textfile) writes ``6.291456e+07``."""
+    from prometheus_client.utils import floatToGoString
+
+    from stemd.metrics import _num
+
+    rng = random.Random(7)
+    values: list[float] = [0, 1, -1, 999_999, 1_000_000, 62_914_560, 2**40, -62914560.0,
+                           0.25, 1.5e-9, 1e16, 3e20, 12345678.9, float("inf"),
+                           float("-inf"), float("nan")]
+    values += [rng.random() * 10 ** rng.randint(0, 18) for _ in range(2000)]
+    values += [rng.randint(-10**12, 10**17) for _ in range(2000)]
+    assert [v for v in values if _num(v) != floatToGoString(v)] == []
 
 
 def test_sliced_proc_pass_reads_what_the_whole_pass_reads() -> None:
