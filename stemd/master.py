@@ -52,12 +52,12 @@ from stem_core.pidfile import (
     write_pidfile,
 )
 from stem_core.statefile import (
-    MasterState,
     NodeRecord,
+    encode_record,
     read_state,
     remove_state,
     state_path,
-    write_state,
+    write_encoded,
 )
 from stem_core.states import ALIVE, NodeState
 from stemd import logsetup
@@ -246,6 +246,9 @@ class Master:
         # transition that changes none of it (a spawn, STARTING -> RUNNING)
         # does not rewrite the whole file.
         self._persisted: dict[str, tuple[object, ...]] = {}
+        # Each node's record as last encoded for the state file, with what
+        # it was encoded from: a write re-encodes only the nodes that changed.
+        self._encoded: dict[str, tuple[tuple[object, ...], str]] = {}
         # observe (issue 15): CPU% since the previous status --stats; who
         # watches transitions (metrics, hooks); the last reload's outcome
         self.cpu = CpuTracker()
@@ -609,10 +612,17 @@ class Master:
             return
         self._state_written = self.loop.time()
         self._persisted = {n.name: _durable(n) for n in self.nodes.values()}
-        records = {n.name: _record(n) for n in self.nodes.values()}
-        records.update({n.name: _record(n, removed=True) for n in self.removed.values()})
+        encoded: dict[str, tuple[tuple[object, ...], str]] = {}
+        for removed, nodes in ((False, self.nodes), (True, self.removed)):
+            for node in nodes.values():
+                key = (node.spec.program, node.spec.pid_file, node.pid, node.wanted,
+                       node.restarts, node.exit_status, node.last_error, node.state, removed)
+                known = self._encoded.get(node.name)
+                encoded[node.name] = known if known is not None and known[0] == key else (
+                    key, encode_record(_record(node, removed)))
+        self._encoded = encoded
         try:
-            write_state(self.state_file, MasterState(os.getpid(), records))
+            write_encoded(self.state_file, os.getpid(), (text for _, text in encoded.values()))
         except OSError as exc:
             self.log.error("cannot write the state file %s: %s", self.state_file,
                            exc.strerror)

@@ -12,9 +12,11 @@ from stem_core.errors import PidFileError
 from stem_core.statefile import (
     MasterState,
     NodeRecord,
+    encode_record,
     read_state,
     remove_state,
     state_path,
+    write_encoded,
     write_state,
 )
 
@@ -38,6 +40,23 @@ def test_round_trip(tmp_path: Path) -> None:
     remove_state(path)
     assert read_state(path) is None
     remove_state(path)  # idempotent
+
+
+def test_records_encoded_one_by_one_make_the_same_file(tmp_path: Path) -> None:
+    """The master keeps each node's encoded record and rewrites only the
+    changed ones: the file must be the very bytes a whole encode gives."""
+    state = MasterState(99, {
+        "a": NodeRecord("a", "worker", "/run/a.pid", pid=77, last_error='say "no" \\ é\n'),
+        "b": NodeRecord("b", "worker", "/run/b.pid", wanted=False, exit_status=0,
+                        last_exit="exit status 0", state="EXITED"),
+    })
+    whole, parts = tmp_path / "whole.state", tmp_path / "parts.state"
+    write_state(str(whole), state)
+    write_encoded(str(parts), 99, [encode_record(r) for r in state.nodes.values()])
+    assert parts.read_bytes() == whole.read_bytes()
+    assert read_state(str(parts), frozenset({os.geteuid()})) == state
+    write_encoded(str(parts), 99, [])
+    assert read_state(str(parts), frozenset({os.geteuid()})) == MasterState(99, {})
 
 
 def test_a_planted_symlink_is_replaced_not_followed(tmp_path: Path) -> None:
