@@ -37,7 +37,10 @@ def open_log(path: str, account: Account) -> int:
     and it lives in root's /dev, out of any node user's reach.
     """
     if path == os.devnull:
-        return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        try:
+            return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        except OSError as exc:  # a container without /dev/null
+            raise SpawnError(f"cannot open {path}: {exc.strerror}", exc.errno) from None
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
     try:
         fd = os.open(path, flags | os.O_NONBLOCK, 0o640)
