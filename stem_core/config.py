@@ -13,18 +13,14 @@ import os
 import re
 import shlex
 import stat
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-import tomli_w
 
 from stem_core import keys as K
 from stem_core import migration
 from stem_core.envfile import Assignment, quote_env_value, read_config_bytes, read_envfile
 from stem_core.errors import MAX_REPORTED, BadValue, ConfigError, Problem
-from stem_core.importers import foreign_format
 from stem_core.locate import DEFAULT_CONFIG, config_path  # noqa: F401 - re-exported
 from stem_core.model import Config, MasterSpec, NodeSpec, Policy, ProgramSpec, RunAs
 from stem_core.nodes import (
@@ -172,6 +168,8 @@ def _refuse_foreign_format(path: str) -> None:
         text = read_config_bytes(path).decode("utf-8", errors="replace")
     except (OSError, ConfigError):
         return  # the loader's own error stands
+    from stem_core.importers import foreign_format
+
     found = foreign_format(text)
     if found is not None:
         kind, line = found
@@ -285,6 +283,8 @@ def _load_toml(path: str, environ: dict[str, str], overrides: dict[str, str],
     data_bytes = read_config_bytes(path)  # bounded; raises ConfigError
     text = data_bytes.decode("utf-8", errors="replace")
     try:
+        import tomllib  # here: an env-file master never needs it
+
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         match = _TOML_LINE.search(str(exc))
@@ -640,6 +640,8 @@ def to_dict(config: Config) -> dict[str, Any]:
 
 
 def dump_toml(config: Config) -> str:
+    import tomli_w  # only stemctl config --toml and import write TOML
+
     return tomli_w.dumps(to_dict(config))
 
 

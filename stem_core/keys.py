@@ -9,9 +9,8 @@ the others (tests compare the committed files with what this module renders).
 
 from __future__ import annotations
 
-import difflib
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -163,8 +162,8 @@ def parse_hook_states(value: Any) -> tuple[str, ...]:
         elif name.lower() in HOOK_EVENTS:
             name = name.lower()
         else:
-            close = difflib.get_close_matches(name.upper(), _STATES, n=1) or \
-                difflib.get_close_matches(name.lower(), HOOK_EVENTS, n=1)
+            close = _close_matches(name.upper(), _STATES, n=1) or \
+                _close_matches(name.lower(), HOOK_EVENTS, n=1)
             raise BadValue(f"unknown state or event {word!r}",
                            hint=f"did you mean {close[0]}?" if close else
                            "use state names (FATAL, EXITED...), crash-loop or failed-exit")
@@ -238,7 +237,7 @@ def parse_signal(value: Any) -> str:
             raise BadValue(f"unknown signal number {text}") from None
     name = text.removeprefix("SIG")
     if name not in _SIGNALS:
-        close = difflib.get_close_matches(name, list(_SIGNALS), n=1)
+        close = _close_matches(name, list(_SIGNALS), n=1)
         hint = f"did you mean {close[0]}?" if close else "use a name such as TERM, INT or QUIT"
         raise BadValue(f"unknown signal {value!r}", hint=hint)
     return name
@@ -555,7 +554,7 @@ def suggest(name: str, candidates: list[str] | dict[str, Any]) -> str | None:
             return f"`{name}` (supervisord) has no stemd counterpart yet: {note}"
         if target in candidates:
             return f"`{name}` is `{target}` in stemd{note}"
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    close = _close_matches(name, list(candidates), n=1, cutoff=0.6)
     return f"did you mean {close[0]}?" if close else None
 
 
@@ -563,3 +562,12 @@ def is_setting_name(name: str) -> bool:
     """Names reserved for stemd settings: unknown ones are errors, not
     variables, so a typo cannot silently fall back to a default."""
     return name.startswith("STEMD_") or name in BY_ENV
+
+
+def _close_matches(word: str, possibilities: Sequence[str], n: int = 3,
+                   cutoff: float = 0.6) -> list[str]:
+    """difflib's, imported only when a suggestion is wanted (a typo): the
+    master and stemctl otherwise never load difflib."""
+    import difflib
+
+    return difflib.get_close_matches(word, possibilities, n=n, cutoff=cutoff)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -267,6 +266,8 @@ def _find_command(command: str, path: str) -> tuple[str | None, bool]:
     if "/" in command:
         found = command if os.path.exists(command) else None
     else:
+        import shutil  # ~1 MB of the master's memory otherwise, for this one call
+
         found = shutil.which(command, path=path)
     return found, bool(found) and os.access(found or "", os.X_OK) \
         and not os.path.isdir(found or "")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import os
 import struct
 from collections.abc import Callable, Iterable
@@ -30,7 +29,10 @@ IN_ONLYDIR = 0x01000000
 _MASK = IN_MOVED_FROM | IN_DELETE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len (then the name)
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The symbols already loaded into this process (dlopen(NULL)): the C library
+# CPython runs on. ctypes.util.find_library("c") ran `ldconfig -p` in a
+# subprocess at every master start and pulled in shutil and tempfile.
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class RunDirWatch:
