@@ -23,13 +23,14 @@ import time
 # Annotations only (postponed): importing typing costs stemctl ~5 ms a run.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from typing import BinaryIO
 
 MAX_READ = 8 * 1024 * 1024  # bytes read backwards at most, whatever -n asks
 MAX_LINE = 64 * 1024  # bytes of one line shown at most
 BLOCK = 64 * 1024
 FOLLOW_INTERVAL = 0.25  # the client polls; the master never does
+REFRESH_INTERVAL = 2.0  # following every node: ask the master for new ones this often
 
 
 class NotAFile(OSError):
@@ -220,15 +221,23 @@ def prefixes(names: Sequence[str], colour: bool) -> list[bytes]:
     return out
 
 
-def follow(files: Sequence[Followed], out: BinaryIO | None = None) -> None:
+def follow(files: Sequence[Followed], out: BinaryIO | None = None,
+           refresh: Callable[[], Sequence[Followed]] | None = None) -> None:
     """Follow every file in one loop, printing what each one gains (whole
     prefixed lines, or raw bytes for an unprefixed single file). Returns
-    only on an exception (KeyboardInterrupt, BrokenPipeError)."""
+    only on an exception (KeyboardInterrupt, BrokenPipeError). ``refresh``,
+    every :data:`REFRESH_INTERVAL` seconds, names files to follow from then
+    on too (the nodes a reload added)."""
     stream = out if out is not None else sys.stdout.buffer
     write = stream.write
     flush = stream.flush
+    files = list(files)
+    next_refresh = time.monotonic() + REFRESH_INTERVAL
     try:
         while True:
+            if refresh is not None and time.monotonic() >= next_refresh:
+                files.extend(refresh())
+                next_refresh = time.monotonic() + REFRESH_INTERVAL
             busy = False
             for f in files:
                 chunk = f.read()

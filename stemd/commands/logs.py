@@ -11,6 +11,7 @@ from stemd.ctl import OK
 # Annotations only (postponed): importing typing costs stemctl ~5 ms a run.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from stemd.ctl import Ctl
@@ -80,9 +81,11 @@ def show_logs(ctl: Ctl) -> int:
             out.write(b"".join(mark + line + b"\n" for line in lines))
         out.flush()
         if ctl.args.follow and tails:
-            logtail.follow([logtail.Followed(label, path, size, mark) for
-                            (_node, label, _stream, path, _lines, size), mark
-                            in zip(tails, marks, strict=True)])
+            followed = [logtail.Followed(label, path, size, mark) for
+                        (_node, label, _stream, path, _lines, size), mark
+                        in zip(tails, marks, strict=True)]
+            refresh = None if ctl.args.names else _newcomers(ctl, followed, colour)
+            logtail.follow(followed, refresh=refresh)
     except KeyboardInterrupt:
         return status
     except BrokenPipeError:
@@ -92,3 +95,47 @@ def show_logs(ctl: Ctl) -> int:
     except OSError as exc:
         return ctl.fail(E.FAILED, f"cannot follow: {exc}")
     return status
+
+
+def _newcomers(ctl: Ctl, followed: list[Any], colour: bool) -> Callable[[], list[Any]]:
+    """For ``logs -f`` of every node: the nodes the master has gained since
+    (a reload, ``stemctl scale``), each shown from its last lines and then
+    followed. A master that does not answer leaves the files followed as
+    they are."""
+    from stemd import logtail
+
+    known = {(f.name, f.path) for f in followed}
+    labels = [f.name for f in followed]
+
+    def refresh() -> list[Any]:
+        try:
+            response = ctl.call("logs", names=[])
+        except Exception:  # gone, busy or refusing: keep following, ask again later
+            return []
+        if not response.get("ok"):
+            return []
+        new: list[tuple[str, str]] = []
+        for e in response["result"]["logs"]:
+            streams = [(e["node"], e["path"])]
+            if e.get("stderr_path"):
+                streams.append((f"{e['node']}:stderr", e["stderr_path"]))
+            new += [s for s in streams if s[1] != "-" and s not in known]
+        if not new:
+            return []
+        marks = logtail.prefixes([*labels, *(label for label, _ in new)], colour)[len(labels):]
+        out = sys.stdout.buffer
+        added = []
+        for (label, path), mark in zip(new, marks, strict=True):
+            try:
+                lines, size = logtail.tail(path, ctl.args.lines)
+            except FileNotFoundError:
+                lines, size = [], 0
+            except OSError:
+                continue  # unreadable: not followed, as at the start
+            known.add((label, path))
+            labels.append(label)
+            out.write(b"".join(mark + line + b"\n" for line in lines))
+            added.append(logtail.Followed(label, path, size, mark))
+        out.flush()
+        return added
+    return refresh

@@ -313,3 +313,32 @@ def test_check_names_a_log_path_that_is_not_a_plain_file_and_start_goes_on(
     assert fleet.status("alpha")["alpha"]["state"] == "RUNNING"
     assert "not a plain file" in (fleet.status("beta")["beta"]["last_error"] or "")
     fleet.ctl("shutdown")
+
+
+def test_follow_of_every_node_picks_up_nodes_a_reload_adds(fleet: Fleet) -> None:
+    """Regression: `stemctl logs -f` (no name) followed the nodes that
+    existed when it started; a deploy that reloads in a new node showed
+    nothing of it."""
+    fleet.write(nodes="alpha", command=counter_node(fleet.root))
+    fleet.start()
+    fleet.wait_state("RUNNING")
+    proc = subprocess.Popen([STEMCTL, "--config", str(fleet.config), "logs", "-f", "-n", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=fleet.env(),
+                            stdin=subprocess.DEVNULL)
+    out = Reader(proc)
+    try:
+        out.wait_for(lambda ln: b"alpha " in ln, 20, "a line of alpha")
+        fleet.write(nodes="alpha gamma", command=counter_node(fleet.root))
+        assert fleet.ctl("reload").returncode == 0
+        out.wait_for(lambda ln: ln.startswith(b"gamma") and b"| gamma " in ln, 20,
+                     "a line of gamma, added by the reload")
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert b"Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
