@@ -73,7 +73,7 @@ def show_logs(ctl: Ctl) -> int:
         print_json(listed[0] if len(ctl.args.names) == 1 and len(listed) == 1 else listed)
         return status
     colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-    marks = [b""] if single else logtail.prefixes([t[1] for t in tails], colour)
+    marks = [b""] * len(tails) if single else logtail.prefixes([t[1] for t in tails], colour)
     out = sys.stdout.buffer
     try:
         for (_node, _label, _stream, _path, lines, _size), mark in zip(tails, marks,

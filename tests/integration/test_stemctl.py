@@ -440,6 +440,16 @@ def test_logs_prints_the_last_lines(running: Fleet) -> None:
     assert running.ctl("logs", "alpha", "-n", "-1").returncode == 2
 
 
+def test_logs_of_a_node_without_a_log_yet_is_a_clean_error(running: Fleet) -> None:
+    """Regression: `stemctl logs alpha` with alpha's log missing printed the
+    reason, then died in a traceback (zip of one prefix and no file)."""
+    (running.log_dir / "alpha.log").unlink()
+    result = running.ctl("logs", "alpha")
+    assert result.returncode == 1
+    assert "no such file (has alpha written anything yet?)" in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+
+
 def test_logs_shows_a_separate_stderr_log_too(fleet: Fleet) -> None:
     """Regression: with stderr_log_file set (supervisord's stderr_logfile,
     imported), `stemctl logs` showed only the stdout log, and a Celery
