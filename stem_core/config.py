@@ -493,10 +493,17 @@ def scaled(config: Config, program_name: str, count: int) -> Config:
     names = list(program.nodes[:count])
     taken = {n.name for n in config.nodes} | {p.name for p in config.programs}
     index = len(names)
+    pattern = program.name_pattern
+    if pattern and len(names) < count and \
+            expand_name(pattern, program.name, 1) == expand_name(pattern, program.name, 2):
+        # no %i: a reload with that count would refuse it too (pattern_names)
+        raise BadValue(f"the name pattern {pattern!r} of program {program_name} gives every "
+                       "node the same name: it cannot name more nodes",
+                       hint="put %i in the pattern (the name key, STEMD_NODE_NAME)")
     while len(names) < count:
         index += 1
-        name = (expand_name(program.name_pattern, program.name, index)
-                if program.name_pattern else f"{program.name}{index}")
+        name = expand_name(pattern, program.name, index) if pattern else \
+            f"{program.name}{index}"
         if name in taken:
             continue
         validate_node_name(name)

@@ -321,3 +321,37 @@ def test_stemctl_waits_for_each_priority_group_in_turn(tmp_path: Path) -> None:
     args = argparse.Namespace(config=same, socket=None, json=False, command="start",
                               timeout=None)
     assert Ctl(args).node_wait() - ANSWER_TIMEOUT == 20  # one group: the longest
+
+
+def test_scale_names_by_the_pattern_and_refuses_one_without_an_index(tmp_path: Path) -> None:
+    """stemctl scale names new nodes as the file's `name` pattern would. A
+    pattern without %i names one node only: scaling it must be refused, not
+    loop for ever looking for a free name (it would freeze the master)."""
+    import signal
+
+    from stem_core.config import scaled
+    from stem_core.errors import BadValue
+
+    def write(pattern: str) -> Path:
+        path = tmp_path / "stem.toml"
+        path.write_text(f'[programs.worker]\ncommand = "/bin/sleep 100"\nnodes = 1\n'
+                        f'name = "{pattern}"\n')
+        return path
+
+    config = load_config(str(write("%p_%02i")))
+    assert [n.name for n in scaled(config, "worker", 3).nodes] == \
+        ["worker_01", "worker_02", "worker_03"]
+    config = load_config(str(write("%p-main")))
+    assert [n.name for n in config.nodes] == ["worker-main"]
+
+    def hung(signum: int, frame: object) -> None:
+        raise AssertionError("scaled() did not return: it looped looking for a name")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(5)
+    try:
+        with pytest.raises(BadValue, match="same name"):
+            scaled(config, "worker", 2)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
