@@ -192,6 +192,18 @@ def counter_node(root: Path) -> str:
     return f"/bin/sh {script}"
 
 
+def interrupt(proc: subprocess.Popen[bytes]) -> None:
+    """Ctrl-C a following stemctl: it must end cleanly (exit 0, no traceback)."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0
+    assert b"Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+
+
 def number(line: bytes) -> int:
     return int(line.rstrip().rsplit(b" ", 1)[1])
 
@@ -235,14 +247,7 @@ def test_follow_every_node_interleaved_across_copytruncate_and_rename(fleet: Fle
         assert proc.poll() is None
         assert all(ln.startswith((b"alpha | ", b"beta  | ")) for ln in out.lines)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0
-    assert b"Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+        interrupt(proc)
 
 
 def test_follow_colours_each_node_on_a_terminal(fleet: Fleet) -> None:
@@ -334,11 +339,4 @@ def test_follow_of_every_node_picks_up_nodes_a_reload_adds(fleet: Fleet) -> None
                      "a line of gamma, added by the reload")
         assert proc.poll() is None
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0
-    assert b"Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+        interrupt(proc)

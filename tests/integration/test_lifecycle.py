@@ -54,14 +54,20 @@ def test_sighup_then_sigterm_leaves_no_node_behind(fleet: Fleet) -> None:
     assert "stemd stopped" in fleet.master_log()
 
 
-def test_shutdown_during_a_rolling_restart_leaves_no_node_behind(fleet: Fleet) -> None:
-    fleet.write(nodes="a b c", command=fleet.script("slow.sh", SLOW_STOP))
-    fleet.start()
+def restart_under_way(fleet: Fleet) -> subprocess.Popen[str]:
+    """`stemctl restart` in the background, once it is stopping its first node."""
     restart = subprocess.Popen([STEMCTL, "--config", str(fleet.config), "restart"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env=fleet.env())
     wait_until(lambda: "a: RUNNING -> STOPPING" in fleet.master_log(), 10,
                what="the restart's first stop")
+    return restart
+
+
+def test_shutdown_during_a_rolling_restart_leaves_no_node_behind(fleet: Fleet) -> None:
+    fleet.write(nodes="a b c", command=fleet.script("slow.sh", SLOW_STOP))
+    fleet.start()
+    restart = restart_under_way(fleet)
     result = fleet.ctl("shutdown")
     assert result.returncode == 0, result.stderr
     _, err = restart.communicate(timeout=30)
@@ -76,11 +82,7 @@ def test_a_stop_during_a_rolling_restart_stands(fleet: Fleet) -> None:
     c again: the operator's last command was stop, and they ran."""
     fleet.write(nodes="a b c", command=fleet.script("slow.sh", SLOW_STOP), start_secs=0.3)
     fleet.start()
-    restart = subprocess.Popen([STEMCTL, "--config", str(fleet.config), "restart"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=fleet.env())
-    wait_until(lambda: "a: RUNNING -> STOPPING" in fleet.master_log(), 10,
-               what="the restart's first stop")
+    restart = restart_under_way(fleet)
     result = fleet.ctl("stop")
     assert result.returncode == 0, result.stderr
     _, err = restart.communicate(timeout=60)
