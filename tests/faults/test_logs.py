@@ -192,6 +192,18 @@ def counter_node(root: Path) -> str:
     return f"/bin/sh {script}"
 
 
+def follow_counters(fleet: Fleet, nodes: str) -> tuple[subprocess.Popen[bytes], Reader]:
+    """A fleet of counter nodes, RUNNING, and `stemctl logs -f -n 1` of all
+    of them, read line by line."""
+    fleet.write(nodes=nodes, command=counter_node(fleet.root))
+    fleet.start()
+    fleet.wait_state("RUNNING")
+    proc = subprocess.Popen([STEMCTL, "--config", str(fleet.config), "logs", "-f", "-n", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=fleet.env(),
+                            stdin=subprocess.DEVNULL)
+    return proc, Reader(proc)
+
+
 def interrupt(proc: subprocess.Popen[bytes]) -> None:
     """Ctrl-C a following stemctl: it must end cleanly (exit 0, no traceback)."""
     proc.send_signal(signal.SIGINT)
@@ -210,13 +222,7 @@ def number(line: bytes) -> int:
 
 @pytest.mark.slow
 def test_follow_every_node_interleaved_across_copytruncate_and_rename(fleet: Fleet) -> None:
-    fleet.write(nodes="alpha beta", command=counter_node(fleet.root))
-    fleet.start()
-    fleet.wait_state("RUNNING")
-    proc = subprocess.Popen([STEMCTL, "--config", str(fleet.config), "logs", "-f", "-n", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=fleet.env(),
-                            stdin=subprocess.DEVNULL)
-    out = Reader(proc)
+    proc, out = follow_counters(fleet, "alpha beta")
     try:
         # both nodes, each line with its node's prefix, padded, uncoloured in a pipe
         last_alpha = number(out.wait_for(lambda ln: ln.startswith(b"alpha | alpha "), 20,
@@ -324,13 +330,7 @@ def test_follow_of_every_node_picks_up_nodes_a_reload_adds(fleet: Fleet) -> None
     """Regression: `stemctl logs -f` (no name) followed the nodes that
     existed when it started; a deploy that reloads in a new node showed
     nothing of it."""
-    fleet.write(nodes="alpha", command=counter_node(fleet.root))
-    fleet.start()
-    fleet.wait_state("RUNNING")
-    proc = subprocess.Popen([STEMCTL, "--config", str(fleet.config), "logs", "-f", "-n", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=fleet.env(),
-                            stdin=subprocess.DEVNULL)
-    out = Reader(proc)
+    proc, out = follow_counters(fleet, "alpha")
     try:
         out.wait_for(lambda ln: b"alpha " in ln, 20, "a line of alpha")
         fleet.write(nodes="alpha gamma", command=counter_node(fleet.root))
