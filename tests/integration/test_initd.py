@@ -155,6 +155,19 @@ def ok(result: subprocess.CompletedProcess[str], code: int = 0) -> subprocess.Co
     return result
 
 
+def start_two(worker: Fleet) -> tuple[int, dict[int, int]]:
+    """`service stem-worker start`; the master's PID and its two RUNNING nodes."""
+    ok(worker.run("start"))
+    master = worker.master_pid()
+    assert master is not None
+    return master, running_nodes(worker, 2)
+
+
+def kill_master(master: int) -> None:
+    os.kill(master, signal.SIGKILL)
+    wait_until(lambda: not alive(master), 5, what="the master to die")
+
+
 def running_nodes(fleet: Fleet, count: int) -> dict[int, int]:
     nodes = wait_until(lambda: (n := fleet.nodes()) and len(n) >= count and n, 10,
                        what=f"{count} nodes")
@@ -233,13 +246,9 @@ def test_reload_applies_the_config(worker: Fleet) -> None:
 
 
 def test_dead_master_with_pid_file_then_start_adopts_the_nodes(worker: Fleet) -> None:
-    ok(worker.run("start"))
-    master = worker.master_pid()
-    assert master is not None
-    nodes = running_nodes(worker, 2)
+    master, nodes = start_two(worker)
 
-    os.kill(master, signal.SIGKILL)
-    wait_until(lambda: not alive(master), 5, what="the master to die")
+    kill_master(master)
     assert worker.master_pidfile.exists()
     result = ok(worker.run("status"), 1)          # LSB: dead, PID file remains
     assert "dead" in result.stdout
@@ -264,10 +273,7 @@ def test_dead_master_with_pid_file_then_start_adopts_the_nodes(worker: Fleet) ->
 def test_stop_with_a_typo_in_the_config_still_stops_the_fleet(worker: Fleet) -> None:
     """Regression: with `STEMD_OPTS="--broken` appended, stop said "not running", exited 0
     and left the nodes running; `stemctl status` refused with exit 2."""
-    ok(worker.run("start"))
-    master = worker.master_pid()
-    assert master is not None
-    nodes = running_nodes(worker, 2)
+    master, nodes = start_two(worker)
     with worker.config.open("a") as f:
         f.write('STEMD_OPTS="--broken\n')
 
@@ -291,12 +297,8 @@ def test_stop_with_a_typo_in_the_config_still_stops_the_fleet(worker: Fleet) -> 
 
 def test_stop_after_the_master_was_killed_stops_the_nodes_it_left(worker: Fleet) -> None:
     """Regression: after `kill -9` of the master, stop exited 0 and left both nodes running."""
-    ok(worker.run("start"))
-    master = worker.master_pid()
-    assert master is not None
-    nodes = running_nodes(worker, 2)
-    os.kill(master, signal.SIGKILL)
-    wait_until(lambda: not alive(master), 5, what="the master to die")
+    master, nodes = start_two(worker)
+    kill_master(master)
 
     result = ok(worker.run("stop"))
     assert worker.nodes() == {}, f"stop exited 0 with nodes running: {result.stdout}"
@@ -310,12 +312,8 @@ def test_stop_after_the_master_was_killed_stops_the_nodes_it_left(worker: Fleet)
 def test_restart_after_the_master_was_killed_starts_fresh_nodes(worker: Fleet) -> None:
     """Regression: restart after `kill -9` kept the same node PIDs (the new master adopted
     them), so a deploy done with restart kept running the old code."""
-    ok(worker.run("start"))
-    master = worker.master_pid()
-    assert master is not None
-    old = running_nodes(worker, 2)
-    os.kill(master, signal.SIGKILL)
-    wait_until(lambda: not alive(master), 5, what="the master to die")
+    master, old = start_two(worker)
+    kill_master(master)
 
     ok(worker.run("restart"))
     new_master = worker.master_pid()
@@ -333,12 +331,8 @@ def test_stop_with_a_broken_config_and_a_dead_master_uses_the_state_file(worker:
     beside its PID file can; without it stop cannot tell and must say so, not exit 0."""
     from stem_core.statefile import state_path
 
-    ok(worker.run("start"))
-    master = worker.master_pid()
-    assert master is not None
-    nodes = running_nodes(worker, 2)
-    os.kill(master, signal.SIGKILL)
-    wait_until(lambda: not alive(master), 5, what="the master to die")
+    master, nodes = start_two(worker)
+    kill_master(master)
     with worker.config.open("a") as f:
         f.write('STEMD_OPTS="--broken\n')
     state = Path(state_path(str(worker.master_pidfile)))
@@ -359,12 +353,8 @@ def test_stop_with_a_broken_config_and_a_dead_master_uses_the_state_file(worker:
 
 def test_stop_never_signals_a_process_that_only_reuses_a_node_pid(worker: Fleet) -> None:
     """Identity, not liveness: a PID file naming an unrelated live process is stale."""
-    ok(worker.run("start"))
-    master = worker.master_pid()
-    assert master is not None
-    running_nodes(worker, 2)
-    os.kill(master, signal.SIGKILL)
-    wait_until(lambda: not alive(master), 5, what="the master to die")
+    master, _ = start_two(worker)
+    kill_master(master)
     for pid in worker.nodes():
         os.kill(pid, signal.SIGKILL)
     wait_until(lambda: not worker.nodes(), 5, what="the nodes to die")
@@ -428,8 +418,7 @@ def test_status_finds_the_pid_file_named_in_the_config(worker: Fleet) -> None:
     worker.config.write_text(text)
     ok(worker.run("start"))
     master = int(odd.read_text())
-    os.kill(master, signal.SIGKILL)
-    wait_until(lambda: not alive(master), 5, what="the master to die")
+    kill_master(master)
     ok(worker.run("status"), 1)
     odd.unlink()
     ok(worker.run("status"), 3)
