@@ -150,26 +150,29 @@ def check_environment(config: Config, *, creating: bool,
     for another uid the question is left out rather than answered wrongly."""
     problems: list[Problem] = []
     lookup = _account_lookup()
+    shared = _SharedByNodes()
     for node in config.nodes:
         account = lookup(node.run_as.user, node.run_as.group)
         if isinstance(account, AccountError):
-            problems.append(Problem(
-                str(account), key=f"{node.name}: user/group", fatal_at_start=True,
-                hint=f"create the account or fix {key_name(config, 'STEMD_USER', node.program)}"
-                     f"/{key_name(config, 'STEMD_GROUP', node.program)}"))
+            user = key_name(config, "STEMD_USER", node.program)
+            group = key_name(config, "STEMD_GROUP", node.program)
+            shared.add(node.name, Problem(
+                f"{NODES}: {account}", key=f"{user}/{group}", fatal_at_start=True,
+                hint=f"create the account or fix {user}/{group}"))
             continue
         if account.uid == 0 and not config.master.force_root:
             user = key_name(config, "STEMD_USER", node.program)
-            problems.append(Problem(
-                f"node {node.name} would run as root", key=user, fatal_at_start=True,
+            shared.add(node.name, Problem(
+                f"{NODES} would run as root", key=user, fatal_at_start=True,
                 hint=f"set {user} to an unprivileged account, or "
                      f"{key_name(config, 'STEMD_FORCE_ROOT')}=1"))
-        problems.extend(_check_command(config, node.name, node.program, node.argv[0],
-                                       node.environment))
+        for problem in _check_command(config, node.program, node.argv[0], node.environment):
+            shared.add(node.name, problem)
         if not os.path.isdir(node.directory):
-            problems.append(Problem(f"working directory {node.directory} of node {node.name} "
-                                    "does not exist", fatal_at_start=True,
-                                    key=key_name(config, "STEMD_CHDIR", node.program)))
+            shared.add(node.name, Problem(
+                f"working directory {node.directory} of {NODES} does not exist",
+                fatal_at_start=True, key=key_name(config, "STEMD_CHDIR", node.program)))
+    problems.extend(shared.problems())
     problems.extend(_check_socket_group(config))
     judged = master_uid is None or master_uid == os.geteuid()
     for need in needed_directories(config):
@@ -273,18 +276,55 @@ def _find_command(command: str, path: str) -> tuple[str | None, bool]:
         and not os.path.isdir(found or "")
 
 
-def _check_command(config: Config, name: str, program: str, command: str,
+def _check_command(config: Config, program: str, command: str,
                    environment: tuple[tuple[str, str], ...]) -> list[Problem]:
+    """The command's problem, with :data:`NODES` where its nodes are named."""
     env_path = dict(environment).get("PATH", os.environ.get("PATH", os.defpath))
     found, runnable = _find_command(command, env_path)
     key = key_name(config, "STEMD_COMMAND", program)
     if not found:
-        return [Problem(f"command {command!r} of node {name} not found", key=key,
+        return [Problem(f"command {command!r} of {NODES} not found", key=key,
                         fatal_at_start=True, hint="use an absolute path")]
     if not runnable:
-        return [Problem(f"command {found} of node {name} is not executable",
+        return [Problem(f"command {found} of {NODES} is not executable",
                         key=key, fatal_at_start=True, hint=f"chmod +x {found}")]
     return []
+
+
+#: where a shared problem's message names its nodes
+NODES = "\x00nodes\x00"
+#: nodes named in full before a list is shortened to its first and last
+NAMED_IN_FULL = 4
+
+
+class _SharedByNodes:
+    """Per-node problems that are the same for many nodes, told once.
+
+    A fleet's nodes usually share their account, command and directory: a
+    1,000-node program whose account is root printed 1,000 lines at
+    ``stemd`` start-up, the same words with a different node name, burying
+    everything else on the init script's terminal. Problems that differ
+    only in the node they name are one problem naming the nodes
+    (:func:`name_nodes`), in the order first seen."""
+
+    def __init__(self) -> None:
+        self._nodes: dict[Problem, list[str]] = {}
+
+    def add(self, node: str, problem: Problem) -> None:
+        self._nodes.setdefault(problem, []).append(node)
+
+    def problems(self) -> list[Problem]:
+        return [p._replace(message=p.message.replace(NODES, name_nodes(nodes)))
+                for p, nodes in self._nodes.items()]
+
+
+def name_nodes(nodes: list[str]) -> str:
+    """``node a``; ``nodes a, b and c``; ``1000 nodes (a, b, c, ..., z)``."""
+    if len(nodes) == 1:
+        return f"node {nodes[0]}"
+    if len(nodes) <= NAMED_IN_FULL:
+        return f"nodes {', '.join(nodes[:-1])} and {nodes[-1]}"
+    return f"{len(nodes)} nodes ({', '.join(nodes[:3])}, ..., {nodes[-1]})"
 
 
 def key_name(config: Config, env: str, program: str | None = None) -> str:
