@@ -28,39 +28,21 @@ import logging
 import os
 import signal
 import subprocess
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any, TypeVar
-
-import psutil
-from psutil import pid_exists
 
 from stem_core import __version__
 from stem_core.accounts import Account, AccountError, resolve_account
 from stem_core.config import load_config
-from stem_core.errors import ConfigError, PidFileError, StemError
+from stem_core.errors import ConfigError, StemError
 from stem_core.exits import ExitStatus
 from stem_core.model import Config, NodeSpec, diff
-from stem_core.pidfile import (
-    LIVE,
-    UNTRUSTED,
-    FoundNode,
-    classify,
-    remove_pidfile,
-    scan_nodes,
-    trusted_owners,
-    write_pidfile,
-)
-from stem_core.statefile import (
-    NodeRecord,
-    encode_record,
-    read_state,
-    remove_state,
-    state_path,
-    write_encoded,
-)
+from stem_core.pidfile import remove_pidfile, write_pidfile
+from stem_core.statefile import state_path
 from stem_core.states import ALIVE, NodeState
 from stemd import logsetup
+from stemd.adoption import Adoption, StartupError
 from stemd.checks import create_directories, needed_directories
 from stemd.control import ControlServer, socket_gid
 from stemd.daemon import MasterLock, Readiness
@@ -74,6 +56,7 @@ from stemd.runwatch import RunDirWatch
 from stemd.signals import SignalPipe
 from stemd.snapshot import snapshot as build_snapshot
 from stemd.spawn import spawn_node
+from stemd.statekeeper import StateKeeper
 from stemd.usage import CpuTracker
 
 S = NodeState
@@ -81,17 +64,10 @@ T = TypeVar("T")
 
 #: states in which a start has settled: it made it, or gave up
 START_SETTLED = frozenset({S.RUNNING, S.FATAL, S.EXITED, S.STOPPED})
-#: the least time between two writes of the state file caused by the
-#: restart policy (a crash storm); the operator's commands write at once
-STATE_WRITE_INTERVAL = 0.2
 #: [stemd] settings a reload applies: the log level, and the hook settings,
 #: which the programs inherit and the hooks read from them (issue 15)
 RELOADABLE = frozenset({"log_level", "on_state_change", "on_state_change_states",
                         "hook_timeout"})
-
-
-class StartupError(StemError):
-    pass
 
 
 class ShuttingDown(StemError):
@@ -225,7 +201,6 @@ class Master:
         self.nodes: dict[str, Node] = {}
         self.removed: dict[str, Node] = {}  # dropped by a reload, still stopping
         self.shutting_down = False
-        self.state_file = state_path(config.master.pid_file)
         self.loop: asyncio.AbstractEventLoop
         self.reaper: Reaper
         self.signals: SignalPipe
@@ -238,17 +213,10 @@ class Master:
         self._rolling_lock: asyncio.Lock
         self._operations: set[asyncio.Task[Any]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._state_write: asyncio.TimerHandle | None = None
         self.runwatch: RunDirWatch | None = None
         self._lock: MasterLock
-        self._state_written = 0.0
-        # What the state file last got of each node (see _durable): a
-        # transition that changes none of it (a spawn, STARTING -> RUNNING)
-        # does not rewrite the whole file.
-        self._persisted: dict[str, tuple[object, ...]] = {}
-        # Each node's record as last encoded for the state file, with what
-        # it was encoded from: a write re-encodes only the nodes that changed.
-        self._encoded: dict[str, tuple[tuple[object, ...], str]] = {}
+        self.state: StateKeeper  # the state file
+        self.adoption = Adoption(self)
         # observe (issue 15): CPU% since the previous status --stats; who
         # watches transitions (metrics, hooks); the last reload's outcome
         self.cpu = CpuTracker()
@@ -275,6 +243,8 @@ class Master:
         self._reload_lock = asyncio.Lock()
         self._rolling_lock = asyncio.Lock()
         self.reaper = Reaper(self.loop, self.log)
+        self.state = StateKeeper(state_path(self.config.master.pid_file), self.loop,
+                                 self._fleet, self.log)
         self.hooks = HookRunner(self, self.log)
         self.transitions.observers.append(self.hooks.observe)
         self.memory = MemoryLimits(self, self.log)
@@ -300,7 +270,7 @@ class Master:
         self._watch_own_files()
         await self._start_metrics()
         try:
-            adopted = self._take_over()
+            adopted = self.adoption.take_over()
         except StartupError as exc:
             self.log.error("%s", exc)
             if self.metrics_server is not None:
@@ -312,7 +282,7 @@ class Master:
         # By priority: each group RUNNING (or given up) before the next. Not
         # an operation: a shutdown closes the nodes, which ends it.
         boot = [n for n in self.nodes.values() if n.state is S.STOPPED and n.wanted]
-        self._save_state()
+        self.state.save()
         self.memory.update()  # a timer only if some program sets max_rss
         # What exists now (configuration, node table) lives as long as the
         # master: keep it out of the cyclic collector's scans. At 1,000 nodes
@@ -356,106 +326,10 @@ class Master:
             return
         self.metrics_server = server
 
-    def _take_over(self) -> int:
-        """Build the node table, taking up what a master that died left: its
-        state file (intent, counters, verdicts) and its live nodes (adopted
-        by identity). Nodes it ran that the configuration no longer has are
-        adopted too, and stopped."""
-        previous = self._read_previous_state()
-        adopted = 0
-        for spec in self.config.nodes:
-            node = self._add_node(spec)
-            record = previous.pop(spec.name, None)
-            if record is not None and not record.removed:
-                node.restore(
-                    wanted=record.wanted, restarts=record.restarts,
-                    exit_status=_exit_status(record.exit_status),
-                    last_error=record.last_error, state=record.state)
-            if self._recover(node):
-                adopted += 1
-                if record is None or record.removed:
-                    node.wanted = True  # it runs: autostart = false does not stop it
-        adopted += self._adopt_unrecorded()
-        for record in previous.values():
-            self._stop_leftover(record)
-        return adopted
-
-    def _adopt_unrecorded(self) -> int:
-        """Find this instance's nodes that no PID file names (see
-        :func:`stem_core.pidfile.scan_nodes`): adopt an orphan (its master
-        died before writing its PID file), and refuse to start at all if
-        another master still runs one (its run directory was removed): two
-        masters would run the fleet twice."""
-        adopted = 0
-        by_name: dict[str, list[FoundNode]] = {}
-        for found in scan_nodes(self.config.master.pid_file):
-            node = self.nodes.get(found.node)
-            if node is not None and node.pid == found.pid:
-                continue  # adopted through its PID file
-            by_name.setdefault(found.node, []).append(found)
-        for name, candidates in by_name.items():
-            others = [f for f in candidates if f.ppid not in (1, os.getpid())
-                      and _is_master(f.ppid)]
-            if others:
-                raise StartupError(
-                    f"node {name} (pid {others[0].pid}) already runs under another stemd "
-                    f"(pid {others[0].ppid}) of this configuration, whose PID file or run "
-                    f"directory is gone; stop that master first (kill -TERM {others[0].ppid})")
-            node = self.nodes.get(name)
-            orphans = [f for f in candidates if f.ppid == 1 or not pid_exists(f.ppid)]
-            if node is None or node.pid is not None or len(orphans) != 1:
-                continue
-            found = orphans[0]
-            try:
-                uid = resolve_account(node.spec.run_as.user, node.spec.run_as.group).uid
-                if found.uid != uid or found.program != node.spec.program:
-                    continue
-                created = psutil.Process(found.pid).create_time()
-                write_pidfile(node.spec.pid_file, found.pid)
-                self.reaper.watch(found.pid, None, self.exit_callback(node))
-            except (AccountError, OSError, psutil.Error):
-                continue
-            node.adopt(found.pid, created)
-            self.log.warning("%s: adopted pid %d, which no PID file named (its master died "
-                             "before writing it)", name, found.pid)
-            adopted += 1
-        return adopted
-
-    def _read_previous_state(self) -> dict[str, NodeRecord]:
-        try:
-            state = read_state(self.state_file, trusted_uids=trusted_owners())
-        except PidFileError as exc:
-            self.log.warning("ignoring the state file: %s", exc)
-            return {}
-        if state is None:
-            return {}
-        self.log.warning("the previous master (pid %d) did not shut down cleanly: taking up "
-                         "its state from %s", state.pid, self.state_file)
-        return dict(state.nodes)
-
-    def _stop_leftover(self, record: NodeRecord) -> None:
-        """A node of the previous master that is not in this configuration:
-        supervise it just long enough to stop it (warm, as any stop)."""
-        defaults = self.config.nodes[0] if self.config.nodes else None
-        if defaults is None:
-            return
-        spec = dataclasses.replace(defaults, name=record.name, program=record.program,
-                                   pid_file=record.pid_file, argv=("(removed)",))
-        node = Node(spec, self.loop, self.ops, self.log)
-        if not self._recover(node):
-            return
-        self.log.warning("%s: left running by the previous master but no longer configured: "
-                         "stopping it", record.name)
-        node.wanted = False
-        self.removed[node.name] = node
-        node.on_change = self._node_changed
-        node.stop()
-        node.add_waiter(lambda n: n.state not in ALIVE, self._forget_removed)
-
-    def _forget_removed(self, node: Node) -> None:
+    def forget_removed(self, node: Node) -> None:
         if self.removed.get(node.name) is node:
             del self.removed[node.name]
-            self._state_changed()
+            self.state.soon()
 
     async def _await_readiness(self, adopted: int, boot: list[Node],
                                booting: asyncio.Task[list[NodeState]]) -> None:
@@ -502,7 +376,7 @@ class Master:
         self.runwatch = None
         try:
             self.runwatch = RunDirWatch(self.loop, [self._lock.path, self.config.master.socket,
-                                                    self.state_file], self._own_files_lost)
+                                                    self.state.path], self._own_files_lost)
         except OSError as exc:  # no inotify (a restricted container): run without
             self.log.warning("cannot watch the run directory (%s): a removed PID file or "
                              "socket will not be recreated", exc)
@@ -519,7 +393,7 @@ class Master:
         if self.shutting_down:
             return
         restored = []
-        paths = (self._lock.path, self.config.master.socket, self.state_file)
+        paths = (self._lock.path, self.config.master.socket, self.state.path)
         try:
             for directory in dict.fromkeys(os.path.dirname(p) for p in paths):
                 if not os.path.isdir(directory) and self.config.master.create_dirs:
@@ -539,7 +413,7 @@ class Master:
         except (OSError, StemError) as exc:
             self.log.error("the run directory was tampered with and cannot be restored (%s): "
                            "stemctl cannot reach this master; restart it", exc)
-        self._save_state()
+        self.state.save()
         if self.runwatch is not None:
             self.runwatch.rewatch()
         if restored:
@@ -588,53 +462,25 @@ class Master:
 
     # ---------------------------------------------------------- the state
 
-    def _node_changed(self, node: Node) -> None:
-        self.transitions.changed(node)
-        if self._persisted.get(node.name) != _durable(node):
-            self._state_changed()
-
-    def _state_changed(self) -> None:
-        """Something the next master must know changed: write the state file
-        soon, coalescing a storm of changes into one write per interval."""
-        if self.shutting_down or self._state_write is not None:
-            return
-        when = max(self.loop.time(), self._state_written + STATE_WRITE_INTERVAL)
-        self._state_write = self.loop.call_at(when, self._save_state)
-
-    def _save_state(self) -> None:
-        """Write the state file now (an operator's command must be on disk
-        before its answer: a master killed right after ``stop`` must not
-        start the node again)."""
-        if self._state_write is not None:
-            self._state_write.cancel()
-            self._state_write = None
-        if self.shutting_down:
-            return
-        self._state_written = self.loop.time()
-        self._persisted = {n.name: _durable(n) for n in self.nodes.values()}
-        encoded: dict[str, tuple[tuple[object, ...], str]] = {}
-        for removed, nodes in ((False, self.nodes), (True, self.removed)):
-            for node in nodes.values():
-                key = (node.spec.program, node.spec.pid_file, node.pid, node.wanted,
-                       node.restarts, node.exit_status, node.last_error, node.state, removed)
-                known = self._encoded.get(node.name)
-                encoded[node.name] = known if known is not None and known[0] == key else (
-                    key, encode_record(_record(node, removed)))
-        self._encoded = encoded
-        try:
-            write_encoded(self.state_file, os.getpid(), (text for _, text in encoded.values()))
-        except OSError as exc:
-            self.log.error("cannot write the state file %s: %s", self.state_file,
-                           exc.strerror)
-
     # --------------------------------------------------------------- nodes
 
-    def _add_node(self, spec: NodeSpec) -> Node:
+    def node_changed(self, node: Node) -> None:
+        self.transitions.changed(node)
+        self.state.changed(node)
+
+    def _fleet(self) -> Iterator[tuple[Node, bool]]:
+        """Every node the state file lists: (node, removed)."""
+        for node in self.nodes.values():
+            yield node, False
+        for node in self.removed.values():
+            yield node, True
+
+    def add_node(self, spec: NodeSpec) -> Node:
         node = Node(spec, self.loop, self.ops, self.log)
         # A node first configured is wanted up unless autostart = false; a
         # previous master's record (restore) or a live process overrides it.
         node.wanted = spec.autostart
-        node.on_change = self._node_changed
+        node.on_change = self.node_changed
         self.nodes[spec.name] = node
         return node
 
@@ -645,35 +491,6 @@ class Master:
                 if self.notifier.enabled:  # a count over every node, per exit
                     self.notifier.send(self._status_line())
         return exited
-
-    def _recover(self, node: Node) -> bool:
-        """Adopt the node if its PID file names it alive; remove the file if
-        stale. Never signals a process that is not the node."""
-        spec = node.spec
-        try:
-            uid: int | None = resolve_account(spec.run_as.user, spec.run_as.group).uid
-        except AccountError:
-            uid = None
-        verdict = classify(spec.pid_file, spec.name, spec.program, uid, trusted_owners())
-        if verdict.kind == UNTRUSTED:
-            self.log.warning("%s: ignoring untrusted PID file: %s", node.name, verdict.why)
-            return False
-        if verdict.record is None:
-            return False
-        record, why = verdict.record, verdict.why
-        if verdict.kind == LIVE:
-            try:
-                created = psutil.Process(record.pid).create_time()
-                self.reaper.watch(record.pid, None, self.exit_callback(node))
-            except (psutil.NoSuchProcess, ProcessLookupError):
-                why = "no such process"
-            else:
-                node.adopt(record.pid, created)
-                return True
-        remove_pidfile(spec.pid_file, record.pid)
-        self.log.warning("%s: removed stale PID file %s (pid %d: %s)", node.name,
-                         spec.pid_file, record.pid, why)
-        return False
 
     def wait_for(self, node: Node, done: Callable[[Node], bool]) -> asyncio.Future[NodeState]:
         future: asyncio.Future[NodeState] = self.loop.create_future()
@@ -700,7 +517,7 @@ class Master:
         self._refuse_when_stopping()
         for node in nodes:
             node.wanted = True
-        self._save_state()
+        self.state.save()
         return await self._operation(self._start_in_order(nodes))
 
     async def stop(self, nodes: list[Node], wait: bool = True) -> None:
@@ -709,14 +526,14 @@ class Master:
         for node in nodes:
             node.wanted = False
         if not wait:
-            self._save_state()
+            self.state.save()
             for node in nodes:
                 node.stop()
             return
         # Written once the signals are out, while the nodes exit; scheduled
         # now too, should the operation be cancelled before it runs.
-        self._state_changed()
-        await self._operation(self._stop_in_order(nodes, before_wait=self._save_state))
+        self.state.soon()
+        await self._operation(self._stop_in_order(nodes, before_wait=self.state.save))
 
     async def restart(self, nodes: list[Node]) -> list[Node]:
         """Rolling: one node at a time — across every client's restart —
@@ -726,7 +543,7 @@ class Master:
         self._refuse_when_stopping()
         for node in nodes:
             node.wanted = True
-        self._save_state()
+        self.state.save()
         return await self._operation(self._rolling_restart(nodes))
 
     def kill(self, nodes: list[Node], sig: int, group: bool) -> list[str]:
@@ -815,13 +632,13 @@ class Master:
             if self.shutting_down:
                 break
             if locked:
-                self._save_state()
+                self.state.save()
                 results = await asyncio.gather(*(self._start_node(n) for n in group))
             else:
                 group = [n for n in group if n.wanted]  # an operator's stop meanwhile stands
                 for node in group:
                     node.start()
-                self._save_state()
+                self.state.save()
                 results = await asyncio.gather(*(self.wait_for(
                     n, lambda n: n.state in START_SETTLED or n.closed) for n in group))
             states.update({n.name: s for n, s in zip(group, results, strict=True)})
@@ -979,15 +796,15 @@ class Master:
                 node.spec = spec  # not running: the new spec applies at its next start
         for spec in change.unchanged:
             self.nodes[spec.name].spec = spec  # equal but for the index
-        added = [self._add_node(spec) for spec in change.added]
+        added = [self.add_node(spec) for spec in change.added]
         for node in added:
-            if self._recover(node):
+            if self.adoption.recover(node):
                 node.wanted = True  # it runs: autostart = false does not stop it
         self.nodes = {s.name: self.nodes[s.name] for s in new.nodes}
-        self._save_state()
+        self.state.save()
         await self._stop_in_order(removed + restart)
         for node in removed:
-            self._forget_removed(node)
+            self.forget_removed(node)
         for node in restart:
             node.spec = new.node(node.name)
         # An added node with autostart = false stays STOPPED.
@@ -1020,18 +837,18 @@ class Master:
             node.wanted = False
             node.closed = True  # no start of any kind: a queued restart must not revive it
             self.removed[node.name] = node
-        added = [self._add_node(spec) for spec in change.added]
+        added = [self.add_node(spec) for spec in change.added]
         for node in added:
-            self._recover(node)
+            self.adoption.recover(node)
         self.nodes = {s.name: self.nodes[s.name] for s in new.nodes}
-        self._save_state()
+        self.state.save()
         self.memory.update()
         self.cpu.forget_except(self.nodes)
         self.log.info("scale: %s to %d nodes (the file says %d): %d added, %d removed",
                       program, count, file_count, len(added), len(removed))
         await asyncio.gather(*(self._stop_node(n) for n in removed))
         for node in removed:
-            self._forget_removed(node)
+            self.forget_removed(node)
         starting = [n for n in added if n.state is not S.RUNNING]
         results = await asyncio.gather(*(self._start_node(n) for n in starting))
         failed = [n.name for n, state in zip(starting, results, strict=True)
@@ -1047,8 +864,9 @@ class Master:
         # Persist first, then stop writing: a master killed during the
         # shutdown leaves the state the next master (or stemctl shutdown)
         # needs to finish the job.
-        self._save_state()
+        self.state.save()
         self.shutting_down = True
+        self.state.closed = True
         everything = [*self.nodes.values(), *self.removed.values()]
         for node in everything:
             node.closed = True
@@ -1057,7 +875,7 @@ class Master:
         self.log.info("shutting down (%s): stopping %d nodes", why, len(everything))
         self.notifier.send("STOPPING=1", "STATUS=stopping nodes")
         await self._stop_in_order(everything, locked=False)
-        remove_state(self.state_file)  # a clean stop: the next start begins fresh
+        self.state.remove()  # a clean stop: the next start begins fresh
         if not self._done.done():
             self._done.set_result(0)
 
@@ -1074,33 +892,3 @@ def _by_priority(nodes: Iterable[Node], reverse: bool = False) -> list[list[Node
 def _is_down(node: Node) -> bool:
     """Stopped for good: no process, and no retry pending."""
     return node.state not in ALIVE and node.state is not S.BACKOFF
-
-
-def _is_master(pid: int) -> bool:
-    try:
-        return any("stemd" in os.path.basename(arg) for arg in psutil.Process(pid).cmdline()[:2])
-    except psutil.Error:
-        return False
-
-
-def _durable(node: Node) -> tuple[object, ...]:
-    """What of a node the state file is read for (Node.restore): intent,
-    counters, last exit and error, and an EXITED or FATAL verdict. Its PID
-    and its other states are not: PID files and adoption answer those."""
-    verdict = node.state if node.state in (S.EXITED, S.FATAL) else None
-    return (node.wanted, node.restarts, node.exit_status, node.last_error, verdict)
-
-
-def _record(node: Node, removed: bool = False) -> NodeRecord:
-    return NodeRecord(
-        name=node.name, program=node.spec.program, pid_file=node.spec.pid_file,
-        pid=node.pid, wanted=node.wanted, restarts=node.restarts,
-        exit_status=node.exit_status.as_int if node.exit_status else None,
-        last_exit=str(node.exit_status) if node.exit_status else None,
-        last_error=node.last_error, removed=removed, state=str(node.state))
-
-
-def _exit_status(value: int | None) -> ExitStatus | None:
-    if value is None:
-        return None
-    return ExitStatus(signal=-value) if value < 0 else ExitStatus(code=value)

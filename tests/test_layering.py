@@ -17,7 +17,8 @@ CLIENT = ("client", "ctl", "render", "logtail", "leftovers", "checks", "commands
           "ctl_metrics", "ctl_scale", "ctl_top")
 MASTER_ONLY = {"stemd.master", "stemd.node", "stemd.reaper", "stemd.spawn", "stemd.handlers",
                "stemd.control", "stemd.notify", "stemd.logsetup", "stemd.daemon",
-               "stemd.signals", "stemd.snapshot", "stemd.runwatch"}
+               "stemd.signals", "stemd.snapshot", "stemd.runwatch", "stemd.adoption",
+               "stemd.statekeeper"}
 
 
 def imports(path: Path) -> set[str]:

@@ -1,0 +1,192 @@
+"""Taking up what a master left: its live nodes and its state file.
+
+A master that starts after a ``kill -9`` (or after an upgrade's restart)
+finds nodes still running, PID files, and the state file (stemd.statekeeper)
+with each node's intent, counters and last verdict. It adopts each live node
+by identity (never a process that is not the node: stem_core.pidfile.classify),
+removes stale PID files, restores what the state file says, and stops the
+nodes the previous master ran that the configuration no longer has. A reload
+or ``stemctl scale`` that adds a node asks the same question of it
+(:meth:`Adoption.recover`): its process may already run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import TYPE_CHECKING
+
+import psutil
+
+from stem_core.accounts import AccountError, resolve_account
+from stem_core.errors import PidFileError, StemError
+from stem_core.exits import ExitStatus
+from stem_core.pidfile import (
+    LIVE,
+    UNTRUSTED,
+    FoundNode,
+    classify,
+    remove_pidfile,
+    scan_nodes,
+    trusted_owners,
+    write_pidfile,
+)
+from stem_core.statefile import NodeRecord, read_state
+from stem_core.states import ALIVE
+from stemd.node import Node
+
+if TYPE_CHECKING:
+    from stemd.master import Master
+
+
+class StartupError(StemError):
+    """The master must not start (another master runs this fleet)."""
+
+
+class Adoption:
+    def __init__(self, master: Master) -> None:
+        self.master = master
+        self.log = master.log
+
+    def take_over(self) -> int:
+        """Build the node table, taking up what a master that died left: its
+        state file (intent, counters, verdicts) and its live nodes (adopted
+        by identity). Nodes it ran that the configuration no longer has are
+        adopted too, and stopped. Returns how many nodes were adopted.
+        Raises StartupError."""
+        m = self.master
+        previous = self._previous_state()
+        adopted = 0
+        for spec in m.config.nodes:
+            node = m.add_node(spec)
+            record = previous.pop(spec.name, None)
+            if record is not None and not record.removed:
+                node.restore(
+                    wanted=record.wanted, restarts=record.restarts,
+                    exit_status=_exit_status(record.exit_status),
+                    last_error=record.last_error, state=record.state)
+            if self.recover(node):
+                adopted += 1
+                if record is None or record.removed:
+                    node.wanted = True  # it runs: autostart = false does not stop it
+        adopted += self._adopt_unrecorded()
+        for record in previous.values():
+            self._stop_leftover(record)
+        return adopted
+
+    def recover(self, node: Node) -> bool:
+        """Adopt the node if its PID file names it alive; remove the file if
+        stale. Never signals a process that is not the node."""
+        spec = node.spec
+        try:
+            uid: int | None = resolve_account(spec.run_as.user, spec.run_as.group).uid
+        except AccountError:
+            uid = None
+        verdict = classify(spec.pid_file, spec.name, spec.program, uid, trusted_owners())
+        if verdict.kind == UNTRUSTED:
+            self.log.warning("%s: ignoring untrusted PID file: %s", node.name, verdict.why)
+            return False
+        if verdict.record is None:
+            return False
+        record, why = verdict.record, verdict.why
+        if verdict.kind == LIVE:
+            try:
+                created = psutil.Process(record.pid).create_time()
+                self.master.reaper.watch(record.pid, None, self.master.exit_callback(node))
+            except (psutil.NoSuchProcess, ProcessLookupError):
+                why = "no such process"
+            else:
+                node.adopt(record.pid, created)
+                return True
+        remove_pidfile(spec.pid_file, record.pid)
+        self.log.warning("%s: removed stale PID file %s (pid %d: %s)", node.name,
+                         spec.pid_file, record.pid, why)
+        return False
+
+    def _adopt_unrecorded(self) -> int:
+        """Find this instance's nodes that no PID file names (see
+        :func:`stem_core.pidfile.scan_nodes`): adopt an orphan (its master
+        died before writing its PID file), and refuse to start at all if
+        another master still runs one (its run directory was removed): two
+        masters would run the fleet twice."""
+        m = self.master
+        adopted = 0
+        by_name: dict[str, list[FoundNode]] = {}
+        for found in scan_nodes(m.config.master.pid_file):
+            node = m.nodes.get(found.node)
+            if node is not None and node.pid == found.pid:
+                continue  # adopted through its PID file
+            by_name.setdefault(found.node, []).append(found)
+        for name, candidates in by_name.items():
+            others = [f for f in candidates if f.ppid not in (1, os.getpid())
+                      and _is_master(f.ppid)]
+            if others:
+                raise StartupError(
+                    f"node {name} (pid {others[0].pid}) already runs under another stemd "
+                    f"(pid {others[0].ppid}) of this configuration, whose PID file or run "
+                    f"directory is gone; stop that master first (kill -TERM {others[0].ppid})")
+            node = m.nodes.get(name)
+            orphans = [f for f in candidates if f.ppid == 1 or not psutil.pid_exists(f.ppid)]
+            if node is None or node.pid is not None or len(orphans) != 1:
+                continue
+            found = orphans[0]
+            try:
+                uid = resolve_account(node.spec.run_as.user, node.spec.run_as.group).uid
+                if found.uid != uid or found.program != node.spec.program:
+                    continue
+                created = psutil.Process(found.pid).create_time()
+                write_pidfile(node.spec.pid_file, found.pid)
+                m.reaper.watch(found.pid, None, m.exit_callback(node))
+            except (AccountError, OSError, psutil.Error):
+                continue
+            node.adopt(found.pid, created)
+            self.log.warning("%s: adopted pid %d, which no PID file named (its master died "
+                             "before writing it)", name, found.pid)
+            adopted += 1
+        return adopted
+
+    def _previous_state(self) -> dict[str, NodeRecord]:
+        path = self.master.state.path
+        try:
+            state = read_state(path, trusted_uids=trusted_owners())
+        except PidFileError as exc:
+            self.log.warning("ignoring the state file: %s", exc)
+            return {}
+        if state is None:
+            return {}
+        self.log.warning("the previous master (pid %d) did not shut down cleanly: taking up "
+                         "its state from %s", state.pid, path)
+        return dict(state.nodes)
+
+    def _stop_leftover(self, record: NodeRecord) -> None:
+        """A node of the previous master that is not in this configuration:
+        supervise it just long enough to stop it (warm, as any stop)."""
+        m = self.master
+        defaults = m.config.nodes[0] if m.config.nodes else None
+        if defaults is None:
+            return
+        spec = dataclasses.replace(defaults, name=record.name, program=record.program,
+                                   pid_file=record.pid_file, argv=("(removed)",))
+        node = Node(spec, m.loop, m.ops, self.log)
+        if not self.recover(node):
+            return
+        self.log.warning("%s: left running by the previous master but no longer configured: "
+                         "stopping it", record.name)
+        node.wanted = False
+        m.removed[node.name] = node
+        node.on_change = m.node_changed
+        node.stop()
+        node.add_waiter(lambda n: n.state not in ALIVE, m.forget_removed)
+
+
+def _is_master(pid: int) -> bool:
+    try:
+        return any("stemd" in os.path.basename(arg) for arg in psutil.Process(pid).cmdline()[:2])
+    except psutil.Error:
+        return False
+
+
+def _exit_status(value: int | None) -> ExitStatus | None:
+    if value is None:
+        return None
+    return ExitStatus(signal=-value) if value < 0 else ExitStatus(code=value)
