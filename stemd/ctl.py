@@ -457,6 +457,21 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _still_running(ctl: Ctl) -> list[tuple[str, int]]:
+    """The nodes a master that does not answer left running (see
+    leftovers.still_running); none looked for with --socket, which names no
+    configuration (the default file may be another fleet's)."""
+    if ctl.args.socket:
+        return []
+    from stem_core.errors import StemError
+    from stemd import leftovers
+
+    try:
+        return leftovers.still_running(ctl.config(), ctl.master_pid_file())
+    except (OSError, StemError):  # an aside: the error it adds to is the answer
+        return []
+
+
 def main(argv: list[str] | None = None) -> int:
     from stem_core.errors import ConfigError
 
@@ -470,8 +485,17 @@ def main(argv: list[str] | None = None) -> int:
         from stem_core.locate import config_path
 
         config = config_path(args.config)
-        return ctl.fail(E.NOT_RUNNING, f"master not running (no answer on {exc}): start it "
-                        f"with 'stemd --config {config}'")
+        messages = [f"master not running (no answer on {exc}): start it "
+                    f"with 'stemd --config {config}'"]
+        left = _still_running(ctl)
+        if left:
+            names = ", ".join(f"{name} (pid {pid})" for name, pid in left[:5])
+            more = f" and {len(left) - 5} more" if len(left) > 5 else ""
+            messages.append(f"{len(left)} of its nodes still run: {names}{more}; "
+                            f"'stemd --config {config}' adopts them, 'stemctl shutdown' stops "
+                            "them")
+        return ctl.fail(E.NOT_RUNNING, *messages,
+                        left_running=[{"node": name, "pid": pid} for name, pid in left])
     except ConfigError as exc:
         # The file named cannot even be lexed, so which master it means is
         # unknown: a usage error (2), not "failed" (1), which init scripts and

@@ -40,6 +40,7 @@ from stem_core.errors import PidFileError
 from stem_core.keys import signal_number
 from stem_core.pidfile import (
     ENVIRON_UNREADABLE,
+    LIVE,
     STALE,
     UNTRUSTED,
     classify,
@@ -234,6 +235,24 @@ def stop_targets(targets: list[_Target]) -> tuple[list[Stopped], list[str]]:
     for s in stopped:
         remove_pidfile(next(t.candidate.pid_file for t in targets if t.pid == s.pid), s.pid)
     return stopped, failed
+
+
+def still_running(config: Config | None, master_pid_file: str) -> list[tuple[str, int]]:
+    """(name, pid) of each node a master that is not running left alive,
+    identified as adoption identifies it. Changes nothing (no signal, no
+    file removed): for the message of a command that found no master,
+    since "not running" alone reads as "the fleet is down" while its
+    workers may still be consuming tasks."""
+    trusted = trusted_owners()
+    cands, _, _ = candidates(config, master_pid_file, trusted)
+    master_uid = _owner(master_pid_file)
+    alive: dict[int, str] = {}
+    for cand in cands:
+        verdict = classify(cand.pid_file, cand.name, cand.program,
+                           _node_uid(cand.user, master_uid), trusted)
+        if verdict.kind == LIVE and verdict.record is not None:
+            alive.setdefault(verdict.record.pid, cand.name)
+    return [(name, pid) for pid, name in alive.items()]
 
 
 def stop_left_behind(config: Config | None, master_pid_file: str) -> Report:

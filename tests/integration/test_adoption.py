@@ -119,6 +119,37 @@ def test_node_pid_file_naming_another_process_is_stale(fleet: Fleet, whom: str) 
             other.wait()
 
 
+def test_status_with_the_master_dead_names_the_nodes_that_still_run(fleet: Fleet) -> None:
+    """"Master not running" alone reads as "the fleet is down" while its
+    workers still consume tasks: say which nodes run, and change nothing."""
+    fleet.write(nodes="alpha beta gamma")
+    fleet.start()
+    pids = {n: i["pid"] for n, i in fleet.wait_state("RUNNING").items()}
+    assert fleet.ctl("stop", "gamma").returncode == 0
+    kill_master(fleet)
+
+    result = fleet.ctl("status")
+    assert result.returncode == 3, result.stderr  # LSB: not running
+    assert "master not running" in result.stderr
+    assert (f"2 of its nodes still run: alpha (pid {pids['alpha']}), beta (pid {pids['beta']})"
+            in result.stderr), result.stderr
+    assert "stemctl shutdown' stops them" in result.stderr
+    result = fleet.ctl("status", "--json")
+    assert result.returncode == 3
+    out = json.loads(result.stdout)
+    assert out["error"]["code"] == "not_running"
+    assert out["left_running"] == [{"node": "alpha", "pid": pids["alpha"]},
+                                   {"node": "beta", "pid": pids["beta"]}]
+    # nothing was touched: both run, with their PID files
+    assert all(pid_alive(pids[n]) for n in ("alpha", "beta"))
+    assert sorted(p.name for p in fleet.run_dir.glob("*.pid")) == ["alpha.pid", "beta.pid",
+                                                                   "stemd.pid"]
+
+    fleet.ctl("shutdown")  # stops them
+    result = fleet.ctl("status", "--json")
+    assert result.returncode == 3 and json.loads(result.stdout)["left_running"] == []
+
+
 @pytest.mark.parametrize("kill_mode", ["mixed", "control-group"])
 def test_shutdown_after_a_master_crash_stops_what_it_left(fleet: Fleet, kill_mode: str) -> None:
     """SPEC §2.2: `stemctl shutdown` with the master dead stops its nodes, as the master
