@@ -21,6 +21,7 @@ from stem_core.model import Config
 from stem_core.pidfile import STALE, UNTRUSTED, classify, trusted_owners
 from stem_core.statefile import state_path
 from stem_core.trust import check_private_dir, is_root
+from stem_core.wording import name_nodes
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,8 +294,6 @@ def _check_command(config: Config, program: str, command: str,
 
 #: where a shared problem's message names its nodes
 NODES = "\x00nodes\x00"
-#: nodes named in full before a list is shortened to its first and last
-NAMED_IN_FULL = 4
 
 
 class _SharedByNodes:
@@ -305,7 +304,7 @@ class _SharedByNodes:
     ``stemd`` start-up, the same words with a different node name, burying
     everything else on the init script's terminal. Problems that differ
     only in the node they name are one problem naming the nodes
-    (:func:`name_nodes`), in the order first seen."""
+    (:func:`stem_core.wording.name_nodes`), in the order first seen."""
 
     def __init__(self) -> None:
         self._nodes: dict[Problem, list[str]] = {}
@@ -316,15 +315,6 @@ class _SharedByNodes:
     def problems(self) -> list[Problem]:
         return [p._replace(message=p.message.replace(NODES, name_nodes(nodes)))
                 for p, nodes in self._nodes.items()]
-
-
-def name_nodes(nodes: list[str]) -> str:
-    """``node a``; ``nodes a, b and c``; ``1000 nodes (a, b, c, ..., z)``."""
-    if len(nodes) == 1:
-        return f"node {nodes[0]}"
-    if len(nodes) <= NAMED_IN_FULL:
-        return f"nodes {', '.join(nodes[:-1])} and {nodes[-1]}"
-    return f"{len(nodes)} nodes ({', '.join(nodes[:3])}, ..., {nodes[-1]})"
 
 
 def key_name(config: Config, env: str, program: str | None = None) -> str:

@@ -76,8 +76,10 @@ def run(ctl: Ctl) -> int:
     result = response["result"]
 
     def done() -> None:
-        changes = [f"started {', '.join(result['added'])}" if result["added"] else "",
-                   f"stopped {', '.join(result['removed'])}" if result["removed"] else ""]
+        from stem_core.wording import abridged
+
+        changes = [f"started {abridged(result['added'])}" if result["added"] else "",
+                   f"stopped {abridged(result['removed'])}" if result["removed"] else ""]
         said = "; ".join(c for c in changes if c) or "nothing to change"
         print(f"{program}: {result['nodes']} nodes ({said})")
         if result["nodes"] != result["configured"]:

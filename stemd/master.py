@@ -41,6 +41,7 @@ from stem_core.model import Config, NodeSpec, diff
 from stem_core.pidfile import remove_pidfile, write_pidfile
 from stem_core.statefile import state_path
 from stem_core.states import ALIVE, NodeState
+from stem_core.wording import LISTED_IN_FULL, abridged
 from stemd import logsetup
 from stemd.adoption import Adoption, StartupError
 from stemd.checks import create_directories, needed_directories
@@ -364,8 +365,12 @@ class Master:
                       self.config.master.socket)
         self.notifier.send("READY=1", f"MAINPID={os.getpid()}", self._status_line())
         if wait > 0 and failed:
-            why = "; ".join(f"{n.name}: {n.state}"
-                            + (f" ({n.last_error})" if n.last_error else "") for n in failed)
+            # Each failed node with its reason, up to LISTED_IN_FULL: the
+            # init script's terminal shows this, and the log has the rest.
+            why = "; ".join(f"{n.name}: {n.state}" + (f" ({n.last_error})" if n.last_error else "")
+                            for n in failed[:LISTED_IN_FULL])
+            if len(failed) > LISTED_IN_FULL:
+                why += f"; and {len(failed) - LISTED_IN_FULL} more"
             self.readiness.fail(f"{len(failed)} of {len(self.nodes)} nodes not running "
                                 f"(waited up to {wait:g}s, STEMD_START_WAIT): {why}; the "
                                 "master keeps supervising them (see 'stemctl status')")
@@ -818,7 +823,7 @@ class Master:
         failed = [n.name for n, state in zip(starting, results, strict=True)
                   if state is not S.RUNNING]
         if failed:
-            raise ReloadFailed(f"reload: not running: {', '.join(failed)}", summary)
+            raise ReloadFailed(f"reload: not running: {abridged(failed)}", summary)
         return summary
 
     async def _scale(self, program: str, count: int) -> dict[str, Any]:

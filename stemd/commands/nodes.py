@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from stem_core.wording import abridged
 from stemd.ctl import FAILED, OK
 
 # Annotations only (postponed): importing typing costs stemctl ~5 ms a run.
@@ -66,7 +67,7 @@ def kill(ctl: Ctl) -> int:
     result = response["result"]
     whose = "the process groups of " if ctl.args.group else ""
     ctl.out(result, lambda: print(f"sent SIG{ctl.args.signal.upper().removeprefix('SIG')} to "
-                                  + whose + ", ".join(result["signalled"])))
+                                  + whose + abridged(result["signalled"])))
     return OK
 
 
@@ -79,7 +80,7 @@ def reload(ctl: Ctl) -> int:
     def human() -> None:
         for what in ("added", "removed", "changed"):
             if r[what]:
-                print(f"{what}: {', '.join(r[what])}")
+                print(f"{what}: {abridged(r[what])}")
         print(f"unchanged: {len(r['unchanged'])} node(s)")
         if r["master_changed"]:
             print(f"master settings changed ({', '.join(r['master_changed'])}): "

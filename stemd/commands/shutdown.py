@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 from stem_core.protocol import ErrorCode as E
+from stem_core.wording import abridged
 from stemd.client import MasterNotRunning, NoAnswer, wait_until_gone
 from stemd.ctl import OK, TERM_GRACE
 
@@ -89,6 +90,6 @@ def _stop_left_behind(ctl: Ctl, master: int | None) -> int:
         print(f"stemd (pid {master}) stopped" if master else "stemd was not running")
         if left:
             print("stopped the nodes it left behind: "
-                  + ", ".join(f"{n['node']} (pid {n['pid']})" for n in left))
+                  + abridged([f"{n['node']} (pid {n['pid']})" for n in left]))
     ctl.out({"stopped": True, "pid": master, "left_behind": left}, human)
     return OK

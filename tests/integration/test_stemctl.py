@@ -367,6 +367,21 @@ def test_reload_applies_only_the_difference(fleet: Fleet) -> None:
     assert "removed: add" in result.stdout and "unchanged: 2 node(s)" in result.stdout
 
 
+def test_a_reload_that_changes_many_nodes_names_them_abridged(fleet: Fleet) -> None:
+    """A deploy that changes every node of a large fleet printed every name
+    on one line (~10 KB at 1,000 nodes); --json still lists them all."""
+    fleet.write(nodes=12, stop_timeout=1)
+    fleet.start()
+    fleet.wait_state("RUNNING")
+    fleet.write(nodes=12, stop_timeout=1, command="/bin/sleep 1001")
+    result = fleet.ctl("reload")
+    assert result.returncode == 0, result.stderr
+    assert "changed: 12 nodes: worker1, worker2, worker3, ..., worker12\n" in result.stdout
+    fleet.write(nodes=12, stop_timeout=1, command="/bin/sleep 1002")
+    result = fleet.ctl("--json", "reload")
+    assert json.loads(result.stdout)["changed"] == [f"worker{i}" for i in range(1, 13)]
+
+
 def running_pids_of(fleet: Fleet) -> set[int]:
     """The nodes' own PIDs (session leaders) among the fleet's processes."""
     return {p for p in fleet.node_pids() if os.getsid(p) == p}
