@@ -13,6 +13,7 @@ from just before it starts this script until every node is alive in
 With ``--procs 2`` the script forks once at start and each process spawns
 half the nodes: the most a 2-core machine gets out of spawning in parallel.
 
+Each spawning process writes ``spawned`` on stdout when its loop is done.
 It stays alive, the parent of its nodes, until SIGTERM; then it TERMs its
 nodes (and its forked sibling, which does the same), reaps them and exits.
 
@@ -98,6 +99,10 @@ def main(argv: list[str]) -> int:
             else:
                 sibling, last = pid, half
         spawn(range(first, last + 1), a.argv, a.log_dir, a.cwd, children)
+        # "done spawning", as stemd's launcher returns once its fleet is
+        # spawned: the benchmark polls /proc only after this (one line per
+        # spawning process), so the poller does not compete with the loop.
+        os.write(sys.stdout.fileno(), b"spawned\n")
         while True:
             signal.pause()
     except Stop:
