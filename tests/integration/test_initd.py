@@ -252,6 +252,10 @@ def test_dead_master_with_pid_file_then_start_adopts_the_nodes(worker: Fleet) ->
     assert worker.master_pidfile.exists()
     result = ok(worker.run("status"), 1)          # LSB: dead, PID file remains
     assert "dead" in result.stdout
+    # ... and which of its nodes still run (they may be consuming tasks)
+    assert "2 of its nodes still run: " in result.stdout, result.stdout + result.stderr
+    assert all(f"(pid {pid})" in result.stdout for pid in nodes), result.stdout
+    assert "start' adopts them" in result.stdout
     # The nodes run on, in their own sessions.
     assert set(worker.nodes()) == set(nodes)
 
