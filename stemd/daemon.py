@@ -24,8 +24,6 @@ import signal
 import sys
 from typing import NoReturn
 
-import psutil
-
 from stem_core.errors import StemError
 from stem_core.pidfile import read_pid_at
 
@@ -107,6 +105,8 @@ class MasterLock:
 
 def describe_pid(pid: int) -> str:
     """For the log: what a stale PID names now (it is never signalled)."""
+    import psutil  # only here: the master otherwise does without it when nothing is adopted
+
     try:
         proc = psutil.Process(pid)
         cmd = " ".join(proc.cmdline())[:80] or proc.name()
