@@ -17,6 +17,7 @@ from stem_core import keys as K
 from stem_core.config import load_config
 from stem_core.errors import ConfigError, Problem, StemError
 from stem_core.locate import config_path
+from stemd.helpformat import HelpFormatter
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def _flag(key: K.Key) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stemd", description="Supervise a fleet of worker nodes.", epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--config", "-c", metavar="PATH",
                         help="env file or .toml (default: $STEMD_CONFIG or /etc/default/stem)")
     mode = parser.add_mutually_exclusive_group()

@@ -24,12 +24,12 @@ checks), and imports rich only to draw a table on a terminal, so a piped or
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections import namedtuple
 
 from stem_core.protocol import ErrorCode as E
 from stemd.client import AccessDenied, Client, MasterNotRunning, NoAnswer
+from stemd.helpformat import HelpFormatter
 
 # Annotations only (postponed): importing typing costs stemctl ~5 ms a run.
 TYPE_CHECKING = False
@@ -379,34 +379,12 @@ def command_word(argv: list[str]) -> str | None:
     return None
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """argparse builds a formatter at every add_argument(), not only for
-    --help, and its default width comes from shutil.get_terminal_size():
-    importing shutil costs every stemctl run ~4 ms. Same width, found with
-    os alone (COLUMNS, else the terminal on stdout, else 80)."""
-
-    def __init__(self, prog: str, **kwargs: Any) -> None:
-        kwargs.setdefault("width", _columns())
-        super().__init__(prog, **kwargs)
-
-
 def _count(text: str) -> int:
     """A line count for ``logs -n``: a whole number, 0 or more."""
     value = int(text)
     if value < 0:
         raise ValueError(text)
     return value
-
-
-def _columns() -> int:
-    try:
-        return int(os.environ["COLUMNS"])
-    except (KeyError, ValueError):
-        pass
-    try:
-        return os.get_terminal_size((sys.__stdout__ or sys.stdout).fileno()).columns or 80
-    except (AttributeError, ValueError, OSError):
-        return 80
 
 
 def _seconds(text: str) -> float:
@@ -427,7 +405,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     shown only with --help or after a usage error."""
     parser = argparse.ArgumentParser(
         prog="stemctl", description="Control a running stemd master.", epilog=EPILOG,
-        formatter_class=_Formatter)
+        formatter_class=HelpFormatter)
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--config", "-c", metavar="PATH", help="the master's config file")
     where.add_argument("--socket", "-S", metavar="PATH", help="the master's control socket")
@@ -441,7 +419,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             continue
         command = _described(command)
         p = sub.add_parser(command.name, help=command.help, description=command.help,
-                           epilog=f"example:\n  {command.example}", formatter_class=_Formatter)
+                           epilog=f"example:\n  {command.example}", formatter_class=HelpFormatter)
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                        help="machine-readable output")
         default = (f"default: {command.timeout_help}" if command.timeout is None
