@@ -306,8 +306,10 @@ def floor_note(meta: dict[str, Any]) -> list[str]:
         "close_fds), serially, with no supervision work at all; the 2-process variant "
         "forks once and each process spawns half. It takes its own slots in each trial's "
         "rotation and is timed like a launcher: from just before it is started until every "
-        "node is alive, with the same `/proc` poller. A launch target below the floor's "
-        "own ratio is out of reach of any serial Python spawner on this machine.",
+        "node is alive, with the same `/proc` poller, which starts once each spawning "
+        "process has said its loop is done (as it starts once a launcher has returned: "
+        "polling during the loop took a core from it). A launch target below the "
+        "floor's own ratio is out of reach of any serial Python spawner on this machine.",
     ]
 
 
