@@ -245,6 +245,16 @@ def test_a_fleet_that_dies_at_once_fails_the_start_naming_it(fleet: Fleet) -> No
     assert "a: FATAL" in said and "b: FATAL" in said and "exit status 3" in said
 
 
+def test_a_large_fleet_that_dies_at_once_names_ten_and_counts_the_rest(fleet: Fleet) -> None:
+    """Every failed node with its reason made a line of ~100 bytes a node
+    on the init script's terminal; ten are named, the rest counted."""
+    fleet.write(nodes=12, command="/bin/sh -c 'exit 3'", start_retries=1)
+    said = fleet.start_failing()
+    assert "12 of 12 nodes not running" in said, said
+    assert all(f"worker{i}: FATAL" in said for i in range(1, 11)), said
+    assert "worker11: FATAL" not in said and "; and 2 more;" in said, said
+
+
 def test_start_wait_0_returns_at_spawn(fleet: Fleet) -> None:
     fleet.write(nodes="a", command="/bin/sh -c 'exit 3'", start_wait=0, start_secs=5)
     t0 = time.monotonic()
