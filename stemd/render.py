@@ -103,9 +103,37 @@ def print_status(nodes: Sequence[dict[str, Any]], tty: bool) -> None:
         for row in rows:
             style = STATE_STYLE.get(row[2], "")
             table.add_row(*row[:2], f"[{style}]{row[2]}[/]" if style else row[2], *row[3:])
-        Console().print(table)
+        console = Console()
+        console.print(table)
+        summary = fleet_summary(nodes)
+        if summary:
+            console.print(summary, highlight=False)
         return
     print_plain([COLUMNS, *rows])
+
+
+#: a terminal's table gets a summary line under it past this many nodes
+SUMMARY_FROM = 10
+
+
+def fleet_summary(nodes: Sequence[dict[str, Any]]) -> str | None:
+    """One line under a large table, for the terminal only: the table's
+    last screen of a 1,000-node fleet does not say whether all is well.
+    ``1000 nodes: 998 RUNNING, 2 FATAL (not running: worker17, worker503)``.
+    Piped output stays the table alone (scripts parse it)."""
+    if len(nodes) <= SUMMARY_FROM:
+        return None
+    from stem_core.wording import abridged
+
+    counts: dict[str, int] = {}
+    for n in nodes:
+        counts[n["state"]] = counts.get(n["state"], 0) + 1
+    order = list(STATE_STYLE)  # RUNNING first, then the states that need a look
+    states = ", ".join(f"{counts[s]} {s}" for s in sorted(counts, key=lambda s: (
+        order.index(s) if s in order else len(order), s)))
+    down = [n["node"] for n in nodes if n["state"] != "RUNNING"]
+    return f"{len(nodes)} nodes: {states}" + (
+        f" (not running: {abridged(down)})" if down else "")
 
 
 def print_plain(rows: Sequence[Sequence[str]]) -> None:

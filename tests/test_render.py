@@ -96,6 +96,21 @@ def test_terminal_table_colours_states(capsys: pytest.CaptureFixture[str],
     assert "3.0M" in plain and "5s" in plain
 
 
+def test_a_large_table_on_a_terminal_ends_with_a_summary(capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "160")
+    nodes = [node(node=f"worker{i}") for i in range(1, 13)]
+    nodes[4] = node(node="worker5", state="FATAL", pid=None)
+    nodes[7] = node(node="worker8", state="BACKOFF", pid=None)
+    render.print_status(nodes, tty=True)
+    last = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out).rstrip().splitlines()[-1]
+    assert last == "12 nodes: 10 RUNNING, 1 BACKOFF, 1 FATAL (not running: worker5, worker8)"
+    render.print_status(nodes[:10], tty=True)  # a small table speaks for itself
+    assert "nodes:" not in capsys.readouterr().out
+    render.print_status(nodes, tty=False)  # piped: the table alone, for scripts
+    assert "nodes:" not in capsys.readouterr().out
+
+
 def test_every_state_has_a_style() -> None:
     from stem_core.states import NodeState
 
