@@ -467,8 +467,10 @@ def main(argv: list[str] | None = None) -> int:
                     f"with 'stemd --config {config}'"]
         left = _still_running(ctl)
         if left:
-            names = ", ".join(f"{name} (pid {pid})" for name, pid in left[:5])
-            more = f" and {len(left) - 5} more" if len(left) > 5 else ""
+            from stem_core.wording import LISTED_IN_FULL
+
+            names = ", ".join(f"{name} (pid {pid})" for name, pid in left[:LISTED_IN_FULL])
+            more = f" and {len(left) - LISTED_IN_FULL} more" if len(left) > LISTED_IN_FULL else ""
             messages.append(f"{len(left)} of its nodes still run: {names}{more}; "
                             f"'stemd --config {config}' adopts them, 'stemctl shutdown' stops "
                             "them")

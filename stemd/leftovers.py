@@ -242,7 +242,11 @@ def still_running(config: Config | None, master_pid_file: str) -> list[tuple[str
     identified as adoption identifies it. Changes nothing (no signal, no
     file removed): for the message of a command that found no master,
     since "not running" alone reads as "the fleet is down" while its
-    workers may still be consuming tasks."""
+    workers may still be consuming tasks. None while a process holds the
+    master's lock: a master that does not answer yet (starting) or any
+    more (its socket removed) still supervises them."""
+    if lock_holder(master_pid_file) is not None:
+        return []
     trusted = trusted_owners()
     cands, _, _ = candidates(config, master_pid_file, trusted)
     master_uid = _owner(master_pid_file)

@@ -7,6 +7,7 @@ file without ever signalling what it names.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -144,6 +145,13 @@ def test_status_with_the_master_dead_names_the_nodes_that_still_run(fleet: Fleet
     assert all(pid_alive(pids[n]) for n in ("alpha", "beta"))
     assert sorted(p.name for p in fleet.run_dir.glob("*.pid")) == ["alpha.pid", "beta.pid",
                                                                    "stemd.pid"]
+
+    # While a process holds the master's lock (a master starting, or one
+    # whose socket was removed), the nodes are its: nothing is said of them.
+    with open(fleet.run_dir / "stemd.pid") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = fleet.ctl("status", "--json")
+        assert result.returncode == 3 and json.loads(result.stdout)["left_running"] == []
 
     fleet.ctl("shutdown")  # stops them
     result = fleet.ctl("status", "--json")
