@@ -1,8 +1,12 @@
 """Learn of exits the moment they happen, and reap every child.
 
-Each node's process gets a pidfd (``os.pidfd_open``, Linux >= 5.3) watched by
-the event loop: it becomes readable when the process exits, whether it is
-our child or a node adopted from a previous master. For a child we then:
+Each node's process gets a pidfd (``os.pidfd_open``, Linux >= 5.3): it
+becomes readable when the process exits, whether it is our child or a node
+adopted from a previous master. The pidfds are in an epoll set of the
+reaper's own, whose one descriptor the event loop watches: registering a
+pidfd there costs ~1 µs where the loop's ``add_reader``/``remove_reader``
+cost ~7 µs and a callback handle per exit, which 1,000 nodes pay at every
+fleet start and stop. For a child we then:
 
 1. look at the exit with ``waitid(P_PIDFD, fd, WEXITED|WNOHANG|WNOWAIT)``,
    which leaves the zombie in place;
@@ -20,8 +24,8 @@ Work per loop turn is bounded (:data:`BATCH` exits). Handling an exit may
 respawn the node (a fork, ~1 ms), and a storm of 1,000 nodes dying together
 handled in one go would keep the loop from the control socket, the signal
 pipe and the timers for seconds; in slices, ``stemctl status`` and SIGTERM
-are served between two slices. Ready pidfds are only queued (and their
-readers removed, since a pidfd stays readable); the queue is drained a slice
+are served between two slices. Ready pidfds are only queued (and taken out
+of the epoll set, since a pidfd stays readable); the queue is drained a slice
 per turn through ``call_soon``, which lets the loop poll its descriptors in
 between.
 """
@@ -32,6 +36,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import select
 import signal
 import subprocess
 from collections import deque
@@ -63,6 +68,9 @@ class Reaper:
         self._ready: deque[int] = deque()  # exited watched PIDs, in arrival order
         self._queued: set[int] = set()
         self._draining = False
+        self._epoll = select.epoll(flags=select.EPOLL_CLOEXEC)
+        self._by_fd: dict[int, int] = {}  # pidfd -> pid
+        loop.add_reader(self._epoll.fileno(), self._on_ready)
 
     def watch(self, pid: int, popen: subprocess.Popen[bytes] | None,
               callback: ExitCallback) -> None:
@@ -71,7 +79,8 @@ class Reaper:
         and not our child."""
         fd = os.pidfd_open(pid)
         self._watches[pid] = _Watch(pid, fd, popen, callback)
-        self.loop.add_reader(fd, self._exited, pid)
+        self._by_fd[fd] = pid
+        self._epoll.register(fd, select.EPOLLIN)
 
     @property
     def watched(self) -> int:
@@ -98,13 +107,21 @@ class Reaper:
             self.log.debug("reaped pid %d (%s)", info.si_pid, _status(info))
         self.loop.call_soon(self.on_sigchld)  # more, maybe: next turn
 
+    def _on_ready(self) -> None:
+        """Some pidfds are readable: queue their processes (all of them: a
+        queued pidfd leaves the set, so this is cheap and bounded)."""
+        for fd, _ in self._epoll.poll(0):
+            pid = self._by_fd.get(fd)
+            if pid is not None:
+                self._exited(pid)
+
     def _exited(self, pid: int) -> None:
         """A watched process has exited (its pidfd is readable, or SIGCHLD
         named it): queue it."""
         watch = self._watches.get(pid)
         if watch is None or pid in self._queued:
             return
-        self.loop.remove_reader(watch.fd)
+        self._epoll.unregister(watch.fd)
         self._queued.add(pid)
         self._ready.append(pid)
         if not self._draining:
@@ -137,7 +154,7 @@ class Reaper:
             else:
                 if info is None:
                     # spurious: still running; watch again
-                    self.loop.add_reader(watch.fd, self._exited, pid)
+                    self._epoll.register(watch.fd, select.EPOLLIN)
                     return
                 status = _status(info)
             self._kill_group(pid)
@@ -152,6 +169,7 @@ class Reaper:
             # (a pgid is not reused while any process carries it), so it is
             # killed only when some are seen; an empty group is left alone.
             self._kill_group(pid)
+        del self._by_fd[watch.fd]
         os.close(watch.fd)
         del self._watches[pid]
         watch.callback(pid, status)
@@ -162,10 +180,12 @@ class Reaper:
             os.killpg(pgid, signal.SIGKILL)
 
     def close(self) -> None:
+        self.loop.remove_reader(self._epoll.fileno())
+        self._epoll.close()
         for watch in self._watches.values():
-            self.loop.remove_reader(watch.fd)
             os.close(watch.fd)
         self._watches.clear()
+        self._by_fd.clear()
         self._ready.clear()
         self._queued.clear()
 
