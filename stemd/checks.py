@@ -330,10 +330,13 @@ def key_name(config: Config, env: str, program: str | None = None) -> str:
 
 def stale_pidfiles(config: Config) -> list[Problem]:
     """PID files that name no live node (for diagnose; the master removes
-    them itself at start-up and on reload)."""
+    them itself at start-up and on reload). Stale files with the same
+    reason are one problem naming their nodes: after a crash of the whole
+    host's fleet, 1,000 of them are "no such process" alike."""
     problems = []
     trusted = trusted_owners()
     lookup = _account_lookup()
+    stale: dict[str, list[tuple[str, str, int]]] = {}  # why -> (node, file, pid)
     for node in config.nodes:
         found = lookup(node.run_as.user, node.run_as.group)
         uid = found.uid if isinstance(found, Account) else None
@@ -341,9 +344,17 @@ def stale_pidfiles(config: Config) -> list[Problem]:
         if verdict.kind == UNTRUSTED:
             problems.append(Problem(str(verdict.why), hint="remove it"))
         elif verdict.kind == STALE and verdict.record is not None:
-            problems.append(Problem(f"stale PID file {node.pid_file} (pid {verdict.record.pid}: "
-                                    f"{verdict.why})",
+            stale.setdefault(str(verdict.why), []).append(
+                (node.name, node.pid_file, verdict.record.pid))
+    for why, files in stale.items():
+        if len(files) == 1:
+            _, path, pid = files[0]
+            problems.append(Problem(f"stale PID file {path} (pid {pid}: {why})",
                                     hint="the master removes it when it starts; or rm it"))
+        else:
+            problems.append(Problem(
+                f"stale PID files of {name_nodes([name for name, _, _ in files])}: {why}",
+                hint="the master removes them when it starts; or rm them"))
     return problems
 
 

@@ -578,6 +578,23 @@ def test_diagnose_clean_without_a_master(fleet: Fleet) -> None:
     assert "the master is not running" in result.stdout
 
 
+def test_diagnose_tells_stale_pid_files_with_one_reason_once(fleet: Fleet) -> None:
+    """After the whole fleet died with its master (an OOM kill, a crash),
+    every PID file is stale for the same reason: one line, not one a node."""
+    fleet.write(nodes=6)
+    fleet.run_dir.mkdir(parents=True)
+    fleet.log_dir.mkdir(parents=True)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    for i in range(1, 7):
+        (fleet.run_dir / f"worker{i}.pid").write_text(f"{gone.pid}\n")
+    data = json.loads(fleet.ctl("diagnose", "--json").stdout)
+    stale = [p["message"] for p in data["problems"] if "stale PID file" in p["message"]]
+    assert len(stale) == 1, stale
+    assert stale[0].startswith(
+        "stale PID files of 6 nodes (worker1, worker2, worker3, ..., worker6): "), stale
+
+
 def test_diagnose_finds_a_stale_pidfile_and_a_dead_socket(fleet: Fleet) -> None:
     fleet.write()
     fleet.run_dir.mkdir(parents=True)
