@@ -1,9 +1,5 @@
 """Taking up what a master left: its live nodes and its state file.
 
-psutil is imported only where a process is found to look at: a master
-started on a clean host (the common case) does without its ~10 ms and
-~1.2 MiB.
-
 A master that starts after a ``kill -9`` (or after an upgrade's restart)
 finds nodes still running, PID files, and the state file (stemd.statekeeper)
 with each node's intent, counters and last verdict. It adopts each live node
@@ -12,6 +8,10 @@ removes stale PID files, restores what the state file says, and stops the
 nodes the previous master ran that the configuration no longer has. A reload
 or ``stemctl scale`` that adds a node asks the same question of it
 (:meth:`Adoption.recover`): its process may already run.
+
+psutil is imported only where a process is found to look at: a master
+started on a clean host (the common case) does without its ~10 ms and
+~1.2 MiB.
 """
 
 from __future__ import annotations
