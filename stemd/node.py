@@ -105,6 +105,10 @@ class Node:
         self.adopted = False
         self.started_at: float | None = None  # monotonic, when the process started
         self.exit_status: ExitStatus | None = None
+        # Why the last stop had to SIGKILL (the process outlived the stop
+        # timeout: a worker's tasks in flight were lost), or None. Kept
+        # until the next stop begins, so that a restart's answer says it.
+        self.stop_forced: str | None = None
         self.retries = 0  # failed starts in a row
         self.restarts = 0  # automatic respawns since the master started
         self.crash_times: deque[float] = deque()  # exits after RUNNING, in the window
@@ -143,6 +147,7 @@ class Node:
         group at once, for wrappers that do not forward signals.
         """
         if self.state in (S.STARTING, S.RUNNING):
+            self.stop_forced = None
             group = self.spec.policy.kill_mode == "control-group"
             target = "its process group" if group else f"pid {self.pid}"
             self._set_state(S.STOPPING, f"sending SIG{self.spec.policy.stop_signal} to {target}")
@@ -151,6 +156,7 @@ class Node:
                 self.ops.signal(self, signal_number(self.spec.policy.stop_signal), group)
         elif self.state is S.BACKOFF:
             # BACKOFF -> STOPPED: cancel the pending retry
+            self.stop_forced = None
             self._cancel_timer()
             self._set_state(S.STOPPED, "stop requested")
 
@@ -220,6 +226,9 @@ class Node:
             self.log.warning("%s: still alive %gs after SIG%s; sending SIGKILL to its "
                              "process group", self.name, self.spec.policy.stop_timeout,
                              self.spec.policy.stop_signal)
+            self.stop_forced = (f"killed with SIGKILL: still running "
+                                f"{self.spec.policy.stop_timeout:g}s after "
+                                f"SIG{self.spec.policy.stop_signal}, the stop timeout")
             if self.pid is not None:
                 self.ops.signal(self, signal.SIGKILL, True)
 

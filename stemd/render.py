@@ -68,6 +68,8 @@ def status_rows(nodes: Sequence[dict[str, Any]]) -> list[tuple[str, ...]]:
         why = n.get("last_error") or n.get("last_exit") or "-"
         if n.get("wanted") == "down" and n["state"] == "STOPPED":
             why = "stopped by the operator"
+            if n.get("stop_forced"):
+                why += f"; {n['stop_forced']}"
         rows.append((n["node"], n["program"], n["state"],
                      str(n["pid"]) if n["pid"] is not None else "-",
                      duration(n["uptime"]), str(n["restarts"]),

@@ -30,6 +30,8 @@ def node_info(node: Node, stats: bool, uptime: float = 0.0,
         # exit (None once it is RUNNING again)
         "last_error": node.last_error,
         "wanted": "up" if node.wanted else "down",
+        # the last stop had to SIGKILL (tasks in flight lost), or None
+        "stop_forced": node.stop_forced,
         "adopted": node.adopted,
     }
     if stats:

@@ -352,6 +352,22 @@ def test_stop_timeout_sends_sigkill() -> None:
     assert rig.node.state is S.STOPPED
 
 
+def test_a_stop_that_had_to_sigkill_is_remembered_until_the_next_stop() -> None:
+    rig = to_state(S.RUNNING, stop_timeout=2.0)
+    rig.node.stop()
+    assert rig.node.stop_forced is None  # not yet: TERM may do
+    rig.clock.fire()
+    rig.node.on_exit(KILLED)
+    assert rig.node.stop_forced == ("killed with SIGKILL: still running 2s after SIGTERM, "
+                                    "the stop timeout")
+    rig.node.start()  # a restart's answer still says it
+    assert rig.node.stop_forced is not None
+    rig.clock.fire()  # RUNNING
+    rig.node.stop()
+    rig.node.on_exit(ExitStatus(signal=signal.SIGTERM))  # went on TERM this time
+    assert rig.node.state is S.STOPPED and rig.node.stop_forced is None
+
+
 def test_exit_while_stopping_is_stopped() -> None:
     # STOPPING --exit--> STOPPED
     rig = to_state(S.STOPPING)

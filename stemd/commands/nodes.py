@@ -37,7 +37,7 @@ def _act(ctl: Ctl, cmd: str, **args: Any) -> int:
     response = ctl.call(cmd, names=ctl.args.names, **args)
     if not response["ok"]:
         return ctl.error(response)
-    ctl.out(response["result"], lambda: _nodes_line(response["result"]))
+    ctl.out(response["result"], lambda: _nodes_line(response["result"], stopped=cmd != "start"))
     return OK
 
 
@@ -53,10 +53,20 @@ def restart(ctl: Ctl) -> int:
     return _act(ctl, "restart")
 
 
-def _nodes_line(nodes: list[dict[str, Any]]) -> None:
+def _nodes_line(nodes: list[dict[str, Any]], stopped: bool = False) -> None:
+    """One line a node. ``stopped``: the command stopped them (stop,
+    restart), so a stop that had to SIGKILL is said: it lost what the worker
+    was doing, and the master log is not where an operator looks. The exit
+    status stays 0, as supervisorctl's and systemctl's do."""
     for n in nodes:
         pid = f" (pid {n['pid']})" if n.get("pid") else ""
-        print(f"{n['node']}: {n['state']}{pid}")
+        forced = n.get("stop_forced") if stopped else None
+        if forced and n["state"] == "STOPPED":
+            print(f"{n['node']}: STOPPED ({forced})")
+        elif forced:
+            print(f"{n['node']}: {n['state']}{pid}; the process before was {forced}")
+        else:
+            print(f"{n['node']}: {n['state']}{pid}")
 
 
 def kill(ctl: Ctl) -> int:

@@ -225,6 +225,33 @@ def test_stop_waits_until_stopped(fleet: Fleet) -> None:
     assert fleet.ctl("stop", "alpha").returncode == 0
 
 
+def test_a_stop_that_had_to_sigkill_says_so(fleet: Fleet) -> None:
+    """A worker that outlives the stop timeout loses its tasks in flight to
+    SIGKILL; stop answered "STOPPED" and status "stopped by the operator",
+    as if all went well. The exit status stays 0 (supervisorctl, systemctl)."""
+    deaf = fleet.script("deaf.sh", "#!/bin/sh\ntrap '' TERM\nwhile :; do sleep 0.05; done\n")
+    fleet.write(nodes="alpha beta", stop_timeout=1, command=deaf)
+    fleet.start()
+    fleet.wait_state("RUNNING")
+    said = "killed with SIGKILL: still running 1s after SIGTERM, the stop timeout"
+    result = fleet.ctl("stop", "alpha")
+    assert result.returncode == 0, result.stderr
+    assert f"alpha: STOPPED ({said})" in result.stdout, result.stdout
+    assert fleet.status()["alpha"]["stop_forced"] == said
+    table = fleet.ctl("status", "alpha").stdout
+    assert f"stopped by the operator; {said}" in table, table
+    result = fleet.ctl("restart", "beta")
+    assert result.returncode == 0, result.stderr
+    assert f"; the process before was {said}" in result.stdout, result.stdout
+    # a start says nothing of an earlier stop; a stop that needs no SIGKILL clears it
+    assert "SIGKILL" not in fleet.ctl("start", "alpha").stdout
+    fleet.write(nodes="alpha beta", stop_timeout=1, command="/bin/sleep 1000")  # goes on TERM
+    assert fleet.ctl("reload").returncode == 0
+    result = fleet.ctl("stop", "alpha")
+    assert result.stdout.strip() == "alpha: STOPPED", result.stdout
+    assert fleet.status()["alpha"]["stop_forced"] is None
+
+
 def test_stop_no_wait_returns_at_once(fleet: Fleet) -> None:
     fleet.write(nodes="alpha", command=script(fleet, "slow.sh", SLOW_TERM))
     fleet.start()
