@@ -65,6 +65,8 @@ T = TypeVar("T")
 
 #: states in which a start has settled: it made it, or gave up
 START_SETTLED = frozenset({S.RUNNING, S.FATAL, S.EXITED, S.STOPPED})
+#: states whose process a command's stop ends (what it reports as forced)
+STOPPED_BY_COMMAND = frozenset({S.STARTING, S.RUNNING, S.STOPPING})
 #: [stemd] settings a reload applies: the log level, and the hook settings,
 #: which the programs inherit and the hooks read from them (issue 15)
 RELOADABLE = frozenset({"log_level", "on_state_change", "on_state_change_states",
@@ -807,7 +809,9 @@ class Master:
                 node.wanted = True  # it runs: autostart = false does not stop it
         self.nodes = {s.name: self.nodes[s.name] for s in new.nodes}
         self.state.save()
+        stopping = [n for n in removed + restart if n.state in STOPPED_BY_COMMAND]
         await self._stop_in_order(removed + restart)
+        forced = [n.name for n in stopping if n.stop_forced]
         for node in removed:
             self.forget_removed(node)
         for node in restart:
@@ -819,7 +823,9 @@ class Master:
                    "removed": [s.name for s in change.removed],
                    "changed": [s.name for s in change.changed],
                    "unchanged": [s.name for s in change.unchanged],
-                   "master_changed": pending}
+                   "master_changed": pending,
+                   # a deploy that had to SIGKILL lost tasks: say which nodes
+                   "stop_forced": forced}
         failed = [n.name for n, state in zip(starting, results, strict=True)
                   if state is not S.RUNNING]
         if failed:
@@ -851,7 +857,9 @@ class Master:
         self.cpu.forget_except(self.nodes)
         self.log.info("scale: %s to %d nodes (the file says %d): %d added, %d removed",
                       program, count, file_count, len(added), len(removed))
+        stopping = [n for n in removed if n.state in STOPPED_BY_COMMAND]
         await asyncio.gather(*(self._stop_node(n) for n in removed))
+        forced = [n.name for n in stopping if n.stop_forced]
         for node in removed:
             self.forget_removed(node)
         starting = [n for n in added if n.state is not S.RUNNING]
@@ -860,7 +868,8 @@ class Master:
                   if state is not S.RUNNING]
         summary = {"program": program, "nodes": count, "configured": file_count,
                    "added": [s.name for s in change.added],
-                   "removed": [s.name for s in change.removed], "not_running": failed}
+                   "removed": [s.name for s in change.removed], "not_running": failed,
+                   "stop_forced": forced}
         return summary
 
     async def _shutdown(self, why: str) -> None:

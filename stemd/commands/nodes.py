@@ -92,6 +92,9 @@ def reload(ctl: Ctl) -> int:
             if r[what]:
                 print(f"{what}: {abridged(r[what])}")
         print(f"unchanged: {len(r['unchanged'])} node(s)")
+        if r.get("stop_forced"):
+            print(f"killed with SIGKILL at the stop timeout (work in flight lost): "
+                  f"{abridged(r['stop_forced'])}")
         if r["master_changed"]:
             print(f"master settings changed ({', '.join(r['master_changed'])}): "
                   "restart stemd to apply them")

@@ -143,3 +143,15 @@ def test_scale_during_a_rolling_restart(fleet: Fleet, tmp_path: Path) -> None:
     assert not pid_alive(before["worker4"])
     wait_until(lambda: names(fleet) == ["worker1", "worker2", "worker3"], 5,
                what="worker4 to stay gone")
+
+
+def test_scaling_down_nodes_that_outlive_the_stop_timeout_says_so(fleet: Fleet) -> None:
+    """Their work in flight was lost to SIGKILL: said in scale's answer."""
+    deaf = fleet.script("deaf.sh", "#!/bin/sh\ntrap '' TERM\nwhile :; do sleep 0.05; done\n")
+    fleet.write(nodes="3", command=deaf, stop_timeout=1)
+    fleet.start()
+    fleet.wait_state("RUNNING")
+    result = fleet.ctl("scale", "worker", "1")
+    assert result.returncode == 0, result.stderr
+    assert ("killed with SIGKILL at the stop timeout (work in flight lost): worker2, worker3"
+            in result.stdout), result.stdout

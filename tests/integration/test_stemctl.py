@@ -245,8 +245,15 @@ def test_a_stop_that_had_to_sigkill_says_so(fleet: Fleet) -> None:
     assert f"; the process before was {said}" in result.stdout, result.stdout
     # a start says nothing of an earlier stop; a stop that needs no SIGKILL clears it
     assert "SIGKILL" not in fleet.ctl("start", "alpha").stdout
+    # a deploy (reload of a changed command) that had to SIGKILL says which nodes
     fleet.write(nodes="alpha beta", stop_timeout=1, command="/bin/sleep 1000")  # goes on TERM
-    assert fleet.ctl("reload").returncode == 0
+    result = fleet.ctl("reload")
+    assert result.returncode == 0, result.stderr
+    assert ("killed with SIGKILL at the stop timeout (work in flight lost): alpha, beta"
+            in result.stdout), result.stdout
+    fleet.write(nodes="alpha beta", stop_timeout=1, command="/bin/sleep 1001")
+    result = fleet.ctl("--json", "reload")
+    assert json.loads(result.stdout)["stop_forced"] == []  # /bin/sleep went on TERM
     result = fleet.ctl("stop", "alpha")
     assert result.stdout.strip() == "alpha: STOPPED", result.stdout
     assert fleet.status()["alpha"]["stop_forced"] is None
