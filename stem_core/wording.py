@@ -32,3 +32,8 @@ def name_nodes(names: Sequence[str]) -> str:
     if len(names) <= NAMED_IN_FULL:
         return f"nodes {', '.join(names[:-1])} and {names[-1]}"
     return f"{len(names)} nodes ({', '.join(names[:3])}, ..., {names[-1]})"
+
+
+def killed_at_stop_timeout(names: Sequence[str]) -> str:
+    """The nodes a command's stop had to SIGKILL (reload, scale)."""
+    return f"killed with SIGKILL at the stop timeout (work in flight lost): {abridged(names)}"

@@ -76,15 +76,14 @@ def run(ctl: Ctl) -> int:
     result = response["result"]
 
     def done() -> None:
-        from stem_core.wording import abridged
+        from stem_core.wording import abridged, killed_at_stop_timeout
 
         changes = [f"started {abridged(result['added'])}" if result["added"] else "",
                    f"stopped {abridged(result['removed'])}" if result["removed"] else ""]
         said = "; ".join(c for c in changes if c) or "nothing to change"
         print(f"{program}: {result['nodes']} nodes ({said})")
         if result.get("stop_forced"):
-            print(f"killed with SIGKILL at the stop timeout (work in flight lost): "
-                  f"{abridged(result['stop_forced'])}")
+            print(killed_at_stop_timeout(result["stop_forced"]))
         if result["nodes"] != result["configured"]:
             print(f"until the next reload or restart; the file says {result['configured']}: "
                   f"to keep it, set the program's nodes = {result['nodes']} in the "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from stem_core.wording import abridged
+from stem_core.wording import abridged, killed_at_stop_timeout
 from stemd.ctl import FAILED, OK
 
 # Annotations only (postponed): importing typing costs stemctl ~5 ms a run.
@@ -93,8 +93,7 @@ def reload(ctl: Ctl) -> int:
                 print(f"{what}: {abridged(r[what])}")
         print(f"unchanged: {len(r['unchanged'])} node(s)")
         if r.get("stop_forced"):
-            print(f"killed with SIGKILL at the stop timeout (work in flight lost): "
-                  f"{abridged(r['stop_forced'])}")
+            print(killed_at_stop_timeout(r["stop_forced"]))
         if r["master_changed"]:
             print(f"master settings changed ({', '.join(r['master_changed'])}): "
                   "restart stemd to apply them")
