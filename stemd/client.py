@@ -109,11 +109,31 @@ class Client:
             response = P.decode_response(line)
             if hold and response.get("ok"):
                 sock.settimeout(hold_timeout() if callable(hold_timeout) else hold_timeout)
-                while reader.read(65536):
-                    pass
+                final = _last_word(reader)
+                if final is not None:
+                    response = {**response, "final": final}
             return response
         finally:
             sock.close()
+
+
+#: how much of a held connection's last answer is kept (1,000 node names fit)
+_LAST_WORD_MAX = 1 << 20
+
+
+def _last_word(reader: Any) -> Any:
+    """Read a held connection to EOF (the master exits); the result of the
+    last answer it wrote before (``shutdown``: ``{"stop_forced": [...]}``),
+    or None. A master older than that answer writes nothing."""
+    head = b""
+    while chunk := reader.read(65536):
+        if len(head) < _LAST_WORD_MAX:  # read on to EOF, keep only the start
+            head += chunk
+    try:
+        final = P.decode_response(head.splitlines()[0]) if head.strip() else None
+    except (ValueError, P.ProtocolError):
+        return None
+    return final.get("result") if isinstance(final, dict) and final.get("ok") else None
 
 
 def _readable(sock: socket.socket, timeout: float | None) -> bool:

@@ -888,7 +888,11 @@ class Master:
             task.cancel()
         self.log.info("shutting down (%s): stopping %d nodes", why, len(everything))
         self.notifier.send("STOPPING=1", "STATUS=stopping nodes")
+        stopping = [n for n in everything if n.state in STOPPED_BY_COMMAND]
         await self._stop_in_order(everything, locked=False)
+        # stemctl shutdown waits on its held connection: its last word
+        forced = [n.name for n in stopping if n.stop_forced]
+        self.server.tell_held({"stop_forced": forced})
         self.state.remove()  # a clean stop: the next start begins fresh
         if not self._done.done():
             self._done.set_result(0)

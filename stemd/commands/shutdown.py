@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from stem_core.protocol import ErrorCode as E
-from stem_core.wording import abridged
+from stem_core.wording import abridged, killed_at_stop_timeout
 from stemd.client import MasterNotRunning, NoAnswer, wait_until_gone
 from stemd.ctl import OK, TERM_GRACE
 
@@ -34,7 +34,8 @@ def shutdown(ctl: Ctl) -> int:
     # A master that stopped cleanly left nothing; one killed during its
     # shutdown (kill -9) left nodes running, and "stopped" must not be said
     # while they run: stop them as a dead master's nodes are stopped.
-    return _stop_left_behind(ctl, pid)
+    forced = (response.get("final") or {}).get("stop_forced") or []
+    return _stop_left_behind(ctl, pid, forced)
 
 
 def _shutdown_without_answer(ctl: Ctl, no_answer: NoAnswer | None) -> int:
@@ -69,9 +70,10 @@ def _shutdown_without_answer(ctl: Ctl, no_answer: NoAnswer | None) -> int:
     return _stop_left_behind(ctl, master)
 
 
-def _stop_left_behind(ctl: Ctl, master: int | None) -> int:
+def _stop_left_behind(ctl: Ctl, master: int | None, forced: list[str] | None = None) -> int:
     """Stop the nodes a master that is gone left running; "stopped" is said
-    only when none is left (SPEC §2.2)."""
+    only when none is left (SPEC §2.2). ``forced``: the nodes the master's
+    own shutdown had to SIGKILL at their stop timeout."""
     from stemd import leftovers
 
     report = leftovers.stop_left_behind(ctl.config(), ctl.master_pid_file())
@@ -88,8 +90,11 @@ def _stop_left_behind(ctl: Ctl, master: int | None) -> int:
 
     def human() -> None:
         print(f"stemd (pid {master}) stopped" if master else "stemd was not running")
+        if forced:
+            print(killed_at_stop_timeout(forced))
         if left:
             print("stopped the nodes it left behind: "
                   + abridged([f"{n['node']} (pid {n['pid']})" for n in left]))
-    ctl.out({"stopped": True, "pid": master, "left_behind": left}, human)
+    ctl.out({"stopped": True, "pid": master, "left_behind": left,
+             "stop_forced": forced or []}, human)
     return OK

@@ -259,6 +259,25 @@ def test_a_stop_that_had_to_sigkill_says_so(fleet: Fleet) -> None:
     assert fleet.status()["alpha"]["stop_forced"] is None
 
 
+def test_a_shutdown_that_had_to_sigkill_says_which_nodes(fleet: Fleet) -> None:
+    """`service stem-worker stop` during a deploy: the master's last word on
+    the held connection names the nodes its shutdown had to SIGKILL."""
+    deaf = fleet.script("deaf.sh", "#!/bin/sh\ntrap '' TERM\nwhile :; do sleep 0.05; done\n")
+    fleet.write(nodes="alpha beta gamma", stop_timeout=1, command=deaf)
+    fleet.start()
+    fleet.wait_state("RUNNING")
+    assert fleet.ctl("stop", "gamma").returncode == 0  # forced too, but not by the shutdown
+    result = fleet.ctl("shutdown")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1:] == [
+        "killed with SIGKILL at the stop timeout (work in flight lost): alpha, beta"], result.stdout
+    fleet.write(nodes="alpha", stop_timeout=1, command="/bin/sleep 1000")
+    fleet.start()
+    fleet.wait_state("RUNNING")
+    out = json.loads(fleet.ctl("--json", "shutdown").stdout)
+    assert out["stopped"] is True and out["stop_forced"] == []
+
+
 def test_stop_no_wait_returns_at_once(fleet: Fleet) -> None:
     fleet.write(nodes="alpha", command=script(fleet, "slow.sh", SLOW_TERM))
     fleet.start()
@@ -466,7 +485,8 @@ def test_shutdown_json(running: Fleet) -> None:
     master = running.master_pid()
     result = running.ctl("shutdown", "--json")
     assert result.returncode == 0
-    assert json.loads(result.stdout) == {"stopped": True, "pid": master, "left_behind": []}
+    assert json.loads(result.stdout) == {"stopped": True, "pid": master, "left_behind": [],
+                                         "stop_forced": []}
     assert not pid_alive(master or 0)
 
 
