@@ -109,6 +109,7 @@ class Node:
         # timeout: a worker's tasks in flight were lost), or None. Kept
         # until the next stop begins, so that a restart's answer says it.
         self.stop_forced: str | None = None
+        self.forced_stops = 0  # stops that had to SIGKILL, since the master started
         self.retries = 0  # failed starts in a row
         self.restarts = 0  # automatic respawns since the master started
         self.crash_times: deque[float] = deque()  # exits after RUNNING, in the window
@@ -226,6 +227,7 @@ class Node:
             self.log.warning("%s: still alive %gs after SIG%s; sending SIGKILL to its "
                              "process group", self.name, self.spec.policy.stop_timeout,
                              self.spec.policy.stop_signal)
+            self.forced_stops += 1
             self.stop_forced = (f"killed with SIGKILL: still running "
                                 f"{self.spec.policy.stop_timeout:g}s after "
                                 f"SIG{self.spec.policy.stop_signal}, the stop timeout")

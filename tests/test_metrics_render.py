@@ -54,6 +54,8 @@ class Reference(Collector):
                    labels=_NODE)
         limit = g("stemd_node_max_rss_bytes", "the node's max_rss (absent: no limit)",
                   labels=_NODE)
+        forced = c("stemd_node_forced_stops", "stops that had to SIGKILL the node at its stop "
+                   "timeout (work in flight lost), since the master started", labels=_NODE)
         children = g("stemd_node_children", "descendants of the node's main process",
                      labels=_NODE)
         desired = dict.fromkeys(self.programs, 0)
@@ -67,6 +69,7 @@ class Reference(Collector):
             failures.add_metric(labels, r.start_failures)
             if r.memory_restarts is not None:
                 memory.add_metric(labels, r.memory_restarts)
+            forced.add_metric(labels, r.forced_stops)
             if r.max_rss is not None:
                 limit.add_metric(labels, r.max_rss)
             if r.exit_code is not None:
@@ -80,8 +83,8 @@ class Reference(Collector):
                 children.add_metric(labels, tree.children)
             desired[r.program] += 1 if r.wanted else 0
             running[r.program] += 1 if r.state is NodeState.RUNNING else 0
-        yield from (state, up, restarts, failures, memory, exit_code, uptime, cpu, rss, limit,
-                    children)
+        yield from (state, up, restarts, failures, memory, forced, exit_code, uptime, cpu, rss,
+                    limit, children)
         want = g("stemd_program_desired_nodes", "nodes of the program the operator wants up",
                  labels=["program"])
         have = g("stemd_program_running_nodes", "nodes of the program that are RUNNING",
@@ -107,7 +110,7 @@ def fleet_rows(seed: int, count: int) -> tuple[list[NodeRow], list[str], dict[in
             name, node_labels(name, program), rnd.choice(list(NodeState)),
             rnd.choice([0, 1, 7, 123456789]), rnd.choice([0, 2]),
             rnd.choice([0, 4]) if limit else rnd.choice([None, None, 1]), limit,
-            rnd.choice([None, 0, 1, -9, -15, 255]),
+            rnd.choice([0, 0, 3]), rnd.choice([None, 0, 1, -9, -15, 255]),
             rnd.choice([None, 0.0, 1e-9, 12.345678901234567, 86400.5, 3e7]),
             pid, program, rnd.random() < 0.7))
         if pid is not None and rnd.random() < 0.9:

@@ -52,6 +52,7 @@ def samples(text: str, name: str) -> dict[str, float]:
 FAMILIES = {
     "stemd_node_state": "gauge", "stemd_node_up": "gauge", "stemd_node_restarts": "counter",
     "stemd_node_start_failures": "counter", "stemd_node_memory_restarts": "counter",
+    "stemd_node_forced_stops": "counter",
     "stemd_node_last_exit_code": "gauge", "stemd_node_uptime_seconds": "gauge",
     "stemd_node_cpu_seconds": "counter", "stemd_node_resident_memory_bytes": "gauge",
     "stemd_node_max_rss_bytes": "gauge", "stemd_node_children": "gauge",
@@ -318,3 +319,18 @@ def test_scrapes_do_not_hold_the_master_loop(fleet: Fleet) -> None:
     scrape, request = statistics.median(walls), statistics.median(latencies)
     assert request < scrape * 0.6, (f"control request {request:.1f} ms at the median, "
                                   f"a scrape {scrape:.1f} ms")
+
+
+def test_forced_stops_are_counted(fleet: Fleet) -> None:
+    """An alert on lost work: a stop that had to SIGKILL at the stop timeout."""
+    deaf = fleet.script("deaf.sh", "#!/bin/sh\ntrap '' TERM\nwhile :; do sleep 0.05; done\n")
+    fleet.write(nodes="alpha beta", stop_timeout=1, command=deaf)
+    fleet.start()
+    fleet.wait_state("RUNNING")
+    assert fleet.ctl("stop", "alpha").returncode == 0
+    assert fleet.ctl("start", "alpha").returncode == 0
+    assert fleet.ctl("restart", "alpha").returncode == 0
+    text = fleet.ctl("metrics").stdout
+    assert samples(text, "stemd_node_forced_stops_total") == {
+        'stemd_node_forced_stops_total{node="alpha",program="worker"}': 2.0,
+        'stemd_node_forced_stops_total{node="beta",program="worker"}': 0.0}
