@@ -117,6 +117,10 @@ class Fleet:
         path.chmod(0o755)
         return str(path)
 
+    def deaf_script(self) -> str:
+        """A node that ignores SIGTERM: only the stop timeout's SIGKILL ends it."""
+        return self.script("deaf.sh", "#!/bin/sh\ntrap '' TERM\nwhile :; do sleep 0.05; done\n")
+
     def start_failing(self, *args: str) -> str:
         """Start the daemon on a fleet that cannot run: ready means running,
         so the launcher must exit 1 naming the failures (the master stays

@@ -278,7 +278,7 @@ def test_kill_9_of_the_master_during_shutdown_is_not_reported_as_stopped(fleet: 
                                                                         ) -> None:
     """stemctl printed "stemd (pid N) stopped" and exited 0 while three
     TERM-ignoring nodes still ran. "Stopped" means no node is left."""
-    deaf = fleet.script("deaf.sh", "#!/bin/sh\ntrap '' TERM\nwhile :; do sleep 0.05; done\n")
+    deaf = fleet.deaf_script()
     fleet.write(nodes="a b c", stop_timeout=4, command=deaf)
     fleet.start()
     nodes = fleet.node_pids()

@@ -323,7 +323,7 @@ def test_scrapes_do_not_hold_the_master_loop(fleet: Fleet) -> None:
 
 def test_forced_stops_are_counted(fleet: Fleet) -> None:
     """An alert on lost work: a stop that had to SIGKILL at the stop timeout."""
-    deaf = fleet.script("deaf.sh", "#!/bin/sh\ntrap '' TERM\nwhile :; do sleep 0.05; done\n")
+    deaf = fleet.deaf_script()
     fleet.write(nodes="alpha beta", stop_timeout=1, command=deaf)
     fleet.start()
     fleet.wait_state("RUNNING")

@@ -147,7 +147,7 @@ def test_scale_during_a_rolling_restart(fleet: Fleet, tmp_path: Path) -> None:
 
 def test_scaling_down_nodes_that_outlive_the_stop_timeout_says_so(fleet: Fleet) -> None:
     """Their work in flight was lost to SIGKILL: said in scale's answer."""
-    deaf = fleet.script("deaf.sh", "#!/bin/sh\ntrap '' TERM\nwhile :; do sleep 0.05; done\n")
+    deaf = fleet.deaf_script()
     fleet.write(nodes="3", command=deaf, stop_timeout=1)
     fleet.start()
     fleet.wait_state("RUNNING")

@@ -229,7 +229,7 @@ def test_a_stop_that_had_to_sigkill_says_so(fleet: Fleet) -> None:
     """A worker that outlives the stop timeout loses its tasks in flight to
     SIGKILL; stop answered "STOPPED" and status "stopped by the operator",
     as if all went well. The exit status stays 0 (supervisorctl, systemctl)."""
-    deaf = fleet.script("deaf.sh", "#!/bin/sh\ntrap '' TERM\nwhile :; do sleep 0.05; done\n")
+    deaf = fleet.deaf_script()
     fleet.write(nodes="alpha beta", stop_timeout=1, command=deaf)
     fleet.start()
     fleet.wait_state("RUNNING")
@@ -262,7 +262,7 @@ def test_a_stop_that_had_to_sigkill_says_so(fleet: Fleet) -> None:
 def test_a_shutdown_that_had_to_sigkill_says_which_nodes(fleet: Fleet) -> None:
     """`service stem-worker stop` during a deploy: the master's last word on
     the held connection names the nodes its shutdown had to SIGKILL."""
-    deaf = fleet.script("deaf.sh", "#!/bin/sh\ntrap '' TERM\nwhile :; do sleep 0.05; done\n")
+    deaf = fleet.deaf_script()
     fleet.write(nodes="alpha beta gamma", stop_timeout=1, command=deaf)
     fleet.start()
     fleet.wait_state("RUNNING")
