@@ -70,6 +70,12 @@ class Candidate:
     stop_signal: str
     stop_timeout: float
     kill_mode: str
+    #: False when nothing says which user the node runs as (only the state
+    #: file names it: the configuration did not load, or no longer has its
+    #: program). Its uid is then not checked: guessing the master's would
+    #: call a live node of another user stale, remove its PID file and leave
+    #: it running, while the stop said nothing was left.
+    user_known: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +124,8 @@ def candidates(config: Config | None, master_pid_file: str,
             stop = ((program.policy.stop_signal, program.policy.stop_timeout,
                      program.policy.kill_mode) if program is not None else _DEFAULT_STOP)
             found[record.pid_file] = Candidate(record.name, record.program, record.pid_file,
-                                               program.run_as.user if program else None, *stop)
+                                               program.run_as.user if program else None, *stop,
+                                               user_known=program is not None)
     return list(found.values()), notes, state is not None
 
 
@@ -151,8 +158,8 @@ def identify(cands: list[Candidate], trusted: frozenset[int],
     doubtful: list[str] = []
     seen: set[int] = set()
     for cand in cands:
-        verdict = classify(cand.pid_file, cand.name, cand.program,
-                           _node_uid(cand.user, master_uid), trusted, pin=True)
+        uid = _node_uid(cand.user, master_uid) if cand.user_known else None
+        verdict = classify(cand.pid_file, cand.name, cand.program, uid, trusted, pin=True)
         if verdict.kind == UNTRUSTED:
             notes.append(f"{cand.name}: ignoring untrusted PID file: {verdict.why}")
             continue

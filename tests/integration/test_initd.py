@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -353,6 +354,27 @@ def test_stop_with_a_broken_config_and_a_dead_master_uses_the_state_file(worker:
     assert worker.nodes() == {}, result.stdout
     assert not state.exists()
     ok(worker.run("status"), 3)
+
+
+def test_stop_with_a_broken_config_stops_dead_masters_nodes_of_another_user(
+        worker: Fleet) -> None:
+    """Regression: with the config broken, the state file names the nodes but not their user,
+    and stop checked them against its own uid (root): nodes running as `nobody` were called
+    stale, their PID files removed, and stop said "not running" and exited 0 while they ran."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the nodes run as another user")
+    worker.write_config(STEMD_NODES="alpha beta", STEMD_USER="nobody", STEMD_FORCE_ROOT="")
+    master, nodes = start_two(worker)
+    assert {psutil.Process(pid).uids().real for pid in nodes} == {pwd.getpwnam("nobody").pw_uid}
+    kill_master(master)
+    with worker.config.open("a") as f:
+        f.write("STEMD_BOGUS=1\n")
+
+    result = ok(worker.run("stop"))
+    assert worker.nodes() == {}, f"stop exited 0 with nodes running: {result.stdout}"
+    for pid in nodes:
+        assert f"(pid {pid})" in result.stdout, result.stdout
+    assert "stale" not in result.stdout + result.stderr, result
 
 
 def test_stop_never_signals_a_process_that_only_reuses_a_node_pid(worker: Fleet) -> None:
