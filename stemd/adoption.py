@@ -58,6 +58,8 @@ class Adoption:
         Raises StartupError."""
         m = self.master
         previous = self._previous_state()
+        unclean = previous is not None
+        previous = previous or {}
         adopted = 0
         for spec in m.config.nodes:
             node = m.add_node(spec)
@@ -71,7 +73,7 @@ class Adoption:
                 adopted += 1
                 if record is None or record.removed:
                     node.wanted = True  # it runs: autostart = false does not stop it
-        adopted += self._adopt_unrecorded()
+        adopted += self._adopt_unrecorded(unclean)
         for record in previous.values():
             self._stop_leftover(record)
         return adopted
@@ -107,12 +109,23 @@ class Adoption:
                          spec.pid_file, record.pid, why)
         return False
 
-    def _adopt_unrecorded(self) -> int:
+    def _adopt_unrecorded(self, unclean: bool) -> int:
         """Find this instance's nodes that no PID file names (see
         :func:`stem_core.pidfile.scan_nodes`): adopt an orphan (its master
         died before writing its PID file), and refuse to start at all if
         another master still runs one (its run directory was removed): two
-        masters would run the fleet twice."""
+        masters would run the fleet twice.
+
+        What the scan goes by (session leader, environment) is all the node
+        user's to forge: a node that double-forks an impostor of another
+        node must neither be adopted in its place nor keep the master from
+        starting. So an orphan is adopted only when the previous master died
+        without shutting down (``unclean``: its state file is there, written
+        before it spawned anything); after a clean shutdown no node of it
+        runs, and a process that says it is one is not adopted (nor
+        signalled: it is not the master's). And only a process of the
+        master's own user counts as another master: a node user's process
+        named stemd is not one."""
         m = self.master
         adopted = 0
         by_name: dict[str, list[FoundNode]] = {}
@@ -137,6 +150,12 @@ class Adoption:
             orphans = [f for f in candidates if f.ppid == 1 or not psutil.pid_exists(f.ppid)]
             if node is None or node.pid is not None or len(orphans) != 1:
                 continue
+            if not unclean:
+                self.log.warning(
+                    "%s: pid %d (uid %d) says it is this node, but the previous master shut "
+                    "down cleanly and left none running: not adopted, not signalled; a new "
+                    "%s is started", name, orphans[0].pid, orphans[0].uid, name)
+                continue
             found = orphans[0]
             try:
                 uid = resolve_account(node.spec.run_as.user, node.spec.run_as.group).uid
@@ -153,15 +172,17 @@ class Adoption:
             adopted += 1
         return adopted
 
-    def _previous_state(self) -> dict[str, NodeRecord]:
+    def _previous_state(self) -> dict[str, NodeRecord] | None:
+        """The previous master's records, or None when it shut down cleanly
+        (it removed its state file) or never ran."""
         path = self.master.state.path
         try:
             state = read_state(path, trusted_uids=trusted_owners())
         except PidFileError as exc:
             self.log.warning("ignoring the state file: %s", exc)
-            return {}
+            return None
         if state is None:
-            return {}
+            return None
         self.log.warning("the previous master (pid %d) did not shut down cleanly: taking up "
                          "its state from %s", state.pid, path)
         return dict(state.nodes)
@@ -188,10 +209,15 @@ class Adoption:
 
 
 def _is_master(pid: int) -> bool:
+    """Is ``pid`` a stemd of this master's user? Anyone can name a process
+    stemd; only this user (or root) can run a master of this configuration."""
     import psutil
 
     try:
-        return any("stemd" in os.path.basename(arg) for arg in psutil.Process(pid).cmdline()[:2])
+        proc = psutil.Process(pid)
+        if proc.uids().effective != os.geteuid():
+            return False
+        return any("stemd" in os.path.basename(arg) for arg in proc.cmdline()[:2])
     except psutil.Error:
         return False
 

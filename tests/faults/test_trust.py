@@ -413,3 +413,70 @@ def test_a_node_log_path_naming_a_file_of_the_masters_user_is_not_given_away(
     fleet.start()
     assert precious.stat().st_uid == 0
     assert precious.read_text().startswith("root's data\n")
+
+
+# -------------------------------------------------------------- impostors
+
+
+def impostor_env(fleet: Fleet, of: str, claims: str) -> dict[str, str]:
+    """Node ``of``'s own environment (its user can read it), claiming to be ``claims``."""
+    real = psutil.Process(fleet.status()[of]["pid"]).environ()
+    return {**real, "STEMD_NODE": claims}
+
+
+def test_an_orphan_claiming_to_be_a_node_is_not_adopted_after_a_clean_shutdown(
+        open_fleet: Fleet) -> None:
+    """A node double-forked a session leader with another node's STEMD_* variables. After
+    `stemctl shutdown` and `stemd` (a deploy), the new master adopted it as that node, wrote a
+    root PID file for it and supervised it: the real node never started again."""
+    fleet = nobody_fleet(open_fleet, nodes="alpha beta")
+    fleet.start()
+    fleet.wait_state("RUNNING")
+    marker = f"{7000000 + os.getpid() % 100000}"
+    subprocess.run(["setsid", "-f", "/bin/sleep", marker], user=_nobody().pw_uid,
+                   group=_nobody().pw_gid, extra_groups=[], cwd="/", check=True, timeout=30,
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   env=impostor_env(fleet, "alpha", "beta"))
+    impostor = wait_until(lambda: next((p.pid for p in psutil.process_iter(["cmdline"])
+                                        if p.info["cmdline"] == ["/bin/sleep", marker]), None),
+                          5, what="the impostor")
+    try:
+        assert fleet.ctl("shutdown").returncode == 0
+        assert pid_alive(impostor) and psutil.Process(impostor).ppid() == 1
+        fleet.start()
+        beta = fleet.wait_state("RUNNING")["beta"]
+        assert beta["pid"] != impostor and not beta["adopted"]
+        assert (fleet.run_dir / "beta.pid").read_text().strip() == str(beta["pid"])
+        assert pid_alive(impostor), "the master signalled a process that is not its own"
+        assert f"pid {impostor} (uid {_nobody().pw_uid}) says it is this node" \
+            in fleet.master_log()
+    finally:
+        os.kill(impostor, signal.SIGKILL)
+
+
+def test_a_node_users_process_named_stemd_does_not_keep_the_master_from_starting(
+        open_fleet: Fleet) -> None:
+    """A node ran a process named `stemd` with a child claiming to be node beta: every later
+    `stemd` refused to start ("beta already runs under another stemd"), so the service could
+    not be started until the operator found the node's processes."""
+    fleet = nobody_fleet(open_fleet, nodes="alpha beta")
+    fleet.start()
+    fleet.wait_state("RUNNING")
+    marker = f"{7100000 + os.getpid() % 100000}"
+    fake = subprocess.Popen(
+        ["bash", "-c", f'exec -a stemd bash -c "setsid /bin/sleep {marker} & wait"'],
+        user=_nobody().pw_uid, group=_nobody().pw_gid, extra_groups=[], cwd="/",
+        env=impostor_env(fleet, "alpha", "beta"), start_new_session=True)
+    try:
+        wait_until(lambda: any(p.info["cmdline"] == ["/bin/sleep", marker]
+                               for p in psutil.process_iter(["cmdline"])), 5,
+                   what="the fake master's child")
+        assert fleet.ctl("shutdown").returncode == 0
+        result = fleet.stemd()
+        assert result.returncode == 0, result.stderr
+        assert "another stemd" not in result.stderr
+        beta = fleet.wait_state("RUNNING")["beta"]
+        assert psutil.Process(beta["pid"]).ppid() == fleet.master_pid()
+    finally:
+        os.killpg(fake.pid, signal.SIGKILL)
+        fake.wait()
