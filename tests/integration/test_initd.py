@@ -407,6 +407,49 @@ def test_failed_start_is_reported(worker: Fleet) -> None:
     assert str(worker.config) in result.stderr
 
 
+def test_start_with_a_node_that_cannot_start_fails(worker: Fleet) -> None:
+    """Regression: when a node cannot start, stemd exits 1 and its master runs on (SPEC §2);
+    start took the live master for a lost race, said "already running" and exited 0, and so
+    did restart: a deploy whose workers did not run reported success."""
+    worker.write_config(STEMD_NODES="alpha beta", STEMD_OPTS="--bogus:beta=1",  # sleep: exit 1
+                        STEMD_START_RETRIES="1", STEMD_BACKOFF_MAX="1")
+
+    for action in ("start", "restart"):
+        before = worker.master_pid()
+        result = ok(worker.run(action), 1)
+        assert "1 of 2 nodes not running" in result.stderr, result.stderr  # stemd's reason
+        assert "beta: FATAL" in result.stderr, result.stderr
+        assert "failed to start" in result.stderr
+        assert "already running" not in result.stdout + result.stderr
+        # The master keeps supervising what it started (a new one, for restart).
+        master = worker.master_pid()
+        assert master is not None and alive(master) and master != before
+        assert set(running_nodes(worker, 1).values()) == {master}
+
+    worker.write_config(STEMD_NODES="alpha beta")  # the fix deployed
+    ok(worker.run("restart"))
+    running_nodes(worker, 2)
+    ok(worker.run("stop"))
+    assert worker.nodes() == {}
+
+
+def test_start_that_loses_the_race_to_another_start_succeeds(worker: Fleet) -> None:
+    """Two starts at once: the one whose stemd finds the master lock taken ("already
+    running (pid N)", exit 1) reports the running service, 0. Made deterministic by a
+    STEMD_BIN that starts the winner itself, after the script's own check found nothing."""
+    racer = worker.dir / "racing-stemd"
+    racer.write_text(f'#!/bin/sh\n"{STEMD}" "$@" || exit 99\nexec "{STEMD}" "$@"\n')
+    racer.chmod(0o755)
+
+    result = ok(worker.run("start", env={"STEMD_BIN": str(racer)}))
+    master = worker.master_pid()
+    assert master is not None and alive(master)
+    assert "already running" in result.stdout, result.stdout
+    assert f"stemd: already running (pid {master})" in result.stderr  # stemd's own words
+    assert set(running_nodes(worker, 2).values()) == {master}
+    ok(worker.run("stop"))
+
+
 def test_usage_and_missing_pieces(worker: Fleet) -> None:
     result = worker.run("bogus")
     assert result.returncode == 2 and "Usage:" in result.stderr
