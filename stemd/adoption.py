@@ -73,6 +73,9 @@ class Adoption:
                 adopted += 1
                 if record is None or record.removed:
                     node.wanted = True  # it runs: autostart = false does not stop it
+                elif not node.wanted:
+                    # the operator's stop was under way when the master died
+                    self._carry_on_stopping(node, record)
         adopted += self._adopt_unrecorded(unclean)
         for record in previous.values():
             self._stop_leftover(record)
@@ -204,8 +207,17 @@ class Adoption:
         node.wanted = False
         m.removed[node.name] = node
         node.on_change = m.node_changed
-        node.stop()
+        self._carry_on_stopping(node, record)
         node.add_waiter(lambda n: n.state not in ALIVE, m.forget_removed)
+
+    def _carry_on_stopping(self, node: Node, record: NodeRecord) -> None:
+        """Stop an adopted node the operator (or a reload) wanted down. If
+        the state file saw it STOPPING, its stop signal was sent: wait for
+        it again with the whole stop timeout, but do not send a second one."""
+        if record.state == "STOPPING":
+            node.resume_stop()
+        else:
+            node.stop()
 
 
 def _is_master(pid: int) -> bool:

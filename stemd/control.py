@@ -217,7 +217,7 @@ class ControlServer:
             gone.cancel()
         if not task.done():
             task.cancel()
-            self.log.info("control: %s dropped: its client went away", cmd)
+            self.log.info("control: %s: its client went away", cmd)
             with contextlib.suppress(asyncio.CancelledError, P.ProtocolError):
                 await task
             raise ConnectionResetError

@@ -533,14 +533,17 @@ class Master:
         for node in nodes:
             node.wanted = False
         if not wait:
-            self.state.save()
             for node in nodes:
                 node.stop()
+            self.state.save()  # after the signals: a next master sees them STOPPING
             return
         # Written once the signals are out, while the nodes exit; scheduled
         # now too, should the operation be cancelled before it runs.
         self.state.soon()
-        await self._operation(self._stop_in_order(nodes, before_wait=self.state.save))
+        # Not cancelled by a shutdown, which stops these nodes too: the
+        # client is told they stopped, not "interrupted".
+        await self._operation(self._stop_in_order(nodes, before_wait=self.state.save),
+                              shutdown_cancels=False)
 
     async def restart(self, nodes: list[Node]) -> list[Node]:
         """Rolling: one node at a time — across every client's restart —
@@ -565,12 +568,21 @@ class Master:
 
     async def reload(self) -> dict[str, Any]:
         """Re-read the configuration and apply only the difference. An
-        invalid file is reported and the running configuration kept."""
+        invalid file is reported and the running configuration kept.
+
+        Once begun, a reload is finished even if its client goes away (a
+        Ctrl-C, ``--timeout``, systemd's reload timeout): cut off between
+        stopping the changed nodes and starting them again, it left them
+        STOPPED for good with the new configuration recorded as applied.
+        Only a shutdown cancels it."""
         self._refuse_when_stopping()
+        return await self._operation(self._reload_serialised(), finish="reload")
+
+    async def _reload_serialised(self) -> dict[str, Any]:
         async with self._reload_lock:
             self.notifier.send("RELOADING=1")
             try:
-                result = await self._operation(self._reload())
+                result = await self._reload()
             except ConfigError:
                 self.reloads.record(False)
                 raise
@@ -596,10 +608,14 @@ class Master:
         restart (the file is not touched): new nodes take the program's
         name pattern and start; the highest-numbered go first, stopped warm
         (their normal stop sequence). Serialised with reloads. Raises
-        BadValue for an unknown program or a count out of range."""
+        BadValue for an unknown program or a count out of range. Finished
+        even if its client goes away, as a reload is."""
         self._refuse_when_stopping()
+        return await self._operation(self._scale_serialised(program, count), finish="scale")
+
+    async def _scale_serialised(self, program: str, count: int) -> dict[str, Any]:
         async with self._reload_lock:
-            return await self._operation(self._scale(program, count))
+            return await self._scale(program, count)
 
     def request_shutdown(self, why: str) -> None:
         if not self.shutting_down:
@@ -611,19 +627,37 @@ class Master:
         if self.shutting_down:
             raise ShuttingDown("the master is shutting down")
 
-    async def _operation(self, work: Coroutine[Any, Any, T] | asyncio.Future[T]) -> T:
-        """Run a command's work as a task a shutdown can cancel. A client
-        that goes away cancels only its wait: what a node step has begun
-        (a restart's stop) is shielded and finished."""
+    async def _operation(self, work: Coroutine[Any, Any, T] | asyncio.Future[T],
+                         finish: str | None = None, shutdown_cancels: bool = True) -> T:
+        """Run a command's work as a task a shutdown cancels (unless
+        ``shutdown_cancels`` is false: a stop). A client that goes away
+        cancels the work with its wait, except what a node step has begun
+        (a restart's stop: shielded there) and, with ``finish`` (the
+        command's name, for the log), the whole work: a reconfiguration is
+        never left half-applied."""
         task = asyncio.ensure_future(work)
-        self._operations.add(task)
-        task.add_done_callback(self._operations.discard)
+        if shutdown_cancels:
+            self._operations.add(task)
+            task.add_done_callback(self._operations.discard)
         try:
-            return await task
+            return await (asyncio.shield(task) if finish else task)
         except asyncio.CancelledError:
             if self.shutting_down and task.cancelled():
                 raise ShuttingDown("interrupted: the master is shutting down") from None
+            if finish and not task.done():
+                task.add_done_callback(lambda t: self._finished_unwatched(finish, t))
             raise
+
+    def _finished_unwatched(self, what: str, task: asyncio.Task[Any]) -> None:
+        """The end of work whose client went away: the log is all that is
+        left to tell (and an unretrieved exception would print a traceback)."""
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            self.log.info("%s finished (its client had gone)", what)
+        elif not isinstance(exc, ConfigError):  # a reload logged its config errors
+            self.log.warning("%s finished (its client had gone): %s", what, exc)
 
     async def _start_in_order(self, nodes: list[Node], locked: bool = True
                               ) -> list[NodeState]:
@@ -801,6 +835,8 @@ class Master:
             node = self.nodes[spec.name]
             if node not in restart:
                 node.spec = spec  # not running: the new spec applies at its next start
+            else:
+                node.next_spec = spec  # whoever starts it next (the stop uses the old one)
         for spec in change.unchanged:
             self.nodes[spec.name].spec = spec  # equal but for the index
         added = [self.add_node(spec) for spec in change.added]
@@ -815,7 +851,8 @@ class Master:
         for node in removed:
             self.forget_removed(node)
         for node in restart:
-            node.spec = new.node(node.name)
+            if node.pid is None:  # else a rolling restart already started it on the new spec
+                node.spec, node.next_spec = new.node(node.name), None
         # An added node with autostart = false stays STOPPED.
         starting = restart + [n for n in added if n.state is not S.RUNNING and n.wanted]
         results = await self._start_in_order(starting)

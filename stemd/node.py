@@ -87,6 +87,10 @@ class Node:
     def __init__(self, spec: NodeSpec, clock: Clock, ops: ProcessOps,
                  log: logging.Logger) -> None:
         self.spec = spec
+        # A reload's spec for a running node it is about to restart: taken
+        # at the node's next spawn, whoever starts it (a rolling restart
+        # running meanwhile must not start it again on the old command).
+        self.next_spec: NodeSpec | None = None
         self.clock = clock
         self.ops = ops
         self.log = log
@@ -160,6 +164,16 @@ class Node:
             self.stop_forced = None
             self._cancel_timer()
             self._set_state(S.STOPPED, "stop requested")
+
+    def resume_stop(self) -> None:
+        """An adopted node that the master before was stopping when it died:
+        STOPPING again, its stop timeout armed anew, without a second stop
+        signal (the first one was sent: a second SIGINT is a Celery worker's
+        cold shutdown, which kills its tasks)."""
+        if self.state is S.RUNNING:
+            self.stop_forced = None
+            self._set_state(S.STOPPING, "the previous master was stopping it")
+            self._arm(self.spec.policy.stop_timeout)
 
     def adopt(self, pid: int, started_wall: float) -> None:
         """Supervise a process left running by a previous master."""
@@ -241,8 +255,9 @@ class Node:
         # Expected: an exit status the program declares (exitcodes, default
         # 0); a signal never is.
         expected = status.signal is None and status.code in self.spec.policy.exitcodes
-        # A closed node (the master is shutting down) is never restarted.
-        wanted = not self.closed and (
+        # A closed node (the master is shutting down), or one the operator
+        # stopped, is never restarted.
+        wanted = not self.closed and self.wanted and (
             policy == "always" or (policy == "on-failure" and not expected))
         if not wanted:
             if not expected:
@@ -288,6 +303,8 @@ class Node:
 
     def _spawn(self, why: str) -> None:
         self._cancel_timer()
+        if self.next_spec is not None:
+            self.spec, self.next_spec = self.next_spec, None
         try:
             pid = self.ops.spawn(self)
         except SpawnError as exc:

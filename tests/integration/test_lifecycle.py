@@ -294,3 +294,102 @@ def test_kill_9_of_the_master_during_shutdown_is_not_reported_as_stopped(fleet: 
     assert shutdown.returncode == 0, err
     assert "stopped the nodes it left behind" in out
     assert fleet.node_pids() == []
+
+
+# a node that counts the stop signals it gets (one line each in $STOP_LOG) and takes a
+# second to stop
+COUNTING_STOP = """\
+#!/bin/sh
+trap 'echo "$STEMD_NODE TERM" >> "$STOP_LOG"; sleep 1; exit 0' TERM
+while :; do sleep 0.05; done
+"""
+
+
+def cmdline(pid: int) -> list[str]:
+    return psutil.Process(pid).cmdline()
+
+
+def test_a_reload_whose_client_goes_away_is_finished(fleet: Fleet) -> None:
+    """Regression: `stemctl reload --timeout 2` (or Ctrl-C, or systemd's reload timeout)
+    while the changed nodes stopped cancelled the reload between their stop and their start:
+    they stayed STOPPED for good, and the next reload found nothing changed."""
+    slow = fleet.script("slow.sh", SLOW_STOP)
+    fleet.write(nodes="a b", command=f"{slow} v1")
+    fleet.start()
+    old = pids(fleet)
+    fleet.write(nodes="a b", command=f"{slow} v2")
+    result = fleet.ctl("reload", "--timeout", "0.3")
+    assert result.returncode != 0  # it did not wait for the answer
+    nodes = wait_until(lambda: (s := fleet.status()) and all(
+        i["state"] == "RUNNING" and i["pid"] not in old.values() for i in s.values()) and s,
+        20, what="the reload to finish without its client")
+    for info in nodes.values():
+        assert cmdline(info["pid"])[-1] == "v2"
+    wait_until(lambda: "reload finished (its client had gone)" in fleet.master_log(), 5,
+               what="the log to tell the reload's end")
+    again = fleet.ctl("reload", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["changed"] == []
+
+
+def test_a_reload_during_a_rolling_restart_leaves_no_node_on_the_old_command(
+        fleet: Fleet) -> None:
+    """Regression: the rolling restart started b and c again on the old spec after the reload
+    had stopped them, and the reload, finding them RUNNING, said OK: a deploy that left part
+    of the fleet on the old code."""
+    slow = fleet.script("slow.sh", SLOW_STOP)
+    fleet.write(nodes="a b c", command=f"{slow} v1", start_secs=0.3)
+    fleet.start()
+    restart = restart_under_way(fleet)
+    fleet.write(nodes="a b c", command=f"{slow} v2", start_secs=0.3)
+    result = fleet.ctl("reload")
+    assert result.returncode == 0, result.stderr
+    restart.communicate(timeout=60)
+    nodes = fleet.wait_state("RUNNING", timeout=20)
+    assert {n: cmdline(i["pid"])[-1] for n, i in nodes.items()} == dict.fromkeys("abc", "v2")
+
+
+def test_a_stop_under_way_when_the_master_is_killed_is_carried_on(fleet: Fleet) -> None:
+    """Regression: `stemctl stop a`, then `kill -9` of the master while a finished its warm
+    shutdown: the next master adopted a as RUNNING, respawned it when it exited, and never
+    armed its stop timeout. Now it is STOPPING again, with no second stop signal (a second
+    SIGINT is a Celery worker's cold shutdown)."""
+    stop_log = fleet.root / "stops"
+    fleet.exports["STOP_LOG"] = str(stop_log)
+    fleet.write(nodes="a b", command=fleet.script("count.sh", COUNTING_STOP))
+    fleet.start()
+    a = fleet.wait_state("RUNNING")["a"]["pid"]
+    assert fleet.ctl("stop", "--no-wait", "a").returncode == 0
+    wait_until(lambda: stop_log.exists() and "a TERM" in stop_log.read_text(), 5,
+               what="a to get its SIGTERM")
+    master = fleet.master_pid()
+    assert master is not None
+    os.kill(master, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(master), 5, what="the master gone")
+    fleet.start()
+    assert fleet.status()["a"]["state"] in ("STOPPING", "STOPPED")
+    wait_until(lambda: not pid_alive(a), 10, what="a to finish stopping")
+    info = fleet.wait_state("STOPPED", "a")["a"]
+    assert info["pid"] is None
+    assert "a: STOPPING -> STOPPED" in fleet.master_log()
+    assert stop_log.read_text().count("a TERM") == 1, stop_log.read_text()
+    assert fleet.status()["b"]["state"] == "RUNNING"
+
+
+def test_a_stop_overtaken_by_a_shutdown_still_answers_stopped(fleet: Fleet) -> None:
+    """Regression: `stemctl stop a` while a finished its tasks, then SIGTERM to the master:
+    the stop answered "interrupted: the master is shutting down" (exit 1) at once, although
+    the shutdown stops a just the same."""
+    fleet.write(nodes="a b", command=fleet.script("slow.sh", SLOW_STOP))
+    fleet.start()
+    stop = subprocess.Popen([STEMCTL, "--config", str(fleet.config), "stop", "a"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=fleet.env())
+    wait_until(lambda: "a: RUNNING -> STOPPING" in fleet.master_log(), 10, what="a stopping")
+    master = fleet.master_pid()
+    assert master is not None
+    os.kill(master, signal.SIGTERM)
+    out, err = stop.communicate(timeout=30)
+    assert stop.returncode == 0, (out, err)
+    assert "a: STOPPED" in out
+    assert_nothing_left(fleet)
