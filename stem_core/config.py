@@ -431,29 +431,33 @@ def _finish(path: str, master: MasterSpec, programs: list[ProgramSpec], problems
     nodes: list[NodeSpec] = []
     program_names = {p.name for p in programs}
     seen: dict[str, str] = {}
+    def add(message: str, program: str, name: str, hint: str | None = None) -> None:
+        """A problem of a program's key, at the line (and key) that set it."""
+        key, file, line = where(False, program, name)
+        problems.add(message, hint=hint, key=key, file=file, line=line)
+
     for program in programs:
         try:
             tails = expand_opts(program.opts, program.nodes)
         except BadValue as exc:
-            problems.add(exc.message, file=path, key=f"{program.name}: opts", hint=exc.hint)
+            add(exc.message, program.name, "opts", exc.hint)
             tails = {n: () for n in program.nodes}
         try:
             words = shlex.split(program.command)
         except ValueError as exc:
-            problems.add(f"cannot split the command: {exc}", file=path,
-                         key=f"{program.name}: command")
+            add(f"cannot split the command: {exc}", program.name, "command")
             continue
         if not words:
-            problems.add("the command is empty", file=path, key=f"{program.name}: command")
+            add("the command is empty", program.name, "command")
             continue
         for index, name in enumerate(program.nodes, 1):
             if name in seen:
-                problems.add(f"node {name!r} is defined twice (programs {seen[name]} and "
-                             f"{program.name})", file=path, hint="node names must be unique")
+                add(f"node {name!r} is defined twice (programs {seen[name]} and "
+                    f"{program.name})", program.name, "nodes", "node names must be unique")
                 continue
             if name in program_names and name != program.name:
-                problems.add(f"node {name!r} has the name of another program", file=path,
-                             hint="rename the node or the program")
+                add(f"node {name!r} has the name of another program", program.name, "nodes",
+                    "rename the node or the program")
             seen[name] = program.name
             nodes.append(_node_spec(program, name, index, words, tails.get(name, ())))
     _check_paths(path, master, nodes, problems, where)

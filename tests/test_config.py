@@ -158,6 +158,20 @@ def test_toml_errors_name_line_and_key(tmp_path: Path) -> None:
     assert by_message["unknown key 'socet' in [stemd]"].line == 4
 
 
+def test_command_opts_and_node_errors_name_line_and_key(tmp_path: Path) -> None:
+    """Regression: an unsplittable command, a bad STEMD_OPTS selector and a node defined
+    twice named the program ("worker: opts") but neither the line nor the key as written."""
+    env = 'STEMD_NODES="a b"\n\nSTEMD_COMMAND="/bin/echo a\\"b c"\nSTEMD_OPTS="-c:zeta 4"\n'
+    found = {p.key: p for p in problems(write(tmp_path, env))}
+    assert found["STEMD_COMMAND"].line == 3 and "No closing quotation" in found[
+        "STEMD_COMMAND"].message
+    assert found["STEMD_OPTS"].line == 4 and "zeta" in found["STEMD_OPTS"].message
+    text = TOML + '\n[programs.other]\ncommand = "/bin/x"\nnodes = ["alpha"]\n'
+    (twice,) = [p for p in problems(write(tmp_path, text, "s.toml")) if "twice" in p.message]
+    assert twice.key == "[programs.other] nodes"
+    assert twice.line == len(text.splitlines())
+
+
 def test_toml_syntax_error_line(tmp_path: Path) -> None:
     (problem,) = problems(write(tmp_path, "[stemd]\nsocket = \n", "bad.toml"))
     assert problem.line == 2 and "invalid TOML" in problem.message
