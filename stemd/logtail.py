@@ -8,7 +8,9 @@ to the node user, who may make it anything: 20 GB of sparse zeros, one
 - the tail reads backwards in fixed blocks, kept in a list and joined once
   (linear), and stops after :data:`MAX_READ` bytes whatever it found;
 - a returned line is cut at :data:`MAX_LINE` bytes, and says so;
-- the file is opened ``O_NOFOLLOW|O_NONBLOCK`` and must be a regular file.
+- the file is opened ``O_NOFOLLOW|O_NONBLOCK`` and must be a regular file;
+- on a terminal, a line's control characters are shown, not sent
+  (:func:`visible`): the node user must not drive root's terminal.
 
 Standard library only: it is imported by ``stemctl`` alone.
 """
@@ -16,6 +18,7 @@ Standard library only: it is imported by ``stemctl`` alone.
 from __future__ import annotations
 
 import os
+import re  # already loaded by argparse: free for stemctl
 import stat
 import sys
 import time
@@ -31,6 +34,14 @@ MAX_LINE = 64 * 1024  # bytes of one line shown at most
 BLOCK = 64 * 1024
 FOLLOW_INTERVAL = 0.25  # the client polls; the master never does
 REFRESH_INTERVAL = 2.0  # following every node: ask the master for new ones this often
+
+
+#: a byte that may need escaping: a C0 control but TAB (LF included, though a
+#: line has none), DEL, and any non-ASCII byte (a C1 control once decoded, or
+#: invalid UTF-8); checked first so that a plain ASCII line costs one search
+_SUSPECT = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f-\xff]")
+#: what a terminal acts on, once decoded: C0 but TAB, DEL, C1 (U+0080-U+009F)
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 
 
 class NotAFile(OSError):
@@ -56,6 +67,44 @@ def cut(line: bytes, partial_head: bool = False) -> bytes:
     if len(line) <= MAX_LINE:
         return head + line
     return head + line[:MAX_LINE] + b" [... %d more bytes]" % (len(line) - MAX_LINE)
+
+
+def visible(line: bytes) -> bytes:
+    """``line`` (one line, without its LF) as it may be written to the
+    operator's terminal: every control character shown as ``\\xNN`` rather
+    than sent.
+
+    A node writes its log as it likes; sent as they are, ``\\r`` and
+    ``ESC [2K`` erase the line's ``alpha | `` prefix and print another node's
+    in its colour, and OSC sequences set the window title or write the
+    clipboard (``docs/architecture.md``: a node user must not mislead the
+    operator). So, as ``less`` and ``journalctl`` do: TAB stays; a ``\\r``
+    that ends the line (CRLF) is dropped (it shows nothing); every other C0
+    control, DEL, and the C1 controls U+0080-U+009F (which some terminals
+    act on as ESC sequences) become ``\\x1b``, ``\\x0d``, ``\\x7f``,
+    ``\\x9b``; bytes that are not UTF-8 become ``\\xNN`` too, so a lone
+    0x9b byte cannot pass for a CSI either. A backslash is left as it is (a
+    ``\\x1b`` on the screen may be text the node wrote; either way, nothing
+    reached the terminal as a control). Piped output never comes through
+    here: it stays byte for byte what the node wrote."""
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    if _SUSPECT.search(line) is None:
+        return line
+    text = line.decode("utf-8", "backslashreplace")
+    return _CONTROL.sub(_escape, text).encode()
+
+
+def _escape(match: re.Match[str]) -> str:
+    return f"\\x{ord(match.group()):02x}"
+
+
+def block(lines: Sequence[bytes], prefix: bytes, terminal: bool) -> bytes:
+    """``lines`` ready to write: each with ``prefix`` and a LF, and made
+    :func:`visible` when the output is a terminal."""
+    if terminal:
+        return b"".join(prefix + visible(line) + b"\n" for line in lines)
+    return b"".join(prefix + line + b"\n" for line in lines)
 
 
 def tail(path: str, count: int) -> tuple[list[bytes], int]:
@@ -147,14 +196,19 @@ class Followed:
     drops below what was read, so start again at 0) and rotation by rename
     (the path names another inode: drain the old one, open the new)."""
 
-    def __init__(self, name: str, path: str, offset: int, prefix: bytes) -> None:
+    def __init__(self, name: str, path: str, offset: int, prefix: bytes,
+                 terminal: bool = False) -> None:
         self.name = name
         self.path = path
         self.offset = offset
         self.prefix = prefix
+        # On a terminal every line is made visible(), so lines are whole
+        # even unprefixed: a chunk may end inside a UTF-8 character or a CRLF.
+        self.terminal = terminal
+        self.by_line = bool(prefix) or terminal
         self.fd: int | None = None
         self.ino: tuple[int, int] | None = None
-        self.pending = b""  # a line not yet complete (prefixed output only)
+        self.pending = b""  # a line not yet complete (by_line output only)
 
     def _open(self) -> bool:
         try:
@@ -193,15 +247,16 @@ class Followed:
             self.offset = 0  # truncated in place: the new content starts at 0
 
     def lines(self, chunk: bytes) -> bytes:
-        """``chunk`` as whole prefixed lines; the incomplete rest waits."""
+        """``chunk`` as whole prefixed lines (made visible() on a terminal);
+        the incomplete rest waits."""
         data = self.pending + chunk
         end = data.rfind(b"\n") + 1
         self.pending = data[end:]
-        out = [self.prefix + cut(line) + b"\n" for line in data[:end].split(b"\n")[:-1]]
+        out = [cut(line) for line in data[:end].split(b"\n")[:-1]]
         if len(self.pending) > MAX_LINE:  # a runaway line: show it cut, drop the rest
-            out.append(self.prefix + cut(self.pending) + b"\n")
+            out.append(cut(self.pending))
             self.pending = b""
-        return b"".join(out)
+        return block(out, self.prefix, self.terminal)
 
     def close(self) -> None:
         if self.fd is not None:
@@ -224,7 +279,8 @@ def prefixes(names: Sequence[str], colour: bool) -> list[bytes]:
 def follow(files: Sequence[Followed], out: BinaryIO | None = None,
            refresh: Callable[[], Sequence[Followed]] | None = None) -> None:
     """Follow every file in one loop, printing what each one gains (whole
-    prefixed lines, or raw bytes for an unprefixed single file). Returns
+    prefixed lines; raw bytes for an unprefixed single file, unless on a
+    terminal: whole visible() lines there). Returns
     only on an exception (KeyboardInterrupt, BrokenPipeError). ``refresh``,
     every :data:`REFRESH_INTERVAL` seconds, names files to follow from then
     on too (the nodes a reload added)."""
@@ -244,7 +300,7 @@ def follow(files: Sequence[Followed], out: BinaryIO | None = None,
                 if not chunk:
                     continue
                 busy = True
-                write(f.lines(chunk) if f.prefix else chunk)
+                write(f.lines(chunk) if f.by_line else chunk)
             if busy:
                 flush()
             else:

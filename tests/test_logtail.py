@@ -88,3 +88,54 @@ def test_prefixes_are_padded_and_coloured_only_when_asked() -> None:
     assert logtail.prefixes(["a", "bbb"], False) == [b"a   | ", b"bbb | "]
     coloured = logtail.prefixes(["a", "bbb"], True)
     assert coloured[0].startswith(b"\x1b[") and coloured[0] != coloured[1]
+
+
+# ----------------------------------------------------- on a terminal: visible()
+
+
+@pytest.mark.parametrize(("raw", "shown"), [
+    (b"plain text\twith a tab", b"plain text\twith a tab"),
+    (b"caf\xc3\xa9 \xe2\x9c\x93", "café ✓".encode()),  # printable UTF-8 stays
+    (b"a\x1b[31mred", b"a\\x1b[31mred"),
+    (b"bell\x07 nul\x00 bs\x08 del\x7f", b"bell\\x07 nul\\x00 bs\\x08 del\\x7f"),
+    (b"crlf\r", b"crlf"),  # a CR that ends the line shows nothing: dropped
+    (b"over\rwrite", b"over\\x0dwrite"),
+    (b"\xc2\x9b2J", b"\\x9b2J"),  # C1 CSI, encoded in UTF-8
+    (b"\x9b2J \xff\xfe", b"\\x9b2J \\xff\\xfe"),  # not UTF-8: escaped, no crash
+    (b"\xc2", b"\\xc2"),  # a character cut in half (cut() at MAX_LINE)
+    (b"back\\slash", b"back\\slash"),
+])
+def test_visible_escapes_every_control_a_terminal_acts_on(raw: bytes, shown: bytes) -> None:
+    assert logtail.visible(raw) == shown
+
+
+def test_visible_leaves_nothing_a_terminal_acts_on() -> None:
+    everything = bytes(range(256)) + "".join(map(chr, range(0x80, 0xA0))).encode()
+    out = logtail.visible(everything).decode("utf-8")  # valid UTF-8 whatever came in
+    assert out == out.replace("\x1b", "")  # no ESC at all
+    assert [c for c in out if (ord(c) < 0x20 and c != "\t") or 0x7F <= ord(c) <= 0x9F] == []
+
+
+def test_forged_prefix_is_shown_not_acted_on(tmp_path: Path) -> None:
+    """Regression: node alpha wrote ``\\r ESC[2K`` and beta's coloured
+    prefix; on the operator's terminal its line read as one of beta's, and
+    an OSC sequence set the window title."""
+    forged = b"ok\r\x1b[2K\x1b[33mbeta \x1b[0m | run this\x1b]0;owned\x07\n"
+    alpha = Followed("alpha", str(tmp_path / "a"), 0, b"alpha | ", terminal=True)
+    assert alpha.lines(forged) == (b"alpha | ok\\x0d\\x1b[2K\\x1b[33mbeta \\x1b[0m | "
+                                   b"run this\\x1b]0;owned\\x07\n")
+    piped = Followed("alpha", str(tmp_path / "a"), 0, b"alpha | ")
+    assert piped.lines(forged) == b"alpha | " + forged  # a pipe gets the bytes as written
+    assert logtail.block([forged[:-1]], b"", False) == forged
+
+
+def test_an_unprefixed_follow_on_a_terminal_goes_by_whole_lines(tmp_path: Path) -> None:
+    """A chunk may end inside a UTF-8 character or between CR and LF: on a
+    terminal the single followed file is assembled into lines too."""
+    f = Followed("a", str(tmp_path / "log"), 0, b"", terminal=True)
+    assert f.by_line
+    assert f.lines(b"caf\xc3") == b""
+    assert f.lines(b"\xa9\r") == b""
+    assert f.lines(b"\n\x1b]52;c;ZXZpbA==\x07\n") == "café\n".encode() + (
+        b"\\x1b]52;c;ZXZpbA==\\x07\n")
+    assert not Followed("a", str(tmp_path / "log"), 0, b"").by_line  # piped: raw chunks

@@ -21,7 +21,9 @@ def show_logs(ctl: Ctl) -> int:
     """The master names each node's log; stemctl reads the files itself, as
     the operator (issue 11 B1: a node controls its log's size and shape, and
     reading it inside the master stalled supervision). One named node: its
-    lines as they are. No name or several: each line prefixed ``node | ``."""
+    lines as they are. No name or several: each line prefixed ``node | ``.
+    On a terminal, control characters in a line are shown escaped, not sent
+    (:func:`stemd.logtail.visible`); piped, the output is byte-exact."""
     from stemd import logtail
 
     response = ctl.call("logs", names=ctl.args.names)
@@ -72,19 +74,22 @@ def show_logs(ctl: Ctl) -> int:
         listed = list(records.values())
         print_json(listed[0] if len(ctl.args.names) == 1 and len(listed) == 1 else listed)
         return status
-    colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    # On a terminal a node's control characters are shown, not sent
+    # (logtail.visible); piped, the bytes are the node's own (scripts, less -R).
+    terminal = sys.stdout.isatty()
+    colour = terminal and not os.environ.get("NO_COLOR")
     marks = [b""] * len(tails) if single else logtail.prefixes([t[1] for t in tails], colour)
     out = sys.stdout.buffer
     try:
         for (_node, _label, _stream, _path, lines, _size), mark in zip(tails, marks,
                                                                         strict=True):
-            out.write(b"".join(mark + line + b"\n" for line in lines))
+            out.write(logtail.block(lines, mark, terminal))
         out.flush()
         if ctl.args.follow and tails:
-            followed = [logtail.Followed(label, path, size, mark) for
+            followed = [logtail.Followed(label, path, size, mark, terminal) for
                         (_node, label, _stream, path, _lines, size), mark
                         in zip(tails, marks, strict=True)]
-            refresh = None if ctl.args.names else _newcomers(ctl, followed, colour)
+            refresh = None if ctl.args.names else _newcomers(ctl, followed, colour, terminal)
             logtail.follow(followed, refresh=refresh)
     except KeyboardInterrupt:
         return status
@@ -97,7 +102,8 @@ def show_logs(ctl: Ctl) -> int:
     return status
 
 
-def _newcomers(ctl: Ctl, followed: list[Any], colour: bool) -> Callable[[], list[Any]]:
+def _newcomers(ctl: Ctl, followed: list[Any], colour: bool,
+               terminal: bool) -> Callable[[], list[Any]]:
     """For ``logs -f`` of every node: the nodes the master has gained since
     (a reload, ``stemctl scale``), each shown from its last lines and then
     followed. A master that does not answer leaves the files followed as
@@ -134,8 +140,8 @@ def _newcomers(ctl: Ctl, followed: list[Any], colour: bool) -> Callable[[], list
                 continue  # unreadable: not followed, as at the start
             known.add((label, path))
             labels.append(label)
-            out.write(b"".join(mark + line + b"\n" for line in lines))
-            added.append(logtail.Followed(label, path, size, mark))
+            out.write(logtail.block(lines, mark, terminal))
+            added.append(logtail.Followed(label, path, size, mark, terminal))
         out.flush()
         return added
     return refresh

@@ -290,6 +290,119 @@ def test_follow_colours_each_node_on_a_terminal(fleet: Fleet) -> None:
     assert len(codes) == 2  # a colour per node
 
 
+# ------------------------------------------------- control characters, terminal
+
+#: what node alpha prints: a line that, sent as it is to a terminal, erases
+#: its own ``alpha | `` prefix and shows beta's in beta's colour, sets the
+#: window title (OSC 0), and carries a C1 CSI (UTF-8), a byte that is not
+#: UTF-8, and a CRLF ending
+FORGED = (b"ok\r\x1b[2K\x1b[33mbeta \x1b[0m | run this\x1b]0;owned\x07 \xc2\x9b \xff\r\n")
+#: the same line as stemctl must show it on a terminal
+FORGED_SHOWN = (b"ok\\x0d\\x1b[2K\\x1b[33mbeta \\x1b[0m | run this\\x1b]0;owned\\x07 "
+                b"\\x9b \\xff\n")
+
+
+def forging_fleet(fleet: Fleet) -> None:
+    """alpha prints :data:`FORGED`, beta an ordinary line; both RUNNING and written."""
+    octal = "".join(f"\\{b:03o}" for b in FORGED)
+    fleet.write(nodes="alpha beta", command="/bin/sh " + fleet.script("forge.sh", (
+        '#!/bin/sh\nif [ "$STEMD_NODE" = alpha ]; then printf \'' + octal + "'\n"
+        "else echo 'beta ready'; fi\nexec sleep 1000\n")))
+    fleet.start()
+    fleet.wait_state("RUNNING")
+    for name, text in (("alpha", FORGED), ("beta", b"beta ready\n")):
+        log = fleet.log_dir / f"{name}.log"
+        wait_until(lambda log=log, text=text: log.exists() and log.read_bytes() == text, 10,
+                   what=f"{name}'s line in its log")
+
+
+def on_terminal(fleet: Fleet, *args: str, until: Callable[[bytes], bool] | None = None,
+                then: Callable[[], None] | None = None) -> bytes:
+    """What ``stemctl ARGS`` writes to a pseudo-terminal, byte for byte (raw
+    mode: no LF to CRLF). With ``until``: once what it wrote satisfies it,
+    ``then()`` runs, and it is read again until ``until`` holds anew; then
+    Ctrl-C (a follow)."""
+    import tty
+
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    env = fleet.env() | {"TERM": "xterm-256color"}
+    env.pop("NO_COLOR", None)
+    proc = subprocess.Popen([STEMCTL, "--config", str(fleet.config), *args], stdout=slave,
+                            stderr=subprocess.PIPE, env=env, stdin=subprocess.DEVNULL)
+    os.close(slave)
+    data = b""
+    since = 0  # what until() looks at: data[since:]
+    actions = [then] if then is not None else []
+    done = until is None
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if until is not None and until(data[since:]):
+                if not actions:
+                    done = True
+                    break
+                actions.pop()()
+                since = len(data)
+            if select.select([master], [], [], 1)[0]:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the other end is closed
+                    break
+                if not chunk:
+                    break
+                data += chunk
+        if until is not None:
+            assert done, f"timed out; stemctl wrote {data!r}"
+            proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        os.close(master)
+        if pid_alive(proc.pid):
+            proc.kill()
+            proc.wait()
+    assert b"Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+    return data
+
+
+def test_a_node_cannot_send_control_sequences_to_the_operators_terminal(fleet: Fleet) -> None:
+    """Regression: `stemctl logs` wrote a node's log to the terminal as it
+    was. Node alpha's line erased its prefix and read as beta's, in beta's
+    colour, and set the terminal's title. On a terminal, control characters
+    are now shown escaped; piped, the bytes stay exactly the node's."""
+    from stemd.logtail import prefixes
+
+    forging_fleet(fleet)
+    alpha, beta = prefixes(["alpha", "beta"], True)
+    shown = on_terminal(fleet, "logs", "-n", "5")
+    assert shown == alpha + FORGED_SHOWN + beta + b"beta ready\n"
+    assert shown.count(b"\x1b") == 4  # the two coloured prefixes, nothing else
+
+    # piped: byte-exact, as tail(1) is, for the scripts that read it
+    piped = subprocess.run([STEMCTL, "--config", str(fleet.config), "logs", "-n", "5"],
+                           capture_output=True, timeout=30, env=fleet.env(),
+                           stdin=subprocess.DEVNULL)
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout == b"alpha | " + FORGED + b"beta  | beta ready\n"
+    piped = subprocess.run([STEMCTL, "--config", str(fleet.config), "logs", "alpha"],
+                           capture_output=True, timeout=30, env=fleet.env(),
+                           stdin=subprocess.DEVNULL)
+    assert piped.stdout == (fleet.log_dir / "alpha.log").read_bytes()
+    # --json: JSON escapes every control itself ("\u001b"), on a terminal too
+    data = json.loads(fleet.ctl("logs", "alpha", "--json").stdout)
+    assert data["lines"] == [FORGED[:-1].decode("utf-8", "replace")]
+    assert b"\x1b" not in on_terminal(fleet, "logs", "alpha", "--json")
+
+    # one node, followed: whole lines there too, whatever the node appends
+    def append() -> None:  # an OSC 52 clipboard write
+        with (fleet.log_dir / "alpha.log").open("ab") as log:
+            log.write(b"\x1b]52;c;ZXZpbA==\x07later\n")
+
+    shown = on_terminal(fleet, "logs", "alpha", "-f", "-n", "1",
+                        until=lambda d: d.endswith(b"\n"), then=append)
+    assert shown == FORGED_SHOWN + b"\\x1b]52;c;ZXZpbA==\\x07later\n"
+
+
 def test_dev_null_as_a_log_discards_output_and_the_node_runs(fleet: Fleet) -> None:
     """Regression: STEMD_LOG_FILE=/dev/null (and what `stemctl import`
     writes for supervisord's stdout_logfile=NONE) was refused as "not a
