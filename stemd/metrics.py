@@ -69,8 +69,13 @@ S = NodeState
 MAX_HEAD = 8192
 #: seconds a scraper has to send its request, and to read the answer
 TIMEOUT = 10.0
-#: connections served at once; more are closed at once (a scraper retries)
+#: connections served at once. One more closes the oldest connection that
+#: has sent no request yet (else the newcomer): every local user can reach
+#: the port, and 8 connections held open without a request starved every
+#: scrape, where a scraper sends its request at once
 MAX_CLIENTS = 8
+#: seconds between two log lines about connections closed for room
+EVICT_LOG_INTERVAL = 60.0
 
 
 #: nodes written between two yields to the event loop (~20 samples, ~0.5
@@ -349,6 +354,10 @@ class MetricsServer:
         self.log = log
         self._server: asyncio.Server | None = None
         self._clients = 0
+        # connections that have not sent their request yet, oldest first
+        self._waiting: dict[asyncio.StreamWriter, None] = {}
+        self._evicted = 0
+        self._evict_logged: float | None = None
 
     async def start(self, listen: str) -> None:
         host, _, port = listen.rpartition(":")
@@ -364,9 +373,12 @@ class MetricsServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._clients >= MAX_CLIENTS:
-            writer.close()
-            return
+            if not self._waiting:  # all are being answered: the newcomer retries
+                writer.close()
+                return
+            self._make_room(writer)
         self._clients += 1
+        self._waiting[writer] = None
         try:
             await asyncio.wait_for(self._answer(reader, writer), TIMEOUT)
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError,
@@ -375,13 +387,33 @@ class MetricsServer:
         except Exception:  # a scrape must never take the master down
             self.log.exception("metrics: error while answering a scrape")
         finally:
+            self._waiting.pop(writer, None)
             self._clients -= 1
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
 
+    def _make_room(self, newcomer: asyncio.StreamWriter) -> None:
+        """Close the oldest connection that has sent no request (its EOF
+        ends its handler), and say so now and then: something holds
+        connections open without scraping."""
+        oldest = next(iter(self._waiting))
+        del self._waiting[oldest]
+        oldest.close()
+        self._evicted += 1
+        now = asyncio.get_running_loop().time()
+        if self._evict_logged is None or now - self._evict_logged >= EVICT_LOG_INTERVAL:
+            self.log.warning(
+                "metrics: more than %d connections at once; closed %d that had sent no "
+                "request (the latest from %s, for %s): something holds connections open "
+                "without scraping", MAX_CLIENTS, self._evicted,
+                oldest.get_extra_info("peername"), newcomer.get_extra_info("peername"))
+            self._evict_logged = now
+            self._evicted = 0
+
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
+        self._waiting.pop(writer, None)
         words = head.split(b"\r\n", 1)[0].split()
         if len(words) != 3 or not words[2].startswith(b"HTTP/1."):
             writer.write(_response(400, b"bad request\n"))

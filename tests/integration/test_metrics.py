@@ -230,8 +230,10 @@ def test_shipped_cron_line_writes_the_textfile_atomically(fleet: Fleet, tmp_path
 
 def test_idle_metrics_connections_never_stall_the_master(fleet: Fleet) -> None:
     """20 connections that never send a request: the endpoint holds at most
-    8 (the rest are closed at once), each for at most its timeout; the
-    control socket answers throughout."""
+    8 (each newcomer beyond that closes the oldest idle one), each for at most
+    its timeout; the control socket answers throughout, and a scrape made
+    while 8 are held is answered (regression: any local user could hold 8
+    and starve every scrape, and the master said nothing)."""
     import time
 
     port = free_port()
@@ -243,10 +245,13 @@ def test_idle_metrics_connections_never_stall_the_master(fleet: Fleet) -> None:
         assert fleet.ctl("status").returncode == 0
         assert time.monotonic() - started < 5
         closed = 0
-        for s in idle[8:]:  # beyond the limit: closed by the master without a word
+        for s in idle[:12]:  # the oldest: closed by the master without a word
             s.settimeout(10)
             closed += s.recv(1) == b""
         assert closed == 12
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            assert r.status == 200 and b"stemd_node_up" in r.read()
+        assert "metrics: more than 8 connections at once" in fleet.master_log()
     finally:
         for s in idle:
             s.close()
