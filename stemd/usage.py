@@ -29,8 +29,9 @@ Each node gets:
 
 A process that leaves the node's session (``setsid`` again, a daemonising
 double fork) is not counted: it also escapes the stop sequence's SIGKILL of
-the process group, which is the documented limit of a session-based
-supervisor.
+the process group. One that only leaves the process group (``setpgid``) is
+counted here and escapes that SIGKILL too: both are the documented limit
+(docs/architecture.md, "Known limit").
 """
 
 from __future__ import annotations
