@@ -137,6 +137,8 @@ class ControlServer:
         self._server: asyncio.base_events.Server | None = None
         self._inode: tuple[int, int] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        # connections whose request is being handled (see settle)
+        self._answering: set[asyncio.Task[Any]] = set()
         self.held: list[asyncio.StreamWriter] = []
 
     async def start(self) -> None:
@@ -163,6 +165,15 @@ class ControlServer:
         for writer in self.held:
             with contextlib.suppress(OSError, RuntimeError):
                 writer.write(line)
+
+    async def settle(self, timeout: float) -> None:
+        """Let the requests being handled write their answers, for at most
+        ``timeout`` seconds: a master that exits as a stop it was answering
+        ends left that client with EOF ("master not running") for a stop
+        that had succeeded. Idle connections are not waited for."""
+        pending = self._answering - {asyncio.current_task()}
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
 
     def close(self) -> None:
         """Stop accepting and remove the socket file (only if it is ours)."""
@@ -252,6 +263,10 @@ class ControlServer:
                                       f"unknown command {request.cmd[:40]!r}",
                                       hint="known: " + ", ".join(sorted(self.handlers)))
             self.log.debug("control: uid %d: %s %s", uid, request.cmd, request.args)
+            task = asyncio.current_task()
+            if task is not None:
+                self._answering.add(task)
+                task.add_done_callback(self._answering.discard)
             result = await self._run_while_connected(handler(request.args), reader,
                                                      request.cmd)
         except P.ProtocolError as exc:

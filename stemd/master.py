@@ -65,6 +65,10 @@ T = TypeVar("T")
 
 #: states in which a start has settled: it made it, or gave up
 START_SETTLED = frozenset({S.RUNNING, S.FATAL, S.EXITED, S.STOPPED})
+#: seconds an exiting master gives the requests it is answering to write
+#: their answers (a stop that a shutdown overtook: its nodes are down)
+ANSWER_SETTLE = 2.0
+
 #: states whose process a command's stop ends (what it reports as forced)
 STOPPED_BY_COMMAND = frozenset({S.STARTING, S.RUNNING, S.STOPPING})
 #: [stemd] settings a reload applies: the log level, and the hook settings,
@@ -298,6 +302,7 @@ class Master:
         booting.add_done_callback(self._tasks.discard)
         await self._await_readiness(adopted, boot, booting)
         code = await self._done
+        await self.server.settle(ANSWER_SETTLE)
         if self.runwatch is not None:
             self.runwatch.close()
         self.memory.close()
