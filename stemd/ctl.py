@@ -477,9 +477,11 @@ def main(argv: list[str] | None = None) -> int:
         return ctl.fail(E.NOT_RUNNING, *messages,
                         left_running=[{"node": name, "pid": pid} for name, pid in left])
     except ConfigError as exc:
-        # The file named cannot even be lexed, so which master it means is
-        # unknown: a usage error (2), not "failed" (1), which init scripts and
-        # healthchecks would read as "not running".
+        # The file named does not exist (a typo: never the default master,
+        # another fleet's) or cannot even be lexed, so which master it means
+        # is unknown: a usage error (2), not "failed" (1), which init scripts
+        # and healthchecks would read as "not running", nor 3, which an init
+        # script's stop reads as "already stopped".
         return ctl.fail(E.BAD_CONFIG, *(str(p) for p in getattr(exc, "problems", [exc])))
     except AccessDenied as exc:
         from stemd.client import denied_message

@@ -914,3 +914,30 @@ def test_a_config_with_errors_still_names_its_own_socket(running: Fleet) -> None
     assert "stem.env" in result.stderr and "never closed" in result.stderr
     running.config.write_text(text)
     assert running.ctl("status").returncode == 0  # the stop never reached anyone
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_a_named_config_that_does_not_exist_is_an_error(running: Fleet, tmp_path: Path,
+                                                        how: str) -> None:
+    """Regression: `stemctl -c /etc/default/stem-biling status` (a typo) fell
+    back to the default socket, so `stop` or `shutdown --force` acted on the
+    default fleet. The running fleet stands in for it: its paths are in the
+    environment, where the fallback found them. A usage error (2) naming the
+    file, as `stemctl config` words it; nothing is done."""
+    missing = str(tmp_path / "stem-biling")
+    env = {"STEMD_SOCKET": str(running.run_dir / "stemd.sock"),
+           "STEMD_MASTER_PID_FILE": str(running.run_dir / "stemd.pid")}
+    named: tuple[str, ...] = ("--config", missing) if how == "option" else ()
+    if how == "environment":
+        env["STEMD_CONFIG"] = missing
+    before = pids(running.status())
+    for args in (("status",), ("shutdown", "--force"), ("stop",), ("healthcheck",)):
+        result = run_ctl(*named, *args, env=env)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert f"{missing}: configuration file not found" in result.stderr
+    result = run_ctl(*named, "--json", "stop", env=env)
+    assert result.returncode == 2
+    error = json.loads(result.stdout)["error"]
+    assert error["code"] == "bad_config" and missing in error["message"]
+    assert pids(running.wait_state("RUNNING")) == before
+    assert "configuration file not found" in run_ctl(*named, "config", env=env).stderr
