@@ -35,7 +35,7 @@ from stemd.helpformat import HelpFormatter
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any
+    from typing import Any, NoReturn
 
     from stem_core.model import Policy
 
@@ -381,9 +381,12 @@ def command_word(argv: list[str]) -> str | None:
 
 def _count(text: str) -> int:
     """A line count for ``logs -n``: a whole number, 0 or more."""
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
     if value < 0:
-        raise ValueError(text)
+        raise argparse.ArgumentTypeError(f"not a number of lines (0 or more): {text!r}")
     return value
 
 
@@ -399,11 +402,45 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError("must be more than 0 (or 'none')")
     return value
 
+class UsageError(Exception):
+    """A usage error argparse found, raised instead of printed (with an exit)
+    so that :func:`main` can say it in JSON with --json."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+        self.message = message
+
+
+class Parser(argparse.ArgumentParser):
+    """stemctl's parser and (argparse makes them of the same class) each
+    command's: a usage error is raised as :class:`UsageError`."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(self, message)
+
+
+def _usage_error(exc: UsageError, argv: list[str]) -> int:
+    """argparse's usage error: as argparse says it (usage line, then the
+    error), or with --json (anywhere before ``--``: parsing stopped short of
+    it, so look in ``argv``) the error object every other client-side error
+    is, on stdout. Exit 2 either way."""
+    wants_json = "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
+    if wants_json:  # "scale: argument N: ...", as `import` words its own
+        command = exc.parser.prog.removeprefix("stemctl").strip()
+        return Ctl(argparse.Namespace(json=True)).fail(
+            E.BAD_ARGUMENT, f"{command}: {exc.message}" if command else exc.message,
+            hint=f"{exc.parser.prog} --help")
+    exc.parser.print_usage(sys.stderr)
+    sys.stderr.write(f"{exc.parser.prog}: error: {exc.message}\n")
+    return USAGE
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole parser, or with ``only`` just that command's subparser:
     building all twelve costs stemctl ~8 ms per run, for help text that is
     shown only with --help or after a usage error."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="stemctl", description="Control a running stemd master.", epilog=EPILOG,
         formatter_class=HelpFormatter)
     where = parser.add_mutually_exclusive_group()
@@ -455,7 +492,10 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(command_word(argv))
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        return _usage_error(exc, argv)
     ctl = Ctl(args)
     try:
         return load(COMMANDS[args.command])(ctl)

@@ -30,7 +30,10 @@ EXAMPLE = "stemctl scale worker 8"
 
 
 def _count(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of nodes: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError("the node count must be at least 1 "
                                          "(stemctl stop PROGRAM stops them all)")

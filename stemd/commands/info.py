@@ -117,4 +117,4 @@ def import_config(ctl: Ctl) -> int:
     """Needs neither the socket nor a stemd config: stemd/importcmd.py."""
     from stemd.importcmd import run
 
-    return run(ctl.args)
+    return run(ctl)

@@ -871,6 +871,38 @@ def test_exit_2_for_usage_errors_and_unknown_names(running: Fleet,
     assert pids(running.wait_state("RUNNING")) == before
 
 
+@pytest.mark.parametrize("args", [
+    ("--json",), ("--json", "bogus"), ("--json", "scale", "worker", "abc"),
+    ("scale", "--json", "worker", "abc"), ("--json", "logs", "-n", "many"),
+    ("--json", "status", "--bogus"), ("--json", "top", "-i", "soon"),
+    ("--json", "--timeout", "-1", "status"),
+])
+def test_with_json_a_usage_error_is_a_json_error_object(args: tuple[str, ...]) -> None:
+    """Regression: with --json, argparse's usage errors were plain text on
+    stderr and nothing on stdout. Now the error object of every other
+    client-side error (not_running, bad_config), exit 2."""
+    result = run_ctl(*args)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    response = json.loads(result.stdout)
+    assert response["ok"] is False and response["v"] == P.VERSION
+    assert response["error"]["code"] == "bad_argument"
+    assert response["error"]["message"] and response["error"]["hint"].endswith("--help")
+    assert "_count" not in result.stdout and "_interval" not in result.stdout
+
+
+@pytest.mark.parametrize("args, said", [
+    (("scale", "worker", "abc"), "argument N: not a number of nodes: 'abc'"),
+    (("logs", "-n", "many"), "argument -n/--lines: not a number of lines (0 or more): 'many'"),
+    (("top", "-i", "soon"), "argument -i/--interval: not a number of seconds: 'soon'"),
+])
+def test_a_bad_number_is_said_without_internal_names(args: tuple[str, ...], said: str) -> None:
+    """Regression: "invalid _count value: 'abc'" named a function of stemctl's."""
+    result = run_ctl(*args)
+    assert result.returncode == 2 and not result.stdout
+    assert result.stderr.startswith(f"usage: stemctl {args[0]}")
+    assert f"stemctl {args[0]}: error: {said}" in result.stderr
+
+
 def test_socket_found_from_option_environment_and_config(running: Fleet) -> None:
     sock = str(running.run_dir / "stemd.sock")
     assert run_ctl("--socket", sock, "status").returncode == 0
