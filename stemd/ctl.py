@@ -24,6 +24,7 @@ checks), and imports rich only to draw a table on a terminal, so a piped or
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections import namedtuple
 
@@ -87,6 +88,7 @@ class Ctl:
         self._config: Any = None
         self._config_error: Exception | None = None
         self._warned = False
+        self.failed = OK  # the exit status of the last error said (fail, error)
 
     # The configuration is read lazily: most commands need only the socket.
     def config(self, required: bool = False) -> Any:
@@ -202,6 +204,7 @@ class Ctl:
         """The master's error response: on stderr (with the lines of its
         result, if any), or as it is with --json. Returns the exit status."""
         err = response.get("error", {})
+        self.failed = EXIT_CODES.get(err.get("code", ""), FAILED)  # before a write can fail
         if self.json:
             from stemd.render import print_json
 
@@ -214,13 +217,14 @@ class Ctl:
             if isinstance(result, list) and result and isinstance(result[0], str):
                 for line in result:
                     sys.stderr.write(f"  {line}\n")
-        return EXIT_CODES.get(err.get("code", ""), FAILED)
+        return self.failed
 
     def fail(self, code: E, *messages: str, hint: str | None = None, **extra: Any) -> int:
         """An error found before or instead of a response: on stderr, or with
         --json as the same error object a master would send (scripts parse
         one shape); ``extra`` adds fields to it (``left_behind``). Returns
         the exit status."""
+        self.failed = EXIT_CODES.get(code, FAILED)  # before a write can fail
         if self.json:
             from stem_core.protocol import error
             from stemd.render import print_json
@@ -231,7 +235,7 @@ class Ctl:
                 sys.stderr.write(f"stemctl: {message}\n")
             if hint:
                 sys.stderr.write(f"  hint: {hint}\n")
-        return EXIT_CODES.get(code, FAILED)
+        return self.failed
 
 
 # ---------------------------------------------------------------- commands
@@ -487,16 +491,66 @@ def _still_running(ctl: Ctl) -> list[tuple[str, int]]:
         return []
 
 
+def _silence_stdout() -> None:
+    """stdout's reader is gone: what is still buffered goes nowhere, so the
+    interpreter's flush at exit does not fail a second time."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _reader_gone() -> bool:
+    """Has stdout's reader gone (a pipe: POLLERR; a socket: POLLHUP)? A
+    BrokenPipeError from anything else, the master's socket, is not that."""
+    import select
+
+    poller = select.poll()
+    poller.register(sys.stdout.fileno(), 0)  # POLLERR and POLLHUP are always reported
+    try:
+        return any(event & (select.POLLERR | select.POLLHUP) for _fd, event in poller.poll(0))
+    except OSError:  # pragma: no cover - stdout closed
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ctl: Ctl | None = None
+    status: int | None = None
+    try:
+        parser = build_parser(command_word(argv))
+        try:
+            args = parser.parse_args(argv)
+        except UsageError as exc:
+            status = _usage_error(exc, argv)
+        else:
+            ctl = Ctl(args)
+            status = _run(ctl)
+        sys.stdout.flush()  # a reader gone shows here, not in the interpreter's exit
+        return status
+    except SystemExit:  # --help, printed: flushed here, for the same reason
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _silence_stdout()
+        raise
+    except BrokenPipeError:
+        if not _reader_gone():
+            raise
+        # `stemctl top | head -5`, `stemctl --json status | head -c 300`: the
+        # reader has what it wanted. No traceback, and no second one when the
+        # interpreter flushes stdout at exit; the exit status is what the
+        # command had come to (its own, or that of an error it said), as if
+        # it had ended there.
+        _silence_stdout()
+        if status is not None:
+            return status
+        return ctl.failed if ctl is not None else USAGE
+
+
+def _run(ctl: Ctl) -> int:
+    """The command, and the client-side errors it may end in, each said as
+    its exit status (SPEC §3) in one place."""
     from stem_core.errors import ConfigError
 
-    argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser(command_word(argv))
-    try:
-        args = parser.parse_args(argv)
-    except UsageError as exc:
-        return _usage_error(exc, argv)
-    ctl = Ctl(args)
+    args = ctl.args
     try:
         return load(COMMANDS[args.command])(ctl)
     except MasterNotRunning as exc:

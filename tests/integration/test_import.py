@@ -387,3 +387,22 @@ def test_celeryd_imported_nodes_run_what_celery_multi_runs(tmp_path: Path) -> No
     finally:
         with contextlib.suppress(Exception):
             fleet.cleanup()
+
+
+def test_a_reader_gone_is_no_traceback(tmp_path: Path) -> None:
+    """Regression: `stemctl --json import supervisord sv.conf | head -c 300`
+    ended in a BrokenPipeError traceback. Now it stops quietly with import's
+    own exit status (0: all translated)."""
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text("[program:celery]\ncommand=/usr/bin/celery worker\n")
+    for json_flag in (("--json",), ()):
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            result = subprocess.run([STEMCTL, *json_flag, "import", "supervisord", str(conf)],
+                                    stdout=write_end, stderr=subprocess.PIPE, text=True,
+                                    timeout=60)
+        finally:
+            os.close(write_end)
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr

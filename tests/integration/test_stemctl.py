@@ -973,3 +973,45 @@ def test_a_named_config_that_does_not_exist_is_an_error(running: Fleet, tmp_path
     assert error["code"] == "bad_config" and missing in error["message"]
     assert pids(running.wait_state("RUNNING")) == before
     assert "configuration file not found" in run_ctl(*named, "config", env=env).stderr
+
+
+def run_into_a_closed_pipe(*argv: str) -> subprocess.CompletedProcess[str]:
+    """stemctl writing into a pipe whose reader is already gone (`| head`
+    that has read what it wanted): its first write fails with EPIPE."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run([STEMCTL, *argv], stdout=write_end, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, text=True, timeout=30,
+                              env={k: v for k, v in os.environ.items()
+                                   if not k.startswith("STEMD_")})
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("args, code", [
+    (("top", "-i", "0.2"), 0), (("--json", "top"), 0), (("status",), 0),
+    (("--json", "status"), 0), (("status", "--stats", "--json"), 0), (("logs", "alpha"), 0),
+    (("logs", "-f"), 0), (("config",), 0), (("--json", "status", "nosuch"), 2),
+])
+def test_a_reader_gone_is_no_traceback(running: Fleet, args: tuple[str, ...],
+                                       code: int) -> None:
+    """Regression: `stemctl top </dev/null | head -5` and `stemctl --json top
+    | head -c 300` ended in a BrokenPipeError traceback (logs alone handled
+    it). Now every command stops quietly, with the exit status it had."""
+    (running.log_dir / "alpha.log").write_text("a line\n" * 100)
+    result = run_into_a_closed_pipe("--config", str(running.config), *args)
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+    assert "BrokenPipe" not in result.stderr
+
+
+@pytest.mark.parametrize("args, code", [
+    (("--json", "bogus"), 2), (("--json", "--socket", "/nonexistent.sock", "status"), 3),
+    (("--help",), 0), (("status", "--help"), 0),
+])
+def test_a_reader_gone_is_no_traceback_for_errors_and_help_either(
+        args: tuple[str, ...], code: int) -> None:
+    result = run_into_a_closed_pipe(*args)
+    assert result.returncode == code, result.stderr
+    assert not result.stderr
