@@ -243,7 +243,8 @@ class Ctl:
 # collections.namedtuple, not a dataclass: importing dataclasses costs every
 # stemctl run ~9 ms. ``run`` is "MODULE:FUNCTION" (MODULE in stemd.commands
 # unless dotted), imported only when the command runs; ``timeout`` None: derived from the
-# configuration (Ctl.node_wait), explained by ``timeout_help``.
+# configuration (Ctl.node_wait), explained by ``timeout_help``. ``names``: True, NAME...
+# (none: every node); "required", at least one NAME; False, none taken.
 Command = namedtuple("Command", "name run help example add_arguments names timeout timeout_help",
                      defaults=(None, True, ANSWER_TIMEOUT, None))
 
@@ -307,8 +308,11 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("restart", "nodes:restart", "rolling restart: one node at a time, each RUNNING "
             "again before the next", "stemctl restart", timeout=None,
             timeout_help="each node's stop timeout + start-secs, plus a start, + 10"),
+    # kill needs a NAME (SPEC §3, as supervisorctl's signal and systemctl
+    # kill do): a bare `stemctl kill -s KILL` must not take down the fleet
     Command("kill", "nodes:kill", "send a signal to nodes' main processes (--group: their "
-            "whole process groups)", "stemctl kill -s HUP alpha", _kill_args),
+            "whole process groups)", "stemctl kill -s HUP alpha", _kill_args,
+            names="required"),
     Command("reload", "nodes:reload", "re-read the configuration and apply only the "
             "difference", "stemctl reload", names=False, timeout=None,
             timeout_help="the longest stop timeout + a start + 10"),
@@ -468,7 +472,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--timeout", type=_seconds, default=argparse.SUPPRESS,
                        metavar="SECONDS", help="give up when the master has not answered "
                        f"after SECONDS, or 'none' ({default})")
-        if command.names:
+        if command.names == "required":
+            p.add_argument("names", nargs="+", metavar="NAME",
+                           help="nodes or programs (a program: each of its nodes)")
+        elif command.names:
             p.add_argument("names", nargs="*", metavar="NAME",
                            help="nodes or programs (default: all)")
         if command.add_arguments is not None:

@@ -391,6 +391,30 @@ def test_kill_default_term_and_errors(running: Fleet) -> None:
     assert "no running node" in result.stderr
 
 
+def test_kill_needs_a_name(running: Fleet) -> None:
+    """Regression: `stemctl kill` with no NAME signalled every node, so a
+    bare `stemctl kill -s KILL` took down the fleet. SPEC §3 writes `kill
+    ... NAME...`: a usage error, nothing sent; a program's name still means
+    each of its nodes."""
+    before = pids(running.status())
+    for args in (("kill",), ("kill", "-s", "KILL"), ("kill", "--group", "-s", "TERM")):
+        result = running.ctl(*args)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert "required: NAME" in result.stderr and not result.stdout
+        result = running.ctl("--json", *args)
+        assert result.returncode == 2
+        assert json.loads(result.stdout)["error"]["code"] == "bad_argument"
+    assert pids(running.wait_state("RUNNING")) == before
+    assert all(pid_alive(pid) for pid in before.values())
+    help_text = running.ctl("kill", "--help").stdout
+    assert "default: all" not in help_text and "NAME [NAME ...]" in help_text
+    program = running.status()["alpha"]["program"]
+    result = running.ctl("kill", "-s", "KILL", program)  # the program: both its nodes
+    assert result.returncode == 0, result.stderr
+    wait_until(lambda: not any(pid_alive(pid) for pid in before.values()), 5,
+               what="both nodes killed")
+
+
 # ------------------------------------------------------------------- reload
 
 
