@@ -373,8 +373,9 @@ while :; do sleep 0.05; done
     wait_until(lambda: "child-got-usr1" in log.read_text(), 5, what="the child's trap")
     assert "usr1" not in (fleet.log_dir / "beta.log").read_text()
     assert pids(fleet.status()) == before  # trapped: nobody died
-    result = fleet.ctl("kill", "-s", "10", "beta")  # by number
+    result = fleet.ctl("kill", "-s", "10", "beta")  # by number, said by name (regression)
     assert result.returncode == 0
+    assert result.stdout == "sent SIGUSR1 to beta\n"
     wait_until(lambda: "got-usr1" in (fleet.log_dir / "beta.log").read_text(), 5,
                what="beta's trap")
 
@@ -791,6 +792,9 @@ def test_config_needs_no_master(fleet: Fleet) -> None:
     assert "beta (worker): /bin/sleep 1000 -c 2" in result.stdout
     data = json.loads(fleet.ctl("config", "--json").stdout)
     assert data["stemd"]["socket"] == str(fleet.run_dir / "stemd.sock")
+    # unset keys are said so, never Python's None (regression)
+    assert "None" not in result.stdout, result.stdout
+    assert "master.socket_group = (unset: socket mode 0600" in result.stdout
 
 
 def test_config_toml_loads_back_to_the_same_nodes(fleet: Fleet, tmp_path: Path) -> None:
