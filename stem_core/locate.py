@@ -36,10 +36,23 @@ def config_path(explicit: str | None, environ: Mapping[str, str] | None = None) 
     return explicit or environ.get("STEMD_CONFIG") or DEFAULT_CONFIG
 
 
+def is_default_config(path: str) -> bool:
+    """Is ``path`` /etc/default/stem, however it is spelled? Named or not,
+    its absence means the default master, the one it would configure."""
+    return os.path.normpath(os.path.abspath(path)) == DEFAULT_CONFIG
+
+
 def master_path(key: str, path: str, environ: Mapping[str, str] | None = None,
                 problems: list[Problem] | None = None) -> str:
     """The value of ``STEMD_SOCKET`` or ``STEMD_MASTER_PID_FILE`` for the
-    config at ``path`` (which may be missing).
+    config at ``path``.
+
+    Only /etc/default/stem may be missing (the defaults are then its
+    master's paths). Any other file was named (``--config``,
+    ``STEMD_CONFIG``) to reach *its* master, and when it does not exist
+    (a typo: ``-c /etc/default/stem-biling``) that master is unknown:
+    a ConfigError "configuration file not found" naming it, never the
+    default master, which is another fleet's.
 
     A file with errors elsewhere is read leniently: the key's own line is
     still used (a typo in ``STEMD_OPTS`` must not stop ``stemctl stop`` from
@@ -50,6 +63,8 @@ def master_path(key: str, path: str, environ: Mapping[str, str] | None = None,
     environ = os.environ if environ is None else environ
     toml_name, default = _MASTER_PATHS[key]
     value = environ.get(key)
+    if not os.path.exists(path) and not is_default_config(path):
+        _read(path)  # raises the ConfigError `stemctl config` gives: not found, or unreadable
     if not value and os.path.exists(path):
         value = _from_file(path, key, toml_name, environ, problems)
     from stem_core.templates import expand, master_values

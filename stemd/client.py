@@ -201,10 +201,14 @@ def denied_message(path: str) -> tuple[str, str]:
     except KeyError:
         group = str(st.st_gid)
     mode = stat.S_IMODE(st.st_mode)
+    # a root master's socket is root's: "run as root or as root" would say it twice
+    by_owner = st.st_uid != 0
     if mode & 0o060 == 0o060:
+        users = f"root, as {owner}," if by_owner else "root"
         return (f"permission denied on {path} (mode {mode:04o}, owner {owner}, group {group})",
-                f"run as root, as {owner}, or as a member of group {group!r}, the socket's "
+                f"run as {users} or as a member of group {group!r}, the socket's "
                 "group (STEMD_SOCKET_GROUP / [stemd] socket_group)")
+    users = f"root or as {owner}" if by_owner else "root"
     return (f"permission denied on {path} (mode {mode:04o}, owner {owner}: no socket group)",
-            f"run as root or as {owner}; to let operators in, set STEMD_SOCKET_GROUP "
+            f"run as {users}; to let operators in, set STEMD_SOCKET_GROUP "
             "(TOML [stemd] socket_group) to their group and restart stemd")

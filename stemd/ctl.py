@@ -24,6 +24,7 @@ checks), and imports rich only to draw a table on a terminal, so a piped or
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections import namedtuple
 
@@ -35,7 +36,7 @@ from stemd.helpformat import HelpFormatter
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any
+    from typing import Any, NoReturn
 
     from stem_core.model import Policy
 
@@ -87,6 +88,7 @@ class Ctl:
         self._config: Any = None
         self._config_error: Exception | None = None
         self._warned = False
+        self.failed = OK  # the exit status of the last error said (fail, error)
 
     # The configuration is read lazily: most commands need only the socket.
     def config(self, required: bool = False) -> Any:
@@ -202,6 +204,7 @@ class Ctl:
         """The master's error response: on stderr (with the lines of its
         result, if any), or as it is with --json. Returns the exit status."""
         err = response.get("error", {})
+        self.failed = EXIT_CODES.get(err.get("code", ""), FAILED)  # before a write can fail
         if self.json:
             from stemd.render import print_json
 
@@ -214,13 +217,14 @@ class Ctl:
             if isinstance(result, list) and result and isinstance(result[0], str):
                 for line in result:
                     sys.stderr.write(f"  {line}\n")
-        return EXIT_CODES.get(err.get("code", ""), FAILED)
+        return self.failed
 
     def fail(self, code: E, *messages: str, hint: str | None = None, **extra: Any) -> int:
         """An error found before or instead of a response: on stderr, or with
         --json as the same error object a master would send (scripts parse
         one shape); ``extra`` adds fields to it (``left_behind``). Returns
         the exit status."""
+        self.failed = EXIT_CODES.get(code, FAILED)  # before a write can fail
         if self.json:
             from stem_core.protocol import error
             from stemd.render import print_json
@@ -231,7 +235,7 @@ class Ctl:
                 sys.stderr.write(f"stemctl: {message}\n")
             if hint:
                 sys.stderr.write(f"  hint: {hint}\n")
-        return EXIT_CODES.get(code, FAILED)
+        return self.failed
 
 
 # ---------------------------------------------------------------- commands
@@ -239,7 +243,8 @@ class Ctl:
 # collections.namedtuple, not a dataclass: importing dataclasses costs every
 # stemctl run ~9 ms. ``run`` is "MODULE:FUNCTION" (MODULE in stemd.commands
 # unless dotted), imported only when the command runs; ``timeout`` None: derived from the
-# configuration (Ctl.node_wait), explained by ``timeout_help``.
+# configuration (Ctl.node_wait), explained by ``timeout_help``. ``names``: True, NAME...
+# (none: every node); "required", at least one NAME; False, none taken.
 Command = namedtuple("Command", "name run help example add_arguments names timeout timeout_help",
                      defaults=(None, True, ANSWER_TIMEOUT, None))
 
@@ -303,8 +308,11 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("restart", "nodes:restart", "rolling restart: one node at a time, each RUNNING "
             "again before the next", "stemctl restart", timeout=None,
             timeout_help="each node's stop timeout + start-secs, plus a start, + 10"),
+    # kill needs a NAME (SPEC §3, as supervisorctl's signal and systemctl
+    # kill do): a bare `stemctl kill -s KILL` must not take down the fleet
     Command("kill", "nodes:kill", "send a signal to nodes' main processes (--group: their "
-            "whole process groups)", "stemctl kill -s HUP alpha", _kill_args),
+            "whole process groups)", "stemctl kill -s HUP alpha", _kill_args,
+            names="required"),
     Command("reload", "nodes:reload", "re-read the configuration and apply only the "
             "difference", "stemctl reload", names=False, timeout=None,
             timeout_help="the longest stop timeout + a start + 10"),
@@ -381,9 +389,12 @@ def command_word(argv: list[str]) -> str | None:
 
 def _count(text: str) -> int:
     """A line count for ``logs -n``: a whole number, 0 or more."""
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
     if value < 0:
-        raise ValueError(text)
+        raise argparse.ArgumentTypeError(f"not a number of lines (0 or more): {text!r}")
     return value
 
 
@@ -399,11 +410,45 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError("must be more than 0 (or 'none')")
     return value
 
+class UsageError(Exception):
+    """A usage error argparse found, raised instead of printed (with an exit)
+    so that :func:`main` can say it in JSON with --json."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+        self.message = message
+
+
+class Parser(argparse.ArgumentParser):
+    """stemctl's parser and (argparse makes them of the same class) each
+    command's: a usage error is raised as :class:`UsageError`."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(self, message)
+
+
+def _usage_error(exc: UsageError, argv: list[str]) -> int:
+    """argparse's usage error: as argparse says it (usage line, then the
+    error), or with --json (anywhere before ``--``: parsing stopped short of
+    it, so look in ``argv``) the error object every other client-side error
+    is, on stdout. Exit 2 either way."""
+    wants_json = "--json" in (argv[:argv.index("--")] if "--" in argv else argv)
+    if wants_json:  # "scale: argument N: ...", as `import` words its own
+        command = exc.parser.prog.removeprefix("stemctl").strip()
+        return Ctl(argparse.Namespace(json=True)).fail(
+            E.BAD_ARGUMENT, f"{command}: {exc.message}" if command else exc.message,
+            hint=f"{exc.parser.prog} --help")
+    exc.parser.print_usage(sys.stderr)
+    sys.stderr.write(f"{exc.parser.prog}: error: {exc.message}\n")
+    return USAGE
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole parser, or with ``only`` just that command's subparser:
     building all twelve costs stemctl ~8 ms per run, for help text that is
     shown only with --help or after a usage error."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="stemctl", description="Control a running stemd master.", epilog=EPILOG,
         formatter_class=HelpFormatter)
     where = parser.add_mutually_exclusive_group()
@@ -427,7 +472,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--timeout", type=_seconds, default=argparse.SUPPRESS,
                        metavar="SECONDS", help="give up when the master has not answered "
                        f"after SECONDS, or 'none' ({default})")
-        if command.names:
+        if command.names == "required":
+            p.add_argument("names", nargs="+", metavar="NAME",
+                           help="nodes or programs (a program: each of its nodes)")
+        elif command.names:
             p.add_argument("names", nargs="*", metavar="NAME",
                            help="nodes or programs (default: all)")
         if command.add_arguments is not None:
@@ -450,13 +498,66 @@ def _still_running(ctl: Ctl) -> list[tuple[str, int]]:
         return []
 
 
+def _silence_stdout() -> None:
+    """stdout's reader is gone: what is still buffered goes nowhere, so the
+    interpreter's flush at exit does not fail a second time."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _reader_gone() -> bool:
+    """Has stdout's reader gone (a pipe: POLLERR; a socket: POLLHUP)? A
+    BrokenPipeError from anything else, the master's socket, is not that."""
+    import select
+
+    poller = select.poll()
+    poller.register(sys.stdout.fileno(), 0)  # POLLERR and POLLHUP are always reported
+    try:
+        return any(event & (select.POLLERR | select.POLLHUP) for _fd, event in poller.poll(0))
+    except OSError:  # pragma: no cover - stdout closed
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ctl: Ctl | None = None
+    status: int | None = None
+    try:
+        parser = build_parser(command_word(argv))
+        try:
+            args = parser.parse_args(argv)
+        except UsageError as exc:
+            status = _usage_error(exc, argv)
+        else:
+            ctl = Ctl(args)
+            status = _run(ctl)
+        sys.stdout.flush()  # a reader gone shows here, not in the interpreter's exit
+        return status
+    except SystemExit:  # --help, printed: flushed here, for the same reason
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _silence_stdout()
+        raise
+    except BrokenPipeError:
+        if not _reader_gone():
+            raise
+        # `stemctl top | head -5`, `stemctl --json status | head -c 300`: the
+        # reader has what it wanted. No traceback, and no second one when the
+        # interpreter flushes stdout at exit; the exit status is what the
+        # command had come to (its own, or that of an error it said), as if
+        # it had ended there.
+        _silence_stdout()
+        if status is not None:
+            return status
+        return ctl.failed if ctl is not None else USAGE
+
+
+def _run(ctl: Ctl) -> int:
+    """The command, and the client-side errors it may end in, each said as
+    its exit status (SPEC §3) in one place."""
     from stem_core.errors import ConfigError
 
-    argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser(command_word(argv))
-    args = parser.parse_args(argv)
-    ctl = Ctl(args)
+    args = ctl.args
     try:
         return load(COMMANDS[args.command])(ctl)
     except MasterNotRunning as exc:
@@ -477,9 +578,11 @@ def main(argv: list[str] | None = None) -> int:
         return ctl.fail(E.NOT_RUNNING, *messages,
                         left_running=[{"node": name, "pid": pid} for name, pid in left])
     except ConfigError as exc:
-        # The file named cannot even be lexed, so which master it means is
-        # unknown: a usage error (2), not "failed" (1), which init scripts and
-        # healthchecks would read as "not running".
+        # The file named does not exist (a typo: never the default master,
+        # another fleet's) or cannot even be lexed, so which master it means
+        # is unknown: a usage error (2), not "failed" (1), which init scripts
+        # and healthchecks would read as "not running", nor 3, which an init
+        # script's stop reads as "already stopped".
         return ctl.fail(E.BAD_CONFIG, *(str(p) for p in getattr(exc, "problems", [exc])))
     except AccessDenied as exc:
         from stemd.client import denied_message

@@ -5,8 +5,9 @@ New nodes take the program's name pattern (``PROGRAM<index>``, as a node
 count names them) and are started; when scaling down the highest-numbered
 nodes are stopped first, warm (their normal stop sequence). The
 configuration file is not touched, so a reload or a restart of stemd
-returns to the file's count: to keep the change, set ``nodes = N`` (or
-``STEMD_NODES=N``) in the file and run ``stemctl reload``. ``stemctl
+returns to the file's count: to keep the change, set ``nodes = N`` (TOML)
+or ``STEMD_NODES=N`` (env file) in the file and run ``stemctl reload``;
+stemctl names the key of the file's format. ``stemctl
 scale`` with no arguments lists the programs that are scaled; ``status``
 and ``config`` say so too.
 """
@@ -30,7 +31,10 @@ EXAMPLE = "stemctl scale worker 8"
 
 
 def _count(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of nodes: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError("the node count must be at least 1 "
                                          "(stemctl stop PROGRAM stops them all)")
@@ -43,11 +47,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how many nodes it runs from now on")
 
 
-def note(scaled: dict[str, Any], source: str) -> list[str]:
+def keep(ctl: Ctl, program: str, count: int) -> str:
+    """How to keep ``count`` nodes of ``program``: the key of the config
+    file's own format (the file stemctl names; with --socket it names none,
+    and both are said)."""
+    from stem_core.config import ENV_PROGRAM
+    from stem_core.locate import config_path
+
+    if ctl.args.socket:
+        return (f"set nodes = {count} in [programs.{program}] (TOML), or "
+                f"STEMD_NODES={count} (env file), in the master's configuration file")
+    path = config_path(ctl.args.config)
+    if path.endswith(".toml"):
+        return f"set nodes = {count} in [programs.{program}] of {path}"
+    if program == ENV_PROGRAM:
+        return f"set STEMD_NODES={count} in {path}"
+    # an env file's other program (the scheduler) is one node, with no count
+    return (f"an env file runs one {program} node: move the configuration to TOML "
+            f"('stemctl config --toml') and set nodes = {count} in [programs.{program}]")
+
+
+def note(ctl: Ctl, scaled: dict[str, Any]) -> list[str]:
     """What to tell the operator about scaled programs."""
     return [f"{program}: scaled at run time to {s['nodes']} nodes (the file says "
-            f"{s['configured']}); a reload or restart returns to the file: to keep it, set "
-            f"the program's nodes = {s['nodes']} in {source} and run 'stemctl reload'"
+            f"{s['configured']}); a reload or restart returns to the file: to keep it, "
+            f"{keep(ctl, program, s['nodes'])}, and run 'stemctl reload'"
             for program, s in sorted(scaled.items())]
 
 
@@ -66,7 +90,7 @@ def run(ctl: Ctl) -> int:
         scaled = response["result"]["scaled"]
 
         def human() -> None:
-            lines = note(scaled, "the configuration file") or ["no program is scaled"]
+            lines = note(ctl, scaled) or ["no program is scaled"]
             sys.stdout.write("\n".join(lines) + "\n")
         ctl.out(response["result"], human)
         return OK
@@ -86,8 +110,8 @@ def run(ctl: Ctl) -> int:
             print(killed_at_stop_timeout(result["stop_forced"]))
         if result["nodes"] != result["configured"]:
             print(f"until the next reload or restart; the file says {result['configured']}: "
-                  f"to keep it, set the program's nodes = {result['nodes']} in the "
-                  "configuration file and run 'stemctl reload'")
+                  f"to keep it, {keep(ctl, program, result['nodes'])}, and run "
+                  "'stemctl reload'")
     ctl.out(result, done)
     return OK
 
@@ -102,5 +126,5 @@ def config_note(ctl: Ctl) -> None:
     except (MasterNotRunning, AccessDenied, TimeoutError, OSError):
         return
     if response.get("ok"):
-        for line in note(response["result"]["scaled"], "the configuration file"):
+        for line in note(ctl, response["result"]["scaled"]):
             sys.stderr.write(f"stemctl: note: {line}\n")

@@ -41,7 +41,10 @@ COLUMNS = ("NODE", "STATE", "PID", "UPTIME", "RST", "CPU%", "RSS", "KIDS")
 
 
 def _interval(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not value >= 0.2:
         raise argparse.ArgumentTypeError("at least 0.2 seconds")
     return value

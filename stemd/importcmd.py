@@ -17,7 +17,10 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from stemd.ctl import Ctl
 
 OK, UNTRANSLATED, USAGE = 0, 1, 2
 
@@ -56,22 +59,32 @@ def render(result: Any) -> str:
     return header + ("\n" if header else "") + "\n".join(lines) + "\n"
 
 
-def run(args: argparse.Namespace) -> int:
+def _usage(ctl: Ctl, *messages: str) -> int:
+    """A usage error, unreadable input or unwritable output (exit 2): each
+    message on stderr, or with --json the error object stemctl's other
+    errors are, on stdout."""
+    if ctl.json:
+        from stem_core.protocol import ErrorCode as E
+
+        return ctl.fail(E.BAD_ARGUMENT, *(f"import: {m}" for m in messages))
+    for message in messages:
+        sys.stderr.write(f"stemctl import: {message}\n")
+    return USAGE
+
+
+def run(ctl: Ctl) -> int:
     from stem_core.errors import ConfigError, StemError
 
+    args = ctl.args
     if args.output and os.path.abspath(args.output) == os.path.abspath(args.file):
-        sys.stderr.write("stemctl import: the output would overwrite the input\n")
-        return USAGE
+        return _usage(ctl, "the output would overwrite the input")
     if args.toml and args.format != "celeryd":
-        sys.stderr.write("stemctl import: --toml is for celeryd (supervisord always gives "
-                         "TOML)\n")
-        return USAGE
+        return _usage(ctl, "--toml is for celeryd (supervisord always gives TOML)")
     try:
         with open(args.file, "rb"):
             pass
     except OSError as exc:
-        sys.stderr.write(f"stemctl import: cannot read {args.file}: {exc.strerror}\n")
-        return USAGE
+        return _usage(ctl, f"cannot read {args.file}: {exc.strerror}")
     try:
         if args.format == "supervisord":
             from stem_core.importers.supervisord import import_supervisord
@@ -83,20 +96,16 @@ def run(args: argparse.Namespace) -> int:
             result = import_celeryd(args.file, toml=args.toml)
         text = render(result)
     except ConfigError as exc:
-        for problem in exc.problems:
-            sys.stderr.write(f"stemctl import: {problem}\n")
-        return USAGE
+        return _usage(ctl, *(str(problem) for problem in exc.problems))
     except StemError as exc:  # a value the env-file quoting cannot hold
-        sys.stderr.write(f"stemctl import: {exc}\n")
-        return USAGE
+        return _usage(ctl, str(exc))
     if args.output:
         try:
             _write(args.output, text)
         except OSError as exc:
-            sys.stderr.write(f"stemctl import: cannot write {args.output}: {exc.strerror}\n")
-            return USAGE
+            return _usage(ctl, f"cannot write {args.output}: {exc.strerror}")
     status = OK if result.complete else UNTRANSLATED
-    if getattr(args, "json", False):
+    if ctl.json:
         json.dump({"format": args.format, "source": os.path.abspath(args.file),
                    "output": args.output, "complete": result.complete,
                    "config": None if args.output else text,

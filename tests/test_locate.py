@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from stem_core.errors import ConfigError, Problem
-from stem_core.locate import DEFAULT_SOCKET, master_path
+from stem_core.locate import DEFAULT_CONFIG, DEFAULT_SOCKET, master_path
 
 
 def locate(tmp_path: Path, text: str, key: str = "STEMD_SOCKET",
@@ -60,3 +60,25 @@ def test_toml_is_read_leniently_too(tmp_path: Path) -> None:
     assert locate(tmp_path, text, "STEMD_MASTER_PID_FILE", name="s.toml")[0] == "/t.pid"
     text = '[programs.w]\nsocket = "/not-this.sock"\ncommand = "x\n'
     assert locate(tmp_path, text, name="s.toml")[0] == DEFAULT_SOCKET
+
+
+def test_a_named_file_that_does_not_exist_is_an_error_never_the_default(tmp_path: Path) -> None:
+    """Regression: `stemctl -c /etc/default/stem-biling status` (a typo) used
+    to act on the default master, another fleet's. Even with the key in the
+    environment: the file was named, and does not exist."""
+    missing = str(tmp_path / "stem-biling")
+    for environ in ({}, {"STEMD_SOCKET": "/env.sock"}):
+        with pytest.raises(ConfigError) as info:
+            master_path("STEMD_SOCKET", missing, environ, [])
+        problem = info.value.problems[0]
+        assert problem.file == missing and "configuration file not found" in str(problem)
+
+
+@pytest.mark.parametrize("spelled", [DEFAULT_CONFIG, "/etc//default/./stem"])
+def test_the_default_file_may_be_missing(spelled: str) -> None:
+    """/etc/default/stem, named or not, may be absent (the init script and
+    the unit name it): its master is the default one."""
+    if Path(DEFAULT_CONFIG).exists():
+        pytest.skip(f"{DEFAULT_CONFIG} exists on this machine")
+    assert master_path("STEMD_SOCKET", spelled, {}, []) == DEFAULT_SOCKET
+    assert master_path("STEMD_SOCKET", spelled, {"STEMD_SOCKET": "/e.sock"}, []) == "/e.sock"

@@ -62,6 +62,12 @@ def diagnose(ctl: Ctl) -> int:
     return FAILED if found.problems else OK
 
 
+#: how ``stemctl config`` shows a master key that is not set (as a node's
+#: "user: (invoking user)"), never Python's None
+UNSET = {"socket_group": "(unset: socket mode 0600, root and the master's user only)",
+         "user": "(unset: the invoking user)", "group": "(unset: the user's primary group)"}
+
+
 def show_config(ctl: Ctl) -> int:
     from stem_core.config import dump_toml, to_dict
     from stem_core.errors import ConfigError
@@ -87,7 +93,8 @@ def show_config(ctl: Ctl) -> int:
         print(f"# {config.source}")
         for name in ("pid_file", "socket", "socket_group", "log_file", "log_level", "user",
                      "group"):
-            print(f"master.{name} = {getattr(config.master, name)}")
+            value = getattr(config.master, name)
+            print(f"master.{name} = {UNSET[name] if value is None else value}")
         for node in config.nodes:
             print(f"{node.name} ({node.program}): {shlex.join(node.argv)}")
             print(f"    pid file: {node.pid_file}  log file: {node.log_file}  "
@@ -117,4 +124,4 @@ def import_config(ctl: Ctl) -> int:
     """Needs neither the socket nor a stemd config: stemd/importcmd.py."""
     from stemd.importcmd import run
 
-    return run(ctl.args)
+    return run(ctl)

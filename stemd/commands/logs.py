@@ -94,9 +94,7 @@ def show_logs(ctl: Ctl) -> int:
     except KeyboardInterrupt:
         return status
     except BrokenPipeError:
-        # the reader (head, less) is gone: no traceback, and no second one at exit
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return status
+        raise  # the reader (head, less) is gone: stemd.ctl.main says nothing more
     except OSError as exc:
         return ctl.fail(E.FAILED, f"cannot follow: {exc}")
     return status

@@ -76,9 +76,23 @@ def kill(ctl: Ctl) -> int:
         return ctl.error(response)
     result = response["result"]
     whose = "the process groups of " if ctl.args.group else ""
-    ctl.out(result, lambda: print(f"sent SIG{ctl.args.signal.upper().removeprefix('SIG')} to "
+    ctl.out(result, lambda: print(f"sent {signal_name(ctl.args.signal)} to "
                                   + whose + abridged(result["signalled"])))
     return OK
+
+
+def signal_name(given: str) -> str:
+    """SIGKILL for ``KILL``, ``sigkill`` or ``9`` (the master has accepted it:
+    stem_core.keys.parse_signal, not imported here for its start-up cost)."""
+    import signal
+
+    text = given.strip().upper()
+    if text.isdigit():
+        try:
+            return signal.Signals(int(text)).name
+        except ValueError:  # pragma: no cover - the master refused it already
+            return f"signal {text}"
+    return "SIG" + text.removeprefix("SIG")
 
 
 def reload(ctl: Ctl) -> int:

@@ -275,6 +275,23 @@ def test_unreadable_input_is_a_usage_error_and_needs_no_master_or_config(
     assert result.returncode == 2 and f"{bad}:2:" in result.stderr, result.stderr
 
 
+def test_with_json_a_usage_error_is_a_json_error_object(tmp_path: Path) -> None:
+    """Regression: `stemctl --json import ...` said its usage errors in plain
+    text, with nothing on stdout."""
+    bad = tmp_path / "celeryd"
+    bad.write_text('CELERYD_NODES="w1"\nCELERYD_OPTS=`id`\n')
+    for args, said in [(("supervisord", str(tmp_path / "nope")), "cannot read"),
+                       (("celeryd", str(bad)), f"{bad}:2:"),
+                       (("supervisord", str(bad), "--toml"), "--toml is for celeryd"),
+                       (("supervisord",), "required: FILE")]:
+        result = subprocess.run([STEMCTL, "--json", "import", *args], capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        error = json.loads(result.stdout)
+        assert error["ok"] is False and error["error"]["code"] == "bad_argument"
+        assert said in error["error"]["message"]
+
+
 def test_stemd_refuses_a_supervisord_file_naming_the_import_command(tmp_path: Path) -> None:
     conf = tmp_path / "supervisord.conf"
     conf.write_text("[program:celery]\ncommand=/usr/bin/celery worker\n")
@@ -370,3 +387,22 @@ def test_celeryd_imported_nodes_run_what_celery_multi_runs(tmp_path: Path) -> No
     finally:
         with contextlib.suppress(Exception):
             fleet.cleanup()
+
+
+def test_a_reader_gone_is_no_traceback(tmp_path: Path) -> None:
+    """Regression: `stemctl --json import supervisord sv.conf | head -c 300`
+    ended in a BrokenPipeError traceback. Now it stops quietly with import's
+    own exit status (0: all translated)."""
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text("[program:celery]\ncommand=/usr/bin/celery worker\n")
+    for json_flag in (("--json",), ()):
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            result = subprocess.run([STEMCTL, *json_flag, "import", "supervisord", str(conf)],
+                                    stdout=write_end, stderr=subprocess.PIPE, text=True,
+                                    timeout=60)
+        finally:
+            os.close(write_end)
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr

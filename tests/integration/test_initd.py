@@ -459,7 +459,9 @@ def test_usage_and_missing_pieces(worker: Fleet) -> None:
     missing = {"STEMD_CONFIG": str(worker.dir / "absent.env")}
     ok(worker.run("start", env=missing), 6)
     ok(worker.run("status", env=missing), 4)
-    ok(worker.run("stop", env=missing))
+    # which master a missing file (not /etc/default/stem) names is unknown: not "stopped"
+    result = ok(worker.run("stop", env=missing), 1)
+    assert f"{worker.dir / 'absent.env'}: configuration file not found" in result.stderr
 
     nobin = {"STEMD_BIN": str(worker.dir / "no-stemd")}
     result = ok(worker.run("start", env=nobin), 5)
@@ -544,3 +546,18 @@ def test_lsb_header_and_syntax(script: str) -> None:
         result = subprocess.run(["shellcheck", "-s", "sh", str(path)],
                                 capture_output=True, text=True)
         assert result.returncode == 0, result.stdout
+
+
+def test_stop_with_a_missing_config_never_stops_another_fleet(worker: Fleet) -> None:
+    """Regression: a STEMD_CONFIG that does not exist (a typo, or a second
+    fleet's file gone) made stemctl fall back to the default paths, and `stop`
+    shut down the default fleet. The running fleet stands in for the default
+    one here, its paths in the environment where the fallback would find them."""
+    master, nodes = start_two(worker)
+    env = {"STEMD_CONFIG": str(worker.dir / "absent.env"),
+           "STEMD_SOCKET": str(worker.dir / "run" / "stemd.sock"),
+           "STEMD_MASTER_PID_FILE": str(worker.master_pidfile)}
+    result = ok(worker.run("stop", env=env), 1)
+    assert "configuration file not found" in result.stderr
+    assert alive(master) and set(worker.nodes()) == set(nodes)
+    ok(worker.run("stop"))

@@ -41,6 +41,8 @@ def test_scale_two_five_one(fleet: Fleet, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "started worker3, worker4, worker5" in result.stdout
     assert "the file says 2" in result.stdout and "stemctl reload" in result.stdout
+    # an env file: its own key, not TOML's "nodes = 5" (regression)
+    assert f"set STEMD_NODES=5 in {fleet.config}" in result.stdout, result.stdout
     nodes = fleet.status()
     assert list(nodes) == [f"worker{i}" for i in range(1, 6)]
     assert all(n["state"] == "RUNNING" for n in nodes.values())
@@ -51,6 +53,7 @@ def test_scale_two_five_one(fleet: Fleet, tmp_path: Path) -> None:
     assert "scaled with 'stemctl scale' (the file says 2 nodes)" in table.stderr
     config = fleet.ctl("config")
     assert config.returncode == 0 and "scaled at run time to 5 nodes" in config.stderr
+    assert f"set STEMD_NODES=5 in {fleet.config}" in config.stderr
     listed = json.loads(fleet.ctl("scale", "--json").stdout)
     assert listed == {"scaled": {"worker": {"configured": 2, "nodes": 5}}}
 

@@ -373,8 +373,9 @@ while :; do sleep 0.05; done
     wait_until(lambda: "child-got-usr1" in log.read_text(), 5, what="the child's trap")
     assert "usr1" not in (fleet.log_dir / "beta.log").read_text()
     assert pids(fleet.status()) == before  # trapped: nobody died
-    result = fleet.ctl("kill", "-s", "10", "beta")  # by number
+    result = fleet.ctl("kill", "-s", "10", "beta")  # by number, said by name (regression)
     assert result.returncode == 0
+    assert result.stdout == "sent SIGUSR1 to beta\n"
     wait_until(lambda: "got-usr1" in (fleet.log_dir / "beta.log").read_text(), 5,
                what="beta's trap")
 
@@ -389,6 +390,30 @@ def test_kill_default_term_and_errors(running: Fleet) -> None:
     result = running.ctl("kill", "-s", "USR1", "beta")
     assert result.returncode == 1
     assert "no running node" in result.stderr
+
+
+def test_kill_needs_a_name(running: Fleet) -> None:
+    """Regression: `stemctl kill` with no NAME signalled every node, so a
+    bare `stemctl kill -s KILL` took down the fleet. SPEC §3 writes `kill
+    ... NAME...`: a usage error, nothing sent; a program's name still means
+    each of its nodes."""
+    before = pids(running.status())
+    for args in (("kill",), ("kill", "-s", "KILL"), ("kill", "--group", "-s", "TERM")):
+        result = running.ctl(*args)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert "required: NAME" in result.stderr and not result.stdout
+        result = running.ctl("--json", *args)
+        assert result.returncode == 2
+        assert json.loads(result.stdout)["error"]["code"] == "bad_argument"
+    assert pids(running.wait_state("RUNNING")) == before
+    assert all(pid_alive(pid) for pid in before.values())
+    help_text = running.ctl("kill", "--help").stdout
+    assert "default: all" not in help_text and "NAME [NAME ...]" in help_text
+    program = running.status()["alpha"]["program"]
+    result = running.ctl("kill", "-s", "KILL", program)  # the program: both its nodes
+    assert result.returncode == 0, result.stderr
+    wait_until(lambda: not any(pid_alive(pid) for pid in before.values()), 5,
+               what="both nodes killed")
 
 
 # ------------------------------------------------------------------- reload
@@ -767,6 +792,9 @@ def test_config_needs_no_master(fleet: Fleet) -> None:
     assert "beta (worker): /bin/sleep 1000 -c 2" in result.stdout
     data = json.loads(fleet.ctl("config", "--json").stdout)
     assert data["stemd"]["socket"] == str(fleet.run_dir / "stemd.sock")
+    # unset keys are said so, never Python's None (regression)
+    assert "None" not in result.stdout, result.stdout
+    assert "master.socket_group = (unset: socket mode 0600" in result.stdout
 
 
 def test_config_toml_loads_back_to_the_same_nodes(fleet: Fleet, tmp_path: Path) -> None:
@@ -871,6 +899,38 @@ def test_exit_2_for_usage_errors_and_unknown_names(running: Fleet,
     assert pids(running.wait_state("RUNNING")) == before
 
 
+@pytest.mark.parametrize("args", [
+    ("--json",), ("--json", "bogus"), ("--json", "scale", "worker", "abc"),
+    ("scale", "--json", "worker", "abc"), ("--json", "logs", "-n", "many"),
+    ("--json", "status", "--bogus"), ("--json", "top", "-i", "soon"),
+    ("--json", "--timeout", "-1", "status"),
+])
+def test_with_json_a_usage_error_is_a_json_error_object(args: tuple[str, ...]) -> None:
+    """Regression: with --json, argparse's usage errors were plain text on
+    stderr and nothing on stdout. Now the error object of every other
+    client-side error (not_running, bad_config), exit 2."""
+    result = run_ctl(*args)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    response = json.loads(result.stdout)
+    assert response["ok"] is False and response["v"] == P.VERSION
+    assert response["error"]["code"] == "bad_argument"
+    assert response["error"]["message"] and response["error"]["hint"].endswith("--help")
+    assert "_count" not in result.stdout and "_interval" not in result.stdout
+
+
+@pytest.mark.parametrize("args, said", [
+    (("scale", "worker", "abc"), "argument N: not a number of nodes: 'abc'"),
+    (("logs", "-n", "many"), "argument -n/--lines: not a number of lines (0 or more): 'many'"),
+    (("top", "-i", "soon"), "argument -i/--interval: not a number of seconds: 'soon'"),
+])
+def test_a_bad_number_is_said_without_internal_names(args: tuple[str, ...], said: str) -> None:
+    """Regression: "invalid _count value: 'abc'" named a function of stemctl's."""
+    result = run_ctl(*args)
+    assert result.returncode == 2 and not result.stdout
+    assert result.stderr.startswith(f"usage: stemctl {args[0]}")
+    assert f"stemctl {args[0]}: error: {said}" in result.stderr
+
+
 def test_socket_found_from_option_environment_and_config(running: Fleet) -> None:
     sock = str(running.run_dir / "stemd.sock")
     assert run_ctl("--socket", sock, "status").returncode == 0
@@ -914,3 +974,72 @@ def test_a_config_with_errors_still_names_its_own_socket(running: Fleet) -> None
     assert "stem.env" in result.stderr and "never closed" in result.stderr
     running.config.write_text(text)
     assert running.ctl("status").returncode == 0  # the stop never reached anyone
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_a_named_config_that_does_not_exist_is_an_error(running: Fleet, tmp_path: Path,
+                                                        how: str) -> None:
+    """Regression: `stemctl -c /etc/default/stem-biling status` (a typo) fell
+    back to the default socket, so `stop` or `shutdown --force` acted on the
+    default fleet. The running fleet stands in for it: its paths are in the
+    environment, where the fallback found them. A usage error (2) naming the
+    file, as `stemctl config` words it; nothing is done."""
+    missing = str(tmp_path / "stem-biling")
+    env = {"STEMD_SOCKET": str(running.run_dir / "stemd.sock"),
+           "STEMD_MASTER_PID_FILE": str(running.run_dir / "stemd.pid")}
+    named: tuple[str, ...] = ("--config", missing) if how == "option" else ()
+    if how == "environment":
+        env["STEMD_CONFIG"] = missing
+    before = pids(running.status())
+    for args in (("status",), ("shutdown", "--force"), ("stop",), ("healthcheck",)):
+        result = run_ctl(*named, *args, env=env)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert f"{missing}: configuration file not found" in result.stderr
+    result = run_ctl(*named, "--json", "stop", env=env)
+    assert result.returncode == 2
+    error = json.loads(result.stdout)["error"]
+    assert error["code"] == "bad_config" and missing in error["message"]
+    assert pids(running.wait_state("RUNNING")) == before
+    assert "configuration file not found" in run_ctl(*named, "config", env=env).stderr
+
+
+def run_into_a_closed_pipe(*argv: str) -> subprocess.CompletedProcess[str]:
+    """stemctl writing into a pipe whose reader is already gone (`| head`
+    that has read what it wanted): its first write fails with EPIPE."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run([STEMCTL, *argv], stdout=write_end, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, text=True, timeout=30,
+                              env={k: v for k, v in os.environ.items()
+                                   if not k.startswith("STEMD_")})
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("args, code", [
+    (("top", "-i", "0.2"), 0), (("--json", "top"), 0), (("status",), 0),
+    (("--json", "status"), 0), (("status", "--stats", "--json"), 0), (("logs", "alpha"), 0),
+    (("logs", "-f"), 0), (("config",), 0), (("--json", "status", "nosuch"), 2),
+])
+def test_a_reader_gone_is_no_traceback(running: Fleet, args: tuple[str, ...],
+                                       code: int) -> None:
+    """Regression: `stemctl top </dev/null | head -5` and `stemctl --json top
+    | head -c 300` ended in a BrokenPipeError traceback (logs alone handled
+    it). Now every command stops quietly, with the exit status it had."""
+    (running.log_dir / "alpha.log").write_text("a line\n" * 100)
+    result = run_into_a_closed_pipe("--config", str(running.config), *args)
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+    assert "BrokenPipe" not in result.stderr
+
+
+@pytest.mark.parametrize("args, code", [
+    (("--json", "bogus"), 2), (("--json", "--socket", "/nonexistent.sock", "status"), 3),
+    (("--help",), 0), (("status", "--help"), 0),
+])
+def test_a_reader_gone_is_no_traceback_for_errors_and_help_either(
+        args: tuple[str, ...], code: int) -> None:
+    result = run_into_a_closed_pipe(*args)
+    assert result.returncode == code, result.stderr
+    assert not result.stderr
