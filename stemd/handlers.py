@@ -91,6 +91,9 @@ def table(master: Master) -> dict[str, Handler]:
         return master.snapshot(nodes)
 
     async def kill(args: dict[str, Any]) -> Any:
+        if not _names(args):  # SPEC §3: kill takes NAME...; no name is not "every node"
+            raise P.ProtocolError(P.ErrorCode.BAD_ARGUMENT, "kill: name the nodes to signal",
+                                  hint="a program's name signals all its nodes")
         try:
             sig = signal_number(parse_signal(args.get("signal", "TERM")))
         except BadValue as exc:

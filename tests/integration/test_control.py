@@ -216,6 +216,7 @@ def test_a_request_just_under_the_limit_is_served(fleet: Fleet) -> None:
     pytest.param(request("status", names=[1]), "bad_argument", id="names-not-strings"),
     pytest.param(request("kill", names=["alpha"], signal="NOPE"), "bad_argument",
                  id="bad-signal"),
+    pytest.param(request("kill", signal="KILL"), "bad_argument", id="kill-without-names"),
     pytest.param(request("logs", names=["../../etc/shadow"]), "not_found", id="logs-path"),
     pytest.param(request("stop", names=["../../etc"]), "not_found", id="unknown-node"),
     pytest.param(b'{"v": 1, "cmd": 7}\n', "bad_request", id="cmd-not-a-string"),
