@@ -345,6 +345,26 @@ def master_alive(path: str) -> bool | None:
         os.close(fd)
 
 
+def master_lock_held(path: str) -> bool | None:
+    """Does a process hold the private lock file of the master PID file
+    ``path`` (a master, perhaps one still starting)? None when it cannot be
+    read (it is 0600: root and stemd's user only)."""
+    try:
+        fd = os.open(master_lock_path(path),
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        return True if exc.errno == errno.EWOULDBLOCK else None
+    finally:
+        os.close(fd)
+    return False
+
+
 def names_its_locker(pid: int | None, st: os.stat_result) -> bool:
     """Is the exclusive lock on the master PID file ``st`` held by the
     master it names (``pid``)? The caller found the file locked.

@@ -47,6 +47,7 @@ from stem_core.pidfile import (
     flock_holders,
     group_has_members,
     master_alive,
+    master_lock_held,
     master_lock_path,
     names_its_locker,
     read_master_pid,
@@ -256,11 +257,12 @@ def still_running(config: Config | None, master_pid_file: str) -> list[tuple[str
     file removed): for the message of a command that found no master,
     since "not running" alone reads as "the fleet is down" while its
     workers may still be consuming tasks. Empty while a master holds its
-    PID file's lock (:func:`master_alive`: a node's lock on a dead master's
-    file does not count): a master that does not answer yet (starting) or
+    lock file, or its PID file's lock (:func:`master_alive`: a node's lock
+    on a dead master's file does not count): a master that does not answer yet (starting) or
     any more (its socket removed) still supervises them."""
     master = master_alive(master_pid_file)
-    if master or (master is None and lock_holder(master_pid_file) is not None):
+    if master or master_lock_held(master_pid_file) \
+            or (master is None and lock_holder(master_pid_file) is not None):
         return []
     trusted = trusted_owners()
     cands, _, _ = candidates(config, master_pid_file, trusted)
