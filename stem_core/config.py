@@ -30,6 +30,7 @@ from stem_core.nodes import (
     pattern_names,
     validate_node_name,
 )
+from stem_core.pidfile import master_lock_path
 from stem_core.statefile import state_path
 from stem_core.templates import expand, expand_name, master_values, node_values
 from stem_core.trust import check_config_file
@@ -594,6 +595,8 @@ def _check_paths(source: str, master: MasterSpec, nodes: list[NodeSpec], problem
         master_files.setdefault(os.path.normpath(value), what)
     if os.path.isabs(master.pid_file):
         master_files.setdefault(os.path.normpath(state_path(master.pid_file)), "state file")
+        master_files.setdefault(os.path.normpath(master_lock_path(master.pid_file)),
+                                "master lock file")
     master_files.setdefault(os.path.normpath(os.path.abspath(source)), "configuration file")
     # path -> (node, what) of the first node file seen there
     node_files: dict[str, tuple[NodeSpec, str]] = {}

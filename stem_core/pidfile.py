@@ -14,8 +14,9 @@ symlink planted at the path is replaced, never followed.
 absent, untrusted, stale or a live node — used alike by the master's
 adoption, ``stemctl diagnose`` and the stop of a dead master's nodes, so all
 three apply the same trust rules. The master PID file is read here too
-(:func:`master_alive`, :func:`read_master_pid`): its lock, not its content,
-says whether a master runs.
+(:func:`master_alive`, :func:`read_master_pid`): its lock, held by the
+process it names, says whether a master runs; a lock alone does not, since a
+node can lock the world-readable file too.
 
 psutil is imported only by the functions that look at processes: the master
 PID file readers serve ``stemctl healthcheck``, which must start fast.
@@ -308,24 +309,138 @@ def classify(path: str, node: str, program: str, uid: int | None,
 # ------------------------------------------------------ the master PID file
 
 
+def master_lock_path(pid_file: str) -> str:
+    """The master's private lock file beside its PID file (mode 0600, owned
+    by stemd's user): uniqueness is the lock on it (:mod:`stemd.daemon`)."""
+    return pid_file + ".lock"
+
+
 def master_alive(path: str) -> bool | None:
     """Is a master holding ``path``'s lock? None when the file cannot be read.
-    Needs only read access, and no socket (``stemctl healthcheck``)."""
+    Needs only read access, and no socket (``stemctl healthcheck``).
+
+    The file is 0644, and ``flock`` needs only a read-only descriptor: a
+    node can hold a lock on a dead master's file. So a lock counts only
+    when :func:`names_its_locker` agrees that the PID the file names holds it."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            if exc.errno != errno.EWOULDBLOCK:
+                return None
+        else:
+            return False
+        return names_its_locker(read_pid_at(fd), os.fstat(fd))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def master_lock_held(path: str) -> bool | None:
+    """Does a process hold the private lock file of the master PID file
+    ``path`` (a master, perhaps one still starting)? None when it cannot be
+    read (it is 0600: root and stemd's user only)."""
+    try:
+        fd = os.open(master_lock_path(path),
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
     except OSError:
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
     except OSError as exc:
-        return None if exc.errno != errno.EWOULDBLOCK else True
+        return True if exc.errno == errno.EWOULDBLOCK else None
     finally:
         os.close(fd)
     return False
+
+
+def names_its_locker(pid: int | None, st: os.stat_result) -> bool:
+    """Is the exclusive lock on the master PID file ``st`` held by the
+    master it names (``pid``)? The caller found the file locked.
+
+    False when that PID is gone or a zombie, runs as neither root nor the
+    file's owner (a node user's process that reused the PID), or is not
+    among the lock's holders in ``/proc/locks``. Where a fact cannot be read
+    (no PID in the file, ``hidepid``, no ``/proc/locks``, a file system
+    whose inode numbers ``/proc/locks`` does not show) it does not count
+    against the lock: the answer is then the lock alone, as it always was."""
+    if pid is None:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    status = _proc_status(pid)
+    if status is not None:
+        state, euid = status
+        if state == "Z" or euid not in (0, st.st_uid):
+            return False
+    holders = flock_holders(st)
+    return not holders or pid in holders
+
+
+def _proc_status(pid: int) -> tuple[str, int] | None:
+    """(state letter, effective uid) from /proc/PID/status; None when it
+    cannot be read (gone, or hidden by ``hidepid``)."""
+    state, euid = "", -1
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"State:"):
+                    state = line.split()[1].decode("ascii", "replace")
+                elif line.startswith(b"Uid:"):
+                    euid = int(line.split()[2])
+                    break
+    except (OSError, IndexError, ValueError):
+        return None
+    return (state, euid) if euid >= 0 else None
+
+
+def flock_holders(st: os.stat_result) -> list[int]:
+    """The PIDs holding an ``flock`` on the file ``st`` describes, from
+    /proc/locks (waiters are not holders). The PID is the process that took
+    the lock: a master takes its own after detaching. Empty when none is
+    listed or /proc/locks cannot be read."""
+    try:
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    holders = []
+    for line in lines:
+        fields = line.split()
+        if "->" in fields:  # a waiter, not a holder
+            continue
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == want:
+            with contextlib.suppress(ValueError):
+                holders.append(int(fields[4]))
+    return holders
+
+
+def runs_stemd(pid: int) -> bool:
+    """Does ``pid``'s command line look like a stemd master (``stemd`` as
+    one of its first three words: the script, or ``python … stemd``)?"""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read(4096).split(b"\0")
+    except OSError:
+        return False
+    return any(os.path.basename(a.decode(errors="replace")).startswith("stemd")
+               for a in argv[:3])
 
 
 def read_master_pid(path: str) -> int | None:
@@ -349,9 +464,9 @@ def read_pid_at(fd: int) -> int | None:
 
 def healthy(path: str, any_pidfile: bool = False) -> tuple[bool, int | None]:
     """``stemctl healthcheck``: (alive, pid). The master PID file is alive
-    while it is locked. With ``any_pidfile`` (``--pidfile``: perhaps a
-    node's, which nobody locks), an unlocked file is alive when its process
-    exists."""
+    while the master it names holds its lock (:func:`master_alive`). With
+    ``any_pidfile`` (``--pidfile``: perhaps a node's, which nobody locks), an
+    unlocked file is alive when its process exists."""
     alive = master_alive(path)
     pid = read_master_pid(path)
     if alive is False and any_pidfile and pid:

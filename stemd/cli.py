@@ -148,7 +148,7 @@ def _run(config, foreground: bool, overrides: dict[str, str]) -> int:  # type: i
     import signal
 
     from stemd import checks, logsetup
-    from stemd.daemon import AlreadyRunning, MasterLock, Readiness, daemonize
+    from stemd.daemon import MasterLock, Readiness, daemonize
     from stemd.master import Master
     from stemd.notify import Notifier
     from stemd.signals import SignalPipe
@@ -199,7 +199,7 @@ def _run(config, foreground: bool, overrides: dict[str, str]) -> int:  # type: i
     _log_open_files(log, config, nofile)
     try:
         lock = MasterLock.acquire(config.master.pid_file)
-    except AlreadyRunning as exc:
+    except StemError as exc:  # AlreadyRunning, or a lock or PID file stemd did not make
         return fail(str(exc))
     except OSError as exc:
         return fail(f"cannot open the master PID file {config.master.pid_file}: {exc.strerror}")

@@ -9,10 +9,26 @@ spawned, or ``ERR <reason>`` when start-up fails; EOF without either means it
 died. Only then does the command exit — 0, or 1 with the reason on stderr.
 systemd ``Type=forking`` and SysV scripts rely on exactly that.
 
-Uniqueness is an ``fcntl`` lock held on the master PID file for the master's
-whole life (s6's lesson: a lock, not a PID file, is the truth). A PID file
-nobody holds locked is stale by definition, whatever process its PID names
-now; it is rewritten, and what it named is logged but never signalled.
+Uniqueness is an ``fcntl`` lock (s6's lesson: a lock, not a PID file, is
+the truth) on a private lock file, ``<master PID file>.lock``: mode 0600,
+owned by stemd's user, so no node user can even open it. The master takes
+it first and holds it for its whole life; the file stays when it exits (a
+lock file that is unlinked while held no longer guards anything). It used
+to be the lock on the PID file itself, but that file is 0644 for stemctl
+and the nodes, and ``flock`` needs only a read-only descriptor: a node
+could queue a lock behind the master's and own it the moment the master
+died (OOM, ``kill -9``), so that no master could start again.
+
+The PID file is then written as a new inode — a temporary file in the same
+directory, locked, made 0644 and renamed over the path — so the path always
+names the process that locks it, and whatever lock a node holds on an older
+file no longer matters. The master keeps that lock too: readers
+(``stemctl healthcheck``, the init scripts, :mod:`stemd.leftovers`) see a
+live master in a PID file locked by the PID it names
+(:func:`stem_core.pidfile.master_alive`). A PID file found locked is left
+alone only when that is so and the PID is a stemd of our user (a master of
+an older stemd, which knew no other lock); else it is replaced, and what it
+named and who held its lock are logged, never signalled.
 """
 
 from __future__ import annotations
@@ -21,86 +37,249 @@ import contextlib
 import fcntl
 import os
 import signal
+import stat
 import sys
+from dataclasses import dataclass
 from typing import NoReturn
 
-from stem_core.errors import StemError
-from stem_core.pidfile import read_pid_at
+from stem_core.errors import PidFileError, StemError
+from stem_core.pidfile import (
+    flock_holders,
+    master_lock_path,
+    names_its_locker,
+    read_master_pid,
+    read_pid_at,
+    runs_stemd,
+)
 
 
 class AlreadyRunning(StemError):
     def __init__(self, pid: int | None, path: str) -> None:
         who = f"pid {pid}" if pid else "pid unknown"
-        super().__init__(f"already running ({who}); its PID file {path} is locked")
+        super().__init__(f"already running ({who}); it holds the lock on {path}")
         self.pid = pid
 
 
-class MasterLock:
-    """The master PID file, opened and locked for the master's lifetime."""
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """What was at the master PID file's path before we replace it."""
 
-    def __init__(self, path: str, fd: int, stale: str | None) -> None:
+    pid: int | None
+    st: os.stat_result
+    locked: bool  # some process holds a lock on it
+    holders: tuple[int, ...]  # who, by /proc/locks (when it shows them)
+
+
+class MasterLock:
+    """The master's private lock file and its PID file, both locked for the
+    master's lifetime."""
+
+    def __init__(self, path: str, lock_fd: int, fd: int, stale: str | None) -> None:
         self.path = path
-        self.fd = fd
+        self.lock_path = master_lock_path(path)
+        self.lock_fd = lock_fd  # the private lock file
+        self.fd = fd  # the PID file we wrote
         self.stale = stale  # what the file said before, if it was stale
 
     @classmethod
     def acquire(cls, path: str) -> MasterLock:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        """Take the master lock and write the PID file. Raises
+        :class:`AlreadyRunning`, :class:`PidFileError` (the lock file or the
+        PID file is not what stemd made) or OSError."""
+        lock_path = master_lock_path(path)
+        lock_fd = _open_lock_file(lock_path)
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise AlreadyRunning(read_pid_at(fd), path) from None
-            old = read_pid_at(fd)
-            stale = None
-            if old is not None and old != os.getpid():
-                stale = f"pid {old}: {describe_pid(old)}"
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            os.fchmod(fd, 0o644)
+                raise AlreadyRunning(_live_pid(read_master_pid(path)), lock_path) from None
+            found = _look_at(path)
+            if found is not None and _older_master(found):
+                raise AlreadyRunning(found.pid, path)
+            fd = _publish(path)
         except BaseException:
-            os.close(fd)
+            os.close(lock_fd)
             raise
-        return cls(path, fd, stale)
+        # Only now (psutil is slow to import): the PID file names us already.
+        return cls(path, lock_fd, fd, _describe_stale(found))
 
     def recreate(self) -> bool | None:
-        """The PID file was removed (or replaced) under us: write a new one
-        and hold its lock. None: it is still ours, nothing done; False:
-        another process holds the new file's lock (another master: not
-        fought over); True: recreated."""
+        """The PID file or the lock file was removed (or replaced) under us:
+        make new ones and hold their locks. None: both are still ours,
+        nothing done; False: another master holds the new lock file or PID
+        file (not fought over); True: recreated."""
         if self.fd < 0:
             return False
-        with contextlib.suppress(FileNotFoundError):
-            st, cur = os.fstat(self.fd), os.stat(self.path, follow_symlinks=False)
-            if (st.st_dev, st.st_ino) == (cur.st_dev, cur.st_ino):
-                return None
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        os.fchmod(fd, 0o644)
-        os.close(self.fd)
-        self.fd = fd
+        lock_ours = _still_at(self.lock_fd, self.lock_path)
+        pid_ours = _still_at(self.fd, self.path)
+        if lock_ours and pid_ours:
+            return None
+        if not lock_ours:
+            lock_fd = _open_lock_file(self.lock_path)
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(lock_fd)
+                return False
+            os.close(self.lock_fd)
+            self.lock_fd = lock_fd
+        if not pid_ours:
+            found = _look_at(self.path)
+            if found is not None and _older_master(found):
+                return False
+            fd = _publish(self.path)
+            os.close(self.fd)
+            self.fd = fd
         return True
 
     def release(self) -> None:
-        """Remove the file, then drop the lock (in that order, so no reader
-        sees an unlocked file that names us). Idempotent."""
+        """Remove the PID file if it is still ours, then drop the locks (in
+        that order, so no reader sees an unlocked file that names us). The
+        lock file stays. Idempotent."""
         if self.fd < 0:
             return
-        try:
-            st = os.fstat(self.fd)
-            cur = os.stat(self.path, follow_symlinks=False)
-            if (st.st_dev, st.st_ino) == (cur.st_dev, cur.st_ino):
+        if _still_at(self.fd, self.path):
+            with contextlib.suppress(OSError):
                 os.unlink(self.path)
-        except OSError:
-            pass
         os.close(self.fd)
-        self.fd = -1
+        os.close(self.lock_fd)
+        self.fd = self.lock_fd = -1
+
+
+def _open_lock_file(path: str) -> int:
+    """The private lock file, opened (created 0600 if need be) for locking.
+    Raises :class:`PidFileError` unless it is a regular file with one link,
+    owned by our effective uid."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise PidFileError(f"cannot open the master lock file {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PidFileError(f"the master lock file {path} is not a regular file; remove it")
+        if st.st_uid != os.geteuid():
+            raise PidFileError(f"the master lock file {path} is owned by uid {st.st_uid}, "
+                               f"not by stemd's user (uid {os.geteuid()}); remove it")
+        if st.st_nlink != 1:
+            raise PidFileError(f"the master lock file {path} has {st.st_nlink} links; "
+                               "remove it")
+        if stat.S_IMODE(st.st_mode) != 0o600:
+            os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _look_at(path: str) -> _Found | None:
+    """What the master PID file at ``path`` is now; None when there is none.
+    Raises OSError for a symlink (never followed, never replaced),
+    :class:`PidFileError` for anything but a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PidFileError(f"the master PID file {path} is not a regular file; remove it")
+        pid = read_pid_at(fd)
+        try:
+            # exclusive: a shared lock a node holds is worth reporting too
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _Found(pid, st, True, tuple(flock_holders(st)))
+        return _Found(pid, st, False, ())
+    finally:
+        os.close(fd)
+
+
+def _older_master(found: _Found) -> bool:
+    """Is ``found`` locked by a live master that knows no private lock file
+    (an older stemd's): the PID it names holds its lock, runs as our user
+    and is stemd? Any other lock on it (a node's) does not stop us."""
+    if not found.locked or found.pid is None or found.pid == os.getpid():
+        return False
+    return (names_its_locker(found.pid, found.st) and _euid(found.pid) == os.geteuid()
+            and runs_stemd(found.pid))
+
+
+def _euid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[2])
+    except (OSError, IndexError, ValueError):
+        pass
+    return None
+
+
+def _publish(path: str) -> int:
+    """Write our PID to ``path`` as a new inode: a temporary file in the same
+    directory, created 0600 (nobody else can open it before it is locked),
+    locked, made 0644 and renamed over the path (a symlink or a file of
+    someone else's there is replaced, never followed). Returns its
+    descriptor, which holds the lock."""
+    directory, name = os.path.split(os.path.abspath(path))
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        tmp = f".{name}.{os.getpid()}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=dir_fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            os.fchmod(fd, 0o644)
+            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dir_fd)
+            os.close(fd)
+            raise
+    finally:
+        os.close(dir_fd)
+    return fd
+
+
+def _still_at(fd: int, path: str) -> bool:
+    """Is the file open on ``fd`` still the one at ``path``?"""
+    try:
+        st, cur = os.fstat(fd), os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (cur.st_dev, cur.st_ino)
+
+
+def _live_pid(pid: int | None) -> int | None:
+    """``pid`` if such a process exists (for a message), else None."""
+    if pid is None:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return pid
+
+
+def _describe_stale(found: _Found | None) -> str | None:
+    """For the log: what the PID file we replaced named, and who held a lock
+    on it; None when there is nothing worth saying."""
+    if found is None:
+        return None
+    parts = []
+    if found.pid is not None and found.pid != os.getpid():
+        parts.append(f"pid {found.pid}: {describe_pid(found.pid)}")
+    if found.locked:
+        who = ", ".join(describe_holder(h) for h in found.holders) or "a process /proc/locks " \
+            "does not show"
+        parts.append(f"it was locked by {who}, not by a master")
+    return "; ".join(parts) or None
 
 
 def describe_pid(pid: int) -> str:
@@ -115,6 +294,19 @@ def describe_pid(pid: int) -> str:
     except psutil.AccessDenied:
         return "now an unrelated process"
     return f"now an unrelated process ({cmd!r})"
+
+
+def describe_holder(pid: int) -> str:
+    """For the log: ``pid N (uid U, 'command')`` of a lock's holder."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        uid = proc.uids().real
+        cmd = " ".join(proc.cmdline())[:80] or proc.name()
+    except psutil.Error:
+        return f"pid {pid}"
+    return f"pid {pid} (uid {uid}, {cmd!r})"
 
 
 class Readiness:

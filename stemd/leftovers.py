@@ -44,9 +44,16 @@ from stem_core.pidfile import (
     STALE,
     UNTRUSTED,
     classify,
+    flock_holders,
     group_has_members,
+    master_alive,
+    master_lock_held,
+    master_lock_path,
+    names_its_locker,
     read_master_pid,
+    read_pid_at,
     remove_pidfile,
+    runs_stemd,
     trusted_owners,
 )
 from stem_core.statefile import read_state, remove_state, state_path
@@ -249,10 +256,13 @@ def still_running(config: Config | None, master_pid_file: str) -> list[tuple[str
     identified as adoption identifies it. Changes nothing (no signal, no
     file removed): for the message of a command that found no master,
     since "not running" alone reads as "the fleet is down" while its
-    workers may still be consuming tasks. None while a process holds the
-    master's lock: a master that does not answer yet (starting) or any
-    more (its socket removed) still supervises them."""
-    if lock_holder(master_pid_file) is not None:
+    workers may still be consuming tasks. Empty while a master holds its
+    lock file, or its PID file's lock (:func:`master_alive`: a node's lock
+    on a dead master's file does not count): a master that does not answer yet (starting) or
+    any more (its socket removed) still supervises them."""
+    master = master_alive(master_pid_file)
+    if master or master_lock_held(master_pid_file) \
+            or (master is None and lock_holder(master_pid_file) is not None):
         return []
     trusted = trusted_owners()
     cands, _, _ = candidates(config, master_pid_file, trusted)
@@ -296,60 +306,71 @@ def _owner(path: str) -> int | None:
 
 
 def remove_stale_master_pidfile(path: str) -> None:
-    """Remove the PID file of a dead master, under its lock (so a master that
-    holds it is never robbed of it)."""
+    """Remove the PID file of a dead master, under the master's private lock
+    (so a master that holds it, or is starting, is never robbed of its file).
+
+    A lock on the PID file itself stops the removal only when the master it
+    names holds it (an older stemd's master, which knew no lock file): a
+    node can lock that world-readable file too, and once its master was
+    dead such a lock used to keep the file for ever. Without access to the
+    lock file (stemctl as another user), the PID file's lock is all there is."""
+    lock_fd = None
+    with contextlib.suppress(OSError):
+        lock_fd = os.open(master_lock_path(path),
+                          os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        st = os.fstat(fd)
-        cur = os.stat(path, follow_symlinks=False)
-        if (st.st_dev, st.st_ino) == (cur.st_dev, cur.st_ino):
-            os.unlink(path)
-    except OSError:
-        pass
+        if lock_fd is not None:
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return  # a master holds it
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            st = os.fstat(fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if names_its_locker(read_pid_at(fd), st):
+                    return
+            cur = os.stat(path, follow_symlinks=False)
+            if (st.st_dev, st.st_ino) == (cur.st_dev, cur.st_ino):
+                os.unlink(path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
     finally:
-        os.close(fd)
+        if lock_fd is not None:
+            os.close(lock_fd)
 
 
 # ------------------------------------------------------------- the master
 
 
 def lock_holder(path: str) -> int | None:
-    """The PID holding the flock on ``path``, from /proc/locks (the master
-    takes its lock after detaching, so the PID recorded there is its own)."""
+    """A PID holding an flock on ``path``, from /proc/locks."""
     try:
         st = os.stat(path, follow_symlinks=False)
-        with open("/proc/locks") as f:
-            lines = f.read().splitlines()
     except OSError:
         return None
-    want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    for line in lines:
-        fields = line.split()
-        if "->" in fields:  # a waiter, not a holder
-            continue
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == want:
-            with contextlib.suppress(ValueError):
-                return int(fields[4])
-    return None
+    holders = flock_holders(st)
+    return holders[0] if holders else None
 
 
 def verified_master(path: str) -> int | None:
-    """The master's PID when the process that holds the lock on its PID file
-    is the PID the file names and runs stemd; else None."""
+    """The master's PID when a process that holds the lock on its PID file
+    (by /proc/locks: the master takes it after detaching, so the PID
+    recorded there is its own) is the PID the file names and runs stemd;
+    else None."""
     pid = read_master_pid(path)
-    if pid is None or lock_holder(path) != pid:
-        return None
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
+        st = os.stat(path, follow_symlinks=False)
     except OSError:
         return None
-    if not any(os.path.basename(a.decode(errors="replace")).startswith("stemd")
-               for a in argv[:3]):
+    if pid is None or pid not in flock_holders(st) or not runs_stemd(pid):
         return None
     return pid
 

@@ -146,9 +146,15 @@ def test_status_with_the_master_dead_names_the_nodes_that_still_run(fleet: Fleet
     assert sorted(p.name for p in fleet.run_dir.glob("*.pid")) == ["alpha.pid", "beta.pid",
                                                                    "stemd.pid"]
 
-    # While a process holds the master's lock (a master starting, or one
-    # whose socket was removed), the nodes are its: nothing is said of them.
+    # A lock on the dead master's PID file proves nothing (anyone who can
+    # read it can take one): the nodes are still named.
     with open(fleet.run_dir / "stemd.pid") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = fleet.ctl("status", "--json")
+        assert result.returncode == 3 and len(json.loads(result.stdout)["left_running"]) == 2
+    # While a process holds the master's lock file (a master starting), the
+    # nodes are its: nothing is said of them.
+    with open(fleet.run_dir / "stemd.pid.lock") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         result = fleet.ctl("status", "--json")
         assert result.returncode == 3 and json.loads(result.stdout)["left_running"] == []
