@@ -435,7 +435,7 @@ KEYS: tuple[Key, ...] = (
         "RUNNING (or given up) before the next; stops in reverse"),
     Key("STEMD_LOG_LEVEL", "log_level", M, parse_log_level, "INFO", "the master's log level"),
     Key("STEMD_MASTER_PID_FILE", "pid_file", M, parse_required_str, DEFAULT_MASTER_PID_FILE,
-        "the master's PID file (locked while the master runs)"),
+        "the master's PID file; its lock file (uniqueness) is PATH.lock beside it"),
     Key("STEMD_MASTER_LOG_FILE", "log_file", M, parse_required_str, "/var/log/stem/stemd.log",
         "the master's own log"),
     Key("STEMD_SOCKET", "socket", M, parse_required_str, DEFAULT_SOCKET,
