@@ -51,24 +51,42 @@ def write_pidfile(path: str, pid: int, mode: int = 0o644) -> None:
 def write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` through a temporary file renamed over it
     (PID files, the state file). Raises OSError on failure."""
+    os.close(_replace(path, data, mode, locked=False))
+
+
+def publish_locked(path: str, data: bytes, mode: int = 0o644) -> int:
+    """:func:`write_atomic`, the new file ``flock``ed (``LOCK_EX``) before
+    anyone can open it (it is 0600 until then); returns its descriptor,
+    which holds the lock: the master PID file always names its locker."""
+    return _replace(path, data, mode, locked=True)
+
+
+def _replace(path: str, data: bytes, mode: int, locked: bool) -> int:
     directory, name = os.path.split(os.path.abspath(path))
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         tmp = f".{name}.{os.getpid()}.tmp"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp, dir_fd=dir_fd)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     mode, dir_fd=dir_fd)
+        flags = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(tmp, flags | (os.O_RDWR if locked else os.O_WRONLY),
+                     0o600 if locked else mode, dir_fd=dir_fd)
         try:
+            if locked:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.write(fd, data)
             os.fchmod(fd, mode)  # the umask must not hide it from the node user
-        finally:
+            # rename() replaces whatever is at the name (a planted symlink
+            # too) without following it.
+            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dir_fd)
             os.close(fd)
-        # rename() replaces whatever is at the name (a planted symlink too)
-        # without following it.
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            raise
     finally:
         os.close(dir_fd)
+    return fd
 
 
 def trusted_owners() -> frozenset[int]:

@@ -47,6 +47,7 @@ from stem_core.pidfile import (
     flock_holders,
     master_lock_path,
     names_its_locker,
+    publish_locked,
     read_master_pid,
     read_pid_at,
     runs_stemd,
@@ -217,32 +218,11 @@ def _euid(pid: int) -> int | None:
 
 
 def _publish(path: str) -> int:
-    """Write our PID to ``path`` as a new inode: a temporary file in the same
-    directory, created 0600 (nobody else can open it before it is locked),
-    locked, made 0644 and renamed over the path (a symlink or a file of
-    someone else's there is replaced, never followed). Returns its
-    descriptor, which holds the lock."""
-    directory, name = os.path.split(os.path.abspath(path))
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        tmp = f".{name}.{os.getpid()}.tmp"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp, dir_fd=dir_fd)
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600, dir_fd=dir_fd)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            os.fchmod(fd, 0o644)
-            os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=dir_fd)
-            os.close(fd)
-            raise
-    finally:
-        os.close(dir_fd)
-    return fd
+    """Write our PID to ``path`` as a new inode, locked before anyone can
+    open it and renamed over the path (a symlink or a file of someone
+    else's there is replaced, never followed). Returns its descriptor,
+    which holds the lock."""
+    return publish_locked(path, f"{os.getpid()}\n".encode())
 
 
 def _still_at(fd: int, path: str) -> bool:

@@ -31,6 +31,19 @@ from tests.fleet import STEMCTL, Fleet, pid_alive, wait_until
 __all__ = ["open_fleet", "temp_group"]
 
 
+
+def read_pty(master: int) -> bytes | None:
+    """What the terminal's master end has within a second (b"" if nothing);
+    None once the other end is closed (EOF, or EIO on Linux)."""
+    if not select.select([master], [], [], 1)[0]:
+        return b""
+    try:
+        chunk = os.read(master, 65536)
+    except OSError:  # EIO: the other end is closed
+        return None
+    return chunk or None
+
+
 def quick_status(fleet: Fleet) -> dict[str, dict[str, object]] | None:
     """``status`` with a short client timeout: None when the master does not answer."""
     result = fleet.ctl("--timeout", "3", "status", "--json", timeout=30)
@@ -269,14 +282,10 @@ def test_follow_colours_each_node_on_a_terminal(fleet: Fleet) -> None:
     try:
         deadline = time.monotonic() + 30
         while data.count(b"\n") < 2 and time.monotonic() < deadline:
-            if select.select([master], [], [], 1)[0]:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:  # EIO: the other end is closed
-                    break
-                if not chunk:
-                    break
-                data += chunk
+            chunk = read_pty(master)
+            if chunk is None:
+                break
+            data += chunk
         proc.wait(timeout=30)
     finally:
         os.close(master)
@@ -344,14 +353,10 @@ def on_terminal(fleet: Fleet, *args: str, until: Callable[[bytes], bool] | None 
                     break
                 actions.pop()()
                 since = len(data)
-            if select.select([master], [], [], 1)[0]:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:  # EIO: the other end is closed
-                    break
-                if not chunk:
-                    break
-                data += chunk
+            chunk = read_pty(master)
+            if chunk is None:
+                break
+            data += chunk
         if until is not None:
             assert done, f"timed out; stemctl wrote {data!r}"
             proc.send_signal(signal.SIGINT)
