@@ -52,7 +52,7 @@ from stemd.memlimit import MemoryLimits
 from stemd.node import Node, SpawnError
 from stemd.notify import Notifier
 from stemd.observe import ReloadRecord, Transitions
-from stemd.reaper import Reaper
+from stemd.reaper import Reaper, kill_leftovers, session_leftovers
 from stemd.runwatch import RunDirWatch
 from stemd.signals import SignalPipe
 from stemd.snapshot import snapshot as build_snapshot
@@ -728,15 +728,38 @@ class Master:
                         continue
                     held.add(node)
                 mine.append(node)
+            ended = {n.pid: n for n in mine if n.pid is not None}
             for node in mine:
                 node.stop()
             if before_wait is not None:
                 before_wait()
             await asyncio.gather(self._wait_all(mine, _is_down, down),
                                  *(self._stop_node(n) for n in queued))
+            self._sweep_sessions(ended)
         finally:
             for node in list(held):  # cancelled: what is still locked is let go
                 down(node)
+
+    def _sweep_sessions(self, ended: dict[int, Node]) -> None:
+        """Kill what the stopped nodes left in their sessions outside their
+        process groups: the stop's SIGKILL reached the groups only, and SPEC
+        §2.1 leaves no grandchild behind. One scan of /proc per stop
+        command, and a second if the first found any (a leftover may have
+        forked meanwhile). A descendant that left the session (setsid) is
+        beyond it: the documented limit."""
+        if not ended:
+            return
+        for _ in range(2):
+            spare = {n.pid for n in self.nodes.values() if n.pid is not None}
+            leftovers = session_leftovers(set(ended), spare)
+            if not leftovers:
+                return
+            kill_leftovers(leftovers)
+            for sid in sorted({sid for _, _, sid in leftovers}):
+                pids = [pid for pid, _, s in leftovers if s == sid]
+                self.log.warning("%s: killed %d process(es) its pid %d left in its session "
+                                 "outside its process group: %s", ended[sid].name, len(pids),
+                                 sid, ", ".join(map(str, pids)))
 
     def _wait_all(self, nodes: list[Node], done: Callable[[Node], bool],
                   each: Callable[[Node], None]) -> asyncio.Future[None]:
@@ -772,8 +795,11 @@ class Master:
             return await self._stop_unlocked(node)
 
     async def _stop_unlocked(self, node: Node) -> NodeState:
+        ended = {node.pid: node} if node.pid is not None else {}
         node.stop()
-        return await self.wait_for(node, _is_down)
+        state = await self.wait_for(node, _is_down)
+        self._sweep_sessions(ended)
+        return state
 
     async def _restart_node(self, node: Node) -> NodeState:
         async with self._rolling_lock, node.lock:

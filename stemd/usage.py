@@ -28,10 +28,10 @@ Each node gets:
   than the main one).
 
 A process that leaves the node's session (``setsid`` again, a daemonising
-double fork) is not counted: it also escapes the stop sequence's SIGKILL of
-the process group. One that only leaves the process group (``setpgid``) is
-counted here and escapes that SIGKILL too: both are the documented limit
-(docs/architecture.md, "Known limit").
+double fork) is not counted: it also escapes every stop, the documented
+limit (docs/architecture.md). One that only leaves the process group
+(``setpgid``) is counted here, and a stop kills it (stemd.reaper
+``session_leftovers``).
 """
 
 from __future__ import annotations

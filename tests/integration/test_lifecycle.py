@@ -393,3 +393,39 @@ def test_a_stop_overtaken_by_a_shutdown_still_answers_stopped(fleet: Fleet) -> N
     assert stop.returncode == 0, (out, err)
     assert "a: STOPPED" in out
     assert_nothing_left(fleet)
+
+
+# a node whose child moves to a process group of its own (as a shell with job control, or
+# subprocess(process_group=0), would put it), and stays in the node's session
+ESCAPES_GROUP = """\
+import subprocess, sys, time
+subprocess.Popen(["/bin/sleep", sys.argv[1]], process_group=0)
+time.sleep(100000)
+"""
+
+
+def test_a_child_in_a_group_of_its_own_does_not_survive_a_stop(fleet: Fleet) -> None:
+    """Regression: a node's child that called setpgid outlived `stemctl stop` and the
+    shutdown (the stop's SIGKILL reached the node's process group only), while status counted
+    it in KIDS: SPEC §2.1, "grandchildren are never left behind"."""
+    import sys
+
+    script = fleet.script("escape.py", ESCAPES_GROUP)
+    marker = f"{8000000 + os.getpid() % 100000}"
+    fleet.write(nodes="a b", command=f"{sys.executable} {script} {marker}")
+    fleet.start()
+    nodes = fleet.wait_state("RUNNING")
+
+    def escapees() -> list[psutil.Process]:
+        return [p for p in psutil.process_iter(["cmdline"])
+                if p.info["cmdline"] == ["/bin/sleep", marker]]
+    found = wait_until(lambda: len(e := escapees()) == 2 and e, 10, what="the two escapees")
+    for proc in found:
+        assert os.getsid(proc.pid) in (nodes["a"]["pid"], nodes["b"]["pid"])
+        assert os.getpgid(proc.pid) == proc.pid  # a group of its own
+    assert fleet.ctl("stop", "a").returncode == 0
+    wait_until(lambda: len(escapees()) == 1, 5, what="a's escapee killed by the stop")
+    assert os.getsid(escapees()[0].pid) == nodes["b"]["pid"]  # b's is not touched
+    assert "a: killed 1 process(es)" in fleet.master_log()
+    assert fleet.ctl("shutdown").returncode == 0
+    wait_until(lambda: not escapees(), 5, what="b's escapee killed by the shutdown")
