@@ -127,11 +127,32 @@ def test_program_settings_map_to_stemd_keys(tmp_path: Path) -> None:
                                     "log_file": "/var/log/sv.log", "socket": "/run/sv.sock"}
     a, b, c = (result.toml["programs"][n] for n in "abc")
     assert a == {"command": "/bin/a", "umask": "027", "user": "app", "start_secs": 5,
-                 "start_retries": 7, "stop_signal": "QUIT", "stop_timeout": 600,
+                 "start_retries": 8, "stop_signal": "QUIT", "stop_timeout": 600,
                  "kill_mode": "control-group"}
     assert b["restart"] == "no" and "kill_mode" not in b  # killasgroup alone: mixed
-    assert c["restart"] == "on-failure" and c["start_retries"] == 3  # supervisord defaults
+    # supervisord's default: 3 retries after the first start, 4 starts; stemd counts failed
+    # starts in a row (regression: 3 gave up one start sooner than supervisord)
+    assert c["restart"] == "on-failure" and c["start_retries"] == 4
     assert result.complete
+    _load(tmp_path, result.toml)
+
+
+def test_stderr_by_supervisords_default_is_kept_and_said(tmp_path: Path) -> None:
+    """Regression: with stderr_logfile left at supervisord's default (AUTO, a file of its
+    own), the import sent stderr with stdout, to /dev/null when stdout_logfile=NONE
+    (tracebacks lost), and said nothing."""
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text("[program:quiet]\ncommand=/bin/q\nstdout_logfile=NONE\n"
+                    "[program:plain]\ncommand=/bin/p\nstdout_logfile=/var/log/p.log\n")
+    result = _import(conf)
+    quiet, plain = result.toml["programs"]["quiet"], result.toml["programs"]["plain"]
+    assert quiet["log_file"] == "/dev/null"
+    assert quiet["stderr_log_file"] == "/var/log/stem/%n-stderr.log"
+    assert plain["log_file"] == "/var/log/p.log" and "stderr_log_file" not in plain
+    said = {n.setting: n.advice for n in result.notes}
+    assert "not with stdout to /dev/null" in said["[program:quiet] stderr_logfile"]
+    assert "with stdout" in said["[program:plain] stderr_logfile"]
+    assert result.complete  # translated, differently: said, not a failure
     _load(tmp_path, result.toml)
 
 

@@ -485,8 +485,11 @@ class _Importer:
         autorestart = (get("autorestart", "unexpected") or "").strip().lower()
         table["restart"] = ("always" if autorestart in _TRUE else
                             "no" if autorestart in _FALSE else "on-failure")
+        # supervisord's startretries counts retries after the first start
+        # (N + 1 starts); stemd's start_retries, failed starts in a row
         for key, target, default, convert in (
-                ("startsecs", "start_secs", "1", int), ("startretries", "start_retries", "3", int),
+                ("startsecs", "start_secs", "1", int),
+                ("startretries", "start_retries", "3", lambda t: int(t) + 1),
                 ("stopwaitsecs", "stop_timeout", "10", int)):
             text = get(key, default) or default
             try:
@@ -504,11 +507,24 @@ class _Importer:
             if log is not None:
                 table["log_file"] = _escape(log)
         redirect = (get("redirect_stderr", "false") or "").strip().lower() in _TRUE
-        stderr = None if redirect else get("stderr_logfile")
+        stderr = None if redirect else get("stderr_logfile", "AUTO")
         if stderr is not None:  # NONE: /dev/null, discarded as supervisord does
-            err_log = _logfile(stderr, values["stderr_logfile"].here)
-            if err_log is not None:  # AUTO: with stdout, see _program_notes
+            err_log = _logfile(stderr, values["stderr_logfile"].here
+                               if "stderr_logfile" in values else "/")
+            if err_log is not None:
                 table["stderr_log_file"] = _escape(err_log)
+            elif stderr.strip().lower() == "auto":
+                # supervisord's default: a file of stderr's own
+                if table.get("log_file") == "/dev/null":
+                    table["stderr_log_file"] = AUTO_STDERR_LOG
+                    self.note(values.get("stderr_logfile"), f"[{section}] stderr_logfile",
+                              "AUTO (supervisord's default) while stdout is discarded: "
+                              f"stderr goes to {AUTO_STDERR_LOG}, not with stdout to "
+                              "/dev/null", translated=True, section=section)
+                else:
+                    self.note(values.get("stderr_logfile"), f"[{section}] stderr_logfile",
+                              "AUTO (supervisord's default): stderr goes to the node's "
+                              "log_file with stdout", translated=True, section=section)
         autostart = get("autostart")
         if autostart is not None and autostart.strip().lower() in _FALSE:
             table["autostart"] = False
@@ -587,6 +603,11 @@ def expansions_names(expansions: Mapping[str, Any]) -> list[str]:
 
 def _absolute(path: str, here: str) -> str:
     return path if os.path.isabs(path) else os.path.normpath(os.path.join(here, path))
+
+
+#: where stderr goes when supervisord kept it in an AUTO file and stdout is
+#: discarded (stemd's own log directory, as its default log_file)
+AUTO_STDERR_LOG = "/var/log/stem/%n-stderr.log"
 
 
 def _logfile(value: str, here: str) -> str | None:
