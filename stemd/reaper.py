@@ -199,7 +199,8 @@ def _status(info: os.waitid_result) -> ExitStatus:
 def session_leftovers(ended: set[int], spare: set[int]) -> list[tuple[int, int, int]]:
     """(pid, pgid, session) of every live process still in a session in
     ``ended`` (the main PIDs of nodes that were just stopped) but not in
-    one in ``spare`` (the sessions of the nodes that run now).
+    one in ``spare`` (the sessions of the nodes that run now), outside the
+    node's own process group (which the stop has SIGKILLed).
 
     A node's process that moved to a process group of its own (``setpgid``,
     a shell with job control) escapes the stop's group kill but stays in
@@ -219,9 +220,11 @@ def session_leftovers(ended: set[int], spare: set[int]) -> list[tuple[int, int, 
         # fields[0] is field 3 (state): pgrp 5, session 6
         if len(fields) < 4 or fields[0] == b"Z":
             continue
-        sid = int(fields[3])
-        if sid in ended and sid not in spare:
-            found.append((int(entry.name), int(fields[2]), sid))
+        sid, pgid = int(fields[3]), int(fields[2])
+        # pgid == sid: in the node's own group, which the stop SIGKILLed
+        # already (such a process may not have died yet)
+        if sid in ended and sid not in spare and pgid != sid:
+            found.append((int(entry.name), pgid, sid))
     return found
 
 
