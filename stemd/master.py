@@ -787,6 +787,10 @@ class Master:
     async def _start_unlocked(self, node: Node) -> NodeState:
         if node.state is S.STOPPING:
             await self.wait_for(node, lambda n: n.state not in ALIVE)
+        if not node.wanted:
+            # The operator stopped it after this command (a reload, a
+            # restart, a memory restart) began: the later command stands.
+            return node.state
         node.start()
         return await self.wait_for(node, lambda n: n.state in START_SETTLED or n.closed)
 
@@ -895,7 +899,7 @@ class Master:
                    # a deploy that had to SIGKILL lost tasks: say which nodes
                    "stop_forced": forced}
         failed = [n.name for n, state in zip(starting, results, strict=True)
-                  if state is not S.RUNNING]
+                  if state is not S.RUNNING and n.wanted]  # not: stopped meanwhile
         if failed:
             raise ReloadFailed(f"reload: not running: {abridged(failed)}", summary)
         return summary

@@ -429,3 +429,41 @@ def test_a_child_in_a_group_of_its_own_does_not_survive_a_stop(fleet: Fleet) -> 
     assert "a: killed 1 process(es)" in fleet.master_log()
     assert fleet.ctl("shutdown").returncode == 0
     wait_until(lambda: not escapees(), 5, what="b's escapee killed by the shutdown")
+
+
+def test_a_stop_during_a_reload_stands(fleet: Fleet) -> None:
+    """Regression: `stemctl stop a` while a reload was stopping a (changed) answered 0 with
+    "a: STARTING": the reload started it again once it was down, and it ran on marked
+    wanted down."""
+    slow = fleet.script("slow.sh", SLOW_STOP)
+    fleet.write(nodes="a b", command=f"{slow} v1")
+    fleet.start()
+    fleet.write(nodes="a b", command=f"{slow} v2", opts="--x:a=1")  # only a changes
+    reload = subprocess.Popen([STEMCTL, "--config", str(fleet.config), "reload"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=fleet.env())
+    wait_until(lambda: "a: RUNNING -> STOPPING" in fleet.master_log(), 10, what="a stopping")
+    stop = fleet.ctl("stop", "a")
+    assert stop.returncode == 0 and "a: STOPPED" in stop.stdout, stop
+    out, err = reload.communicate(timeout=30)
+    assert reload.returncode == 0, (out, err)
+    nodes = fleet.status()
+    assert nodes["a"]["state"] == "STOPPED" and nodes["a"]["pid"] is None
+    assert fleet.master_log().count("a: STOPPED -> STARTING") == 1  # the first start only
+    assert nodes["b"]["state"] == "RUNNING"
+
+
+def test_a_stop_no_wait_during_a_restart_of_that_node_stands(fleet: Fleet) -> None:
+    """Regression: `stemctl stop --no-wait a` while `stemctl restart a` was stopping it: the
+    restart said "stopped meanwhile" but had spawned a again, which ran on."""
+    fleet.write(nodes="a b", command=fleet.script("slow.sh", SLOW_STOP))
+    fleet.start()
+    restart = subprocess.Popen([STEMCTL, "--config", str(fleet.config), "restart", "a"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=fleet.env())
+    wait_until(lambda: "a: RUNNING -> STOPPING" in fleet.master_log(), 10, what="a stopping")
+    assert fleet.ctl("stop", "--no-wait", "a").returncode == 0
+    _, err = restart.communicate(timeout=30)
+    assert restart.returncode == 1 and "stopped meanwhile" in err, err
+    assert fleet.status()["a"]["state"] == "STOPPED"
+    assert fleet.master_log().count("a: STOPPED -> STARTING") == 1  # the first start only
