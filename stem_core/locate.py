@@ -119,7 +119,12 @@ def _env_leniently(data: bytes, path: str, key: str, environ: Mapping[str, str])
     text = data.decode("utf-8", "surrogateescape")
     lines = list(re.finditer(rf"^[ \t]*(?:export[ \t]+)?{key}=", text, re.M))
     if not lines:
-        if re.search(rf"(?<![A-Za-z0-9_]){key}=", text):
+        for found_at in re.finditer(rf"(?<![A-Za-z0-9_]){key}=", text):
+            line_start = text.rfind("\n", 0, found_at.start()) + 1
+            if re.search(r"(?:^|[ \t])#", text[line_start:found_at.start()]):
+                # in a comment (etc/default/stem as shipped has '#STEMD_SOCKET=...'):
+                # a stop during a typo must not fail on it
+                continue
             raise ConfigError(Problem(f"{key} is assigned where it cannot be read without "
                                       "parsing the whole file, which has errors", file=path,
                                       key=key, hint=f"put {key}=... on a line of its own"))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from stem_core.errors import ConfigError, Problem
-from stem_core.locate import DEFAULT_CONFIG, DEFAULT_SOCKET, master_path
+from stem_core.locate import DEFAULT_CONFIG, DEFAULT_MASTER_PID_FILE, DEFAULT_SOCKET, master_path
 
 
 def locate(tmp_path: Path, text: str, key: str = "STEMD_SOCKET",
@@ -82,3 +82,17 @@ def test_the_default_file_may_be_missing(spelled: str) -> None:
         pytest.skip(f"{DEFAULT_CONFIG} exists on this machine")
     assert master_path("STEMD_SOCKET", spelled, {}, []) == DEFAULT_SOCKET
     assert master_path("STEMD_SOCKET", spelled, {"STEMD_SOCKET": "/e.sock"}, []) == "/e.sock"
+
+
+@pytest.mark.parametrize("key", ["STEMD_SOCKET", "STEMD_MASTER_PID_FILE"])
+def test_the_shipped_sample_with_a_typo_gives_the_defaults(tmp_path: Path, key: str) -> None:
+    """Regression: etc/default/stem as shipped has '#STEMD_SOCKET=...' and
+    '#STEMD_MASTER_PID_FILE=...' in comments; with a typo elsewhere, stemctl took those for
+    assignments it could not read and refused the file, so the init script's stop, restart and
+    status failed while the master ran (deployment.md §3: the defaults are used)."""
+    shipped = Path(__file__).resolve().parents[1] / "etc" / "default" / "stem"
+    text = shipped.read_text()
+    assert f"#{key}=" in text  # what this test is about
+    value, problems = locate(tmp_path, text + 'STEMD_OPTS="--typo\n', key)
+    assert problems  # the typo is reported, and the defaults are used
+    assert value == (DEFAULT_SOCKET if key == "STEMD_SOCKET" else DEFAULT_MASTER_PID_FILE)
