@@ -6,7 +6,8 @@ parent exits at once, before the daemon has done anything. So the command
 the operator ran forks first and waits on a pipe: the daemon writes
 ``OK <pid>`` once its PID file is written, its socket bound and its nodes
 spawned, or ``ERR <reason>`` when start-up fails; EOF without either means it
-died. Only then does the command exit — 0, or 1 with the reason on stderr.
+died. Only then does the command exit — 0; 1 with the reason on stderr; or
+:data:`NODES_NOT_RUNNING` when the master runs but a node did not start.
 systemd ``Type=forking`` and SysV scripts rely on exactly that.
 
 Uniqueness is an ``fcntl`` lock (s6's lesson: a lock, not a PID file, is
@@ -52,6 +53,13 @@ from stem_core.pidfile import (
     read_pid_at,
     runs_stemd,
 )
+
+#: stemd's exit status when its master started and runs on but some node did
+#: not reach RUNNING within STEMD_START_WAIT (1: start-up failed, no master
+#: runs). The forking systemd units count it a success (SuccessExitStatus=):
+#: as a failed start, systemd SIGKILLed the master and the healthy nodes with
+#: their tasks, and restarted the whole fleet every few seconds.
+NODES_NOT_RUNNING = 5
 
 
 class AlreadyRunning(StemError):
@@ -310,6 +318,11 @@ class Readiness:
     def fail(self, reason: str) -> None:
         self._send(f"ERR {reason}")
 
+    def partly(self, reason: str) -> None:
+        """The master runs, but not every node reached RUNNING: the
+        command exits :data:`NODES_NOT_RUNNING` with ``reason``."""
+        self._send(f"PART {reason}")
+
 
 def daemonize(log_hint: str) -> Readiness:
     """Detach. Returns in the daemon; the operator's process waits for the
@@ -349,6 +362,10 @@ def _wait_for_daemon(r: int, child: int, log_hint: str) -> NoReturn:
     text = b"".join(chunks).decode("utf-8", "replace").strip()
     if text.startswith("OK"):
         os._exit(0)
+    if text.startswith("PART "):
+        sys.stderr.write(f"stemd: {text[5:]}\n")
+        sys.stderr.flush()
+        os._exit(NODES_NOT_RUNNING)
     if text.startswith("ERR "):
         sys.stderr.write(f"stemd: {text[4:]}\n")
     else:

@@ -378,7 +378,7 @@ class Master:
                             for n in failed[:LISTED_IN_FULL])
             if len(failed) > LISTED_IN_FULL:
                 why += f"; and {len(failed) - LISTED_IN_FULL} more"
-            self.readiness.fail(f"{len(failed)} of {len(self.nodes)} nodes not running "
+            self.readiness.partly(f"{len(failed)} of {len(self.nodes)} nodes not running "
                                 f"(waited up to {wait:g}s, STEMD_START_WAIT): {why}; the "
                                 "master keeps supervising them (see 'stemctl status')")
         else:

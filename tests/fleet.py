@@ -126,7 +126,7 @@ class Fleet:
         so the launcher must exit 1 naming the failures (the master stays
         and keeps supervising). Returns what it said."""
         result = self.stemd(*args)
-        assert result.returncode == 1, (result.returncode, result.stderr)
+        assert result.returncode == 5, (result.returncode, result.stderr)  # NODES_NOT_RUNNING
         assert "not running" in result.stderr, result.stderr
         assert pid_alive(self.master_pid() or 0), "the master must keep supervising"
         return result.stderr

@@ -461,6 +461,52 @@ def test_template_unit_instances_are_independent(box: Container) -> None:
     assert box.run("test -e /run/stem/foo", check=False).returncode != 0
 
 
+def test_forking_unit_with_a_node_that_cannot_start_keeps_the_fleet(box: Container) -> None:
+    """Regression: stemd exits non-zero when a node cannot start (its master runs on). The
+    forking unit took that for a failed start: systemd SIGKILLed the master and the healthy
+    node with their tasks, and Restart=on-failure restarted the whole fleet every ~6 s."""
+    unit = "stem-worker.service"
+    box.run("sed -i 's/^STEMD_START_SECS=.*/&\\nSTEMD_OPTS=\"--bogus:beta=1\"/' "
+            "/etc/default/stem")
+    try:
+        box.systemctl(f"start {unit}")  # exit 0: the master runs (stemd exited 5)
+        assert box.show(unit, "ActiveState") == "active"
+        main_pid = int(box.show(unit, "MainPID"))
+        assert int(box.read("/run/stem/stemd.pid")) == main_pid
+        rows = wait_until(lambda: (r := {x["node"]: x for x in box.status()})
+                          and r["beta"]["state"] == "FATAL" and r, 10, what="beta FATAL")
+        assert rows["alpha"]["state"] == "RUNNING"
+        assert "nodes not running" in box.journal(unit)  # stemd's reason is in the journal
+        assert box.show(unit, "NRestarts") == "0"
+        assert int(box.show(unit, "MainPID")) == main_pid
+        box.systemctl(f"stop {unit}")
+        assert box.show(unit, "Result") == "success"
+    finally:
+        box.run("sed -i '/^STEMD_OPTS=\"--bogus:beta=1\"/d' /etc/default/stem")
+    assert box.processes_of("stem") == {}
+
+
+def test_template_unit_keeps_an_operators_stop_when_systemd_restarts_the_master(
+        box: Container) -> None:
+    """Regression: the template (and scheduler) unit let systemd remove the runtime
+    directory, state file included, when it restarted a crashed master: a node the operator
+    had stopped ran again (SPEC §2.2: the operator's stops are kept)."""
+    unit = "stem-worker@foo.service"
+    sock = "--socket /run/stem/foo/stemd.sock"
+    box.systemctl(f"start {unit}")
+    old = assert_fleet(box, unit, "/run/stem/foo/stemd.pid", {"x", "y"}, sock)
+    box.run(f"stemctl {sock} stop x")
+    box.run(f"kill -KILL {old}")
+    wait_until(lambda: box.show(unit, "NRestarts") == "1" and box.show(unit, "ActiveState")
+               == "active" and int(box.show(unit, "MainPID") or 0) not in (0, old), 20,
+               what="systemd to restart the master", interval=0.2)
+    rows = wait_until(lambda: (r := {x["node"]: x for x in box.status(sock)})
+                      and r["y"]["state"] == "RUNNING" and r, 10, what="y running")
+    assert rows["x"]["state"] == "STOPPED", rows
+    box.systemctl(f"stop {unit}")
+    assert box.processes_of("stem") == {}
+
+
 def test_template_unit_with_a_broken_config_fails_with_the_reason(box: Container) -> None:
     unit = "stem-worker@broken.service"
     result = box.systemctl(f"start {unit}", check=False)
