@@ -312,7 +312,10 @@ class Master:
         self.server.close()
         self.signals.close()
         self.reaper.close()
-        self.log.info("stemd stopped")
+        if code == 0:
+            self.log.info("stemd stopped")
+        else:
+            self.log.error("stemd exiting with status %d", code)
         lock.release()
         self.notifier.close()
         return code
@@ -961,7 +964,18 @@ class Master:
         self.log.info("shutting down (%s): stopping %d nodes", why, len(everything))
         self.notifier.send("STOPPING=1", "STATUS=stopping nodes")
         stopping = [n for n in everything if n.state in STOPPED_BY_COMMAND]
-        await self._stop_in_order(everything, locked=False)
+        try:
+            await self._stop_in_order(everything, locked=False)
+        except Exception:
+            # A bug must not leave a master that never exits (a service
+            # stop that hangs): exit 1 and keep the state file, from which
+            # 'stemctl shutdown' (the init script's stop) or the next master
+            # finds and stops what still runs. Never "stemd stopped".
+            self.log.exception("shutdown failed; nodes may still run ('stemctl shutdown' "
+                               "stops what is left)")
+            if not self._done.done():
+                self._done.set_result(1)
+            return
         # stemctl shutdown waits on its held connection: its last word
         forced = [n.name for n in stopping if n.stop_forced]
         self.server.tell_held({"stop_forced": forced})
