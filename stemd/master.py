@@ -382,8 +382,8 @@ class Master:
             if len(failed) > LISTED_IN_FULL:
                 why += f"; and {len(failed) - LISTED_IN_FULL} more"
             self.readiness.partly(f"{len(failed)} of {len(self.nodes)} nodes not running "
-                                f"(waited up to {wait:g}s, STEMD_START_WAIT): {why}; the "
-                                "master keeps supervising them (see 'stemctl status')")
+                                  f"(waited up to {wait:g}s, STEMD_START_WAIT): {why}; the "
+                                  "master keeps supervising them (see 'stemctl status')")
         else:
             self.readiness.ready()
 
@@ -754,7 +754,11 @@ class Master:
             return
         for _ in range(2):
             spare = {n.pid for n in self.nodes.values() if n.pid is not None}
-            leftovers = session_leftovers(set(ended), spare)
+            try:
+                leftovers = session_leftovers(set(ended), spare)
+            except OSError as exc:  # no /proc to read: the stop stands without it
+                self.log.warning("cannot look for what the stopped nodes left: %s", exc)
+                return
             if not leftovers:
                 return
             kill_leftovers(leftovers)
