@@ -214,6 +214,7 @@ class Adoption:
         """Stop an adopted node the operator (or a reload) wanted down. If
         the state file saw it STOPPING, its stop signal was sent: wait for
         it again with the whole stop timeout, but do not send a second one."""
+        self.master.sweep_when_down([node])
         if record.state == "STOPPING":
             node.resume_stop()
         else:

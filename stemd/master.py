@@ -541,6 +541,7 @@ class Master:
         for node in nodes:
             node.wanted = False
         if not wait:
+            self.sweep_when_down(nodes)
             for node in nodes:
                 node.stop()
             self.state.save()  # after the signals: a next master sees them STOPPING
@@ -748,25 +749,46 @@ class Master:
         process groups: the stop's SIGKILL reached the groups only, and SPEC
         §2.1 leaves no grandchild behind. One scan of /proc per stop
         command, and a second if the first found any (a leftover may have
-        forked meanwhile). A descendant that left the session (setsid) is
-        beyond it: the documented limit."""
-        if not ended:
+        forked meanwhile); only processes of each node's own user, in a
+        session whose leader is gone (stemd.reaper.session_leftovers). A
+        descendant that left the session (setsid) is beyond it: the
+        documented limit."""
+        uids = {pid: uid for pid, node in ended.items()
+                if (uid := self._node_uid(node)) is not None}
+        if not uids:
             return
         for _ in range(2):
             spare = {n.pid for n in self.nodes.values() if n.pid is not None}
             try:
-                leftovers = session_leftovers(set(ended), spare)
+                leftovers = session_leftovers(uids, spare)
             except OSError as exc:  # no /proc to read: the stop stands without it
                 self.log.warning("cannot look for what the stopped nodes left: %s", exc)
                 return
-            if not leftovers:
+            killed = set(kill_leftovers(leftovers, uids))
+            if not killed:
                 return
-            kill_leftovers(leftovers)
-            for sid in sorted({sid for _, _, sid in leftovers}):
-                pids = [pid for pid, _, s in leftovers if s == sid]
+            for sid in sorted({sid for pid, sid in leftovers if pid in killed}):
+                pids = [pid for pid, s in leftovers if s == sid and pid in killed]
                 self.log.warning("%s: killed %d process(es) its pid %d left in its session "
                                  "outside its process group: %s", ended[sid].name, len(pids),
                                  sid, ", ".join(map(str, pids)))
+
+    def _node_uid(self, node: Node) -> int | None:
+        """The uid a node runs as (None: its account cannot be resolved)."""
+        try:
+            account = resolve_account(node.spec.run_as.user, node.spec.run_as.group)
+        except AccountError:
+            return None
+        return account.uid if account.switch else os.getuid()
+
+    def sweep_when_down(self, nodes: Iterable[Node]) -> None:
+        """For a stop nobody waits on (``stop --no-wait``, an adopted node's
+        stop carried on): sweep the nodes' sessions once all are down."""
+        ended = {n.pid: n for n in nodes if n.pid is not None}
+        if not ended:
+            return
+        pending = self._wait_all(list(ended.values()), _is_down, lambda n: None)
+        pending.add_done_callback(lambda _: self._sweep_sessions(ended))
 
     def _wait_all(self, nodes: list[Node], done: Callable[[Node], bool],
                   each: Callable[[Node], None]) -> asyncio.Future[None]:

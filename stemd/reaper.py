@@ -40,7 +40,7 @@ import select
 import signal
 import subprocess
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from stem_core.exits import ExitStatus
@@ -196,42 +196,82 @@ def _status(info: os.waitid_result) -> ExitStatus:
     return ExitStatus(signal=info.si_status)
 
 
-def session_leftovers(ended: set[int], spare: set[int]) -> list[tuple[int, int, int]]:
-    """(pid, pgid, session) of every live process still in a session in
-    ``ended`` (the main PIDs of nodes that were just stopped) but not in
-    one in ``spare`` (the sessions of the nodes that run now), outside the
-    node's own process group (which the stop has SIGKILLed).
+def session_leftovers(ended: Mapping[int, int], spare: set[int]) -> list[tuple[int, int]]:
+    """(pid, session) of every live process still in a session in ``ended``
+    (the main PIDs of nodes that were stopped, each with its node's uid)
+    outside the node's own process group (which the stop SIGKILLed), and
+    running as that node's user.
 
     A node's process that moved to a process group of its own (``setpgid``,
-    a shell with job control) escapes the stop's group kill but stays in
-    the node's session. Its members pin the session id, so the id cannot
-    have been reused while they live; a node spawned meanwhile on a reused
-    PID is in ``spare``. A scan of /proc (~10-20 ms at 1,000 processes): run
-    once per stop command, never per exit, never periodically."""
+    a shell with job control) escapes the stop's group kill but stays in the
+    node's session. The session's number is only a number once the node's
+    main process is reaped: by the time of the scan it may be a new session
+    of someone else (PID reuse; a node user can steer it). So a session is
+    looked at only while its leader's PID is not a live process (a new
+    leader on that PID: not ours), never one in ``spare`` (the sessions of
+    the nodes running now), and only processes of the node's own user are
+    returned: nothing the node user could not kill itself. A scan of /proc
+    (~10-20 ms at 1,000 processes): once per stop command, never per exit,
+    never periodically."""
+    leader_gone: dict[int, bool] = {}
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
+        fields = _stat(entry.name)
         # fields[0] is field 3 (state): pgrp 5, session 6
-        if len(fields) < 4 or fields[0] == b"Z":
+        if fields is None or fields[0] == b"Z":
             continue
         sid, pgid = int(fields[3]), int(fields[2])
-        # pgid == sid: in the node's own group, which the stop SIGKILLed
-        # already (such a process may not have died yet)
-        if sid in ended and sid not in spare and pgid != sid:
-            found.append((int(entry.name), pgid, sid))
+        if sid not in ended or sid in spare or pgid == sid:
+            continue
+        if sid not in leader_gone:
+            leader = _stat(str(sid))
+            leader_gone[sid] = leader is None or leader[0] == b"Z"
+        if leader_gone[sid] and _real_uid(entry.name) == ended[sid]:
+            found.append((int(entry.name), sid))
     return found
 
 
-def kill_leftovers(leftovers: list[tuple[int, int, int]]) -> None:
-    """SIGKILL each leftover and its process group."""
-    for pid, pgid, _ in leftovers:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
+def kill_leftovers(leftovers: list[tuple[int, int]], ended: Mapping[int, int]) -> list[int]:
+    """SIGKILL each leftover through a pidfd, after checking again, on the
+    pinned process, that it still is one (same session, same user): a PID
+    that was reused since the scan is not signalled. Returns those killed."""
+    killed = []
+    for pid, sid in leftovers:
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            continue
+        try:
+            fields = _stat(str(pid))
+            if (fields is not None and int(fields[3]) == sid
+                    and _real_uid(str(pid)) == ended[sid]):
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+                killed.append(pid)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return killed
+
+
+def _stat(pid: str) -> list[bytes] | None:
+    """The fields of /proc/PID/stat after the command name, or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields if len(fields) >= 4 else None
+
+
+def _real_uid(pid: str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[1])
+    except (OSError, IndexError, ValueError):
+        pass
+    return None

@@ -4,6 +4,7 @@ stemd by hand; each failed on the master before the fix."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -427,8 +428,49 @@ def test_a_child_in_a_group_of_its_own_does_not_survive_a_stop(fleet: Fleet) -> 
     wait_until(lambda: len(escapees()) == 1, 5, what="a's escapee killed by the stop")
     assert os.getsid(escapees()[0].pid) == nodes["b"]["pid"]  # b's is not touched
     assert "a: killed 1 process(es)" in fleet.master_log()
+    # a stop nobody waits on sweeps too, once the node is down
+    assert fleet.ctl("stop", "--no-wait", "b").returncode == 0
+    wait_until(lambda: not escapees(), 5, what="b's escapee killed after stop --no-wait")
+    assert "b: killed 1 process(es)" in fleet.master_log()
     assert fleet.ctl("shutdown").returncode == 0
-    wait_until(lambda: not escapees(), 5, what="b's escapee killed by the shutdown")
+
+
+def test_the_session_sweep_spares_a_session_that_is_not_a_dead_nodes() -> None:
+    """The sweep goes by a session's number, which is free again once the node's main
+    process is reaped: a new session on that PID (reuse; a node user can steer it) must not be
+    swept, nor any process of another user (regression: root SIGKILLed a job of an unrelated
+    session that reused a stopped node's PID)."""
+    # a live session leader with a job in a group of its own: as a reused PID would look
+    import sys
+
+    from stemd.reaper import kill_leftovers, session_leftovers
+
+    leader = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, time; "
+         "subprocess.Popen(['/bin/sleep', '1000'], process_group=0); time.sleep(1000)"],
+        start_new_session=True)
+    job = 0
+    try:
+        job = wait_until(lambda: next((c.pid for c in psutil.Process(leader.pid).children()
+                                       if os.getpgid(c.pid) != leader.pid), None), 5,
+                         what="the job in its own group")
+        assert os.getsid(job) == leader.pid
+        uid = os.getuid()
+        assert session_leftovers({leader.pid: uid}, set()) == []  # its leader lives
+        leader.kill()
+        leader.wait()  # the leader is gone: now the job looks like a node's leftover...
+        assert session_leftovers({leader.pid: uid + 1}, set()) == []  # ...of another user
+        assert session_leftovers({leader.pid: uid}, {leader.pid}) == []  # a running node's
+        found = session_leftovers({leader.pid: uid}, set())
+        assert found == [(job, leader.pid)]
+        assert kill_leftovers(found, {leader.pid: uid}) == [job]
+        wait_until(lambda: not pid_alive(job), 5, what="the job killed")
+    finally:
+        for pid in (leader.pid, job):
+            with contextlib.suppress(ProcessLookupError):
+                if pid:
+                    os.kill(pid, signal.SIGKILL)
+        leader.wait()
 
 
 def test_a_stop_during_a_reload_stands(fleet: Fleet) -> None:
