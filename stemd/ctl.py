@@ -583,7 +583,9 @@ def _run(ctl: Ctl) -> int:
         # is unknown: a usage error (2), not "failed" (1), which init scripts
         # and healthchecks would read as "not running", nor 3, which an init
         # script's stop reads as "already stopped".
-        return ctl.fail(E.BAD_CONFIG, *(str(p) for p in getattr(exc, "problems", [exc])))
+        code = ctl.fail(E.BAD_CONFIG, *(str(p) for p in getattr(exc, "problems", [exc])))
+        # healthcheck: 0 alive, 1 otherwise (SPEC §3); Docker reserves 2
+        return 1 if getattr(ctl.args, "command", None) == "healthcheck" else code
     except AccessDenied as exc:
         from stemd.client import denied_message
 

@@ -227,8 +227,8 @@ def _euid(pid: int) -> int | None:
 
 def _publish(path: str) -> int:
     """Write our PID to ``path`` as a new inode, locked before anyone can
-    open it and renamed over the path (a symlink or a file of someone
-    else's there is replaced, never followed). Returns its descriptor,
+    open it and renamed over the path (never through a symlink: a symlink
+    there makes :func:`_look_at` refuse the start first). Returns its descriptor,
     which holds the lock."""
     return publish_locked(path, f"{os.getpid()}\n".encode())
 
