@@ -528,18 +528,21 @@ class Master:
 
     async def start(self, nodes: list[Node]) -> list[NodeState]:
         """Start nodes (the operator wants them up) and wait until each is
-        RUNNING or has given up."""
+        RUNNING or has given up. Finished even if the client goes away: its
+        intent is recorded at once, and a node left wanted up but STOPPED
+        would be started by the next reload or master, unasked."""
         self._refuse_when_stopping()
-        for node in nodes:
-            node.wanted = True
+        _intend(nodes, True)
         self.state.save()
-        return await self._operation(self._start_in_order(nodes))
+        return await self._operation(self._start_in_order(nodes), finish="start")
 
     async def stop(self, nodes: list[Node], wait: bool = True) -> None:
         """Stop nodes (the operator wants them down); with ``wait``, until
-        they are. A stop is never refused, not even during a shutdown."""
-        for node in nodes:
-            node.wanted = False
+        they are. A stop is never refused, not even during a shutdown, and
+        is finished even if the client goes away (its intent is recorded at
+        once: a node left RUNNING but wanted down is not restarted when it
+        crashes)."""
+        _intend(nodes, False)
         if not wait:
             self.sweep_when_down(nodes)
             for node in nodes:
@@ -552,18 +555,19 @@ class Master:
         # Not cancelled by a shutdown, which stops these nodes too: the
         # client is told they stopped, not "interrupted".
         await self._operation(self._stop_in_order(nodes, before_wait=self.state.save),
-                              shutdown_cancels=False)
+                              finish="stop", shutdown_cancels=False)
 
     async def restart(self, nodes: list[Node]) -> list[Node]:
         """Rolling: one node at a time — across every client's restart —
         each RUNNING again before the next, so the fleet never loses more
         than one node of capacity. Stops at the first node that does not
-        come back (RestartHalted)."""
+        come back (RestartHalted). Each node is wanted up when its step
+        begins, not before: a restart halted, or dropped with its client,
+        leaves the nodes it did not reach as the operator last wanted them.
+        A node stopped after the restart began is not restarted."""
         self._refuse_when_stopping()
-        for node in nodes:
-            node.wanted = True
-        self.state.save()
-        return await self._operation(self._rolling_restart(nodes))
+        seen = {node.name: node.intent for node in nodes}
+        return await self._operation(self._rolling_restart(nodes, seen))
 
     def kill(self, nodes: list[Node], sig: int, group: bool) -> list[str]:
         """Send ``sig`` to the nodes' main processes (``group``: their whole
@@ -834,23 +838,27 @@ class Master:
         self._sweep_sessions(ended)
         return state
 
-    async def _restart_node(self, node: Node) -> NodeState:
+    async def _restart_node(self, node: Node, seen: int) -> NodeState:
         async with self._rolling_lock, node.lock:
-            if not node.wanted:
+            if self.nodes.get(node.name) is not node or node.closed:
+                return node.state  # removed meanwhile (a reload, scale), or shutting down
+            if node.intent != seen and not node.wanted:
                 # The operator stopped it after the restart began: that
                 # command is the later one, and it stands.
                 return node.state
+            _intend([node], True)
+            self.state.soon()
             await self._stop_unlocked(node)
             return await self._start_unlocked(node)
 
-    async def _rolling_restart(self, nodes: list[Node]) -> list[Node]:
+    async def _rolling_restart(self, nodes: list[Node], seen: dict[str, int]) -> list[Node]:
         done: list[Node] = []
         for node in nodes:
             if self.nodes.get(node.name) is not node:
                 continue  # removed meanwhile (stemctl scale, a reload): nothing to restart
             # Shielded: a client that disconnects mid-step must not leave
             # the node stopped; the rest of its restarts are dropped.
-            step = asyncio.ensure_future(self._restart_node(node))
+            step = asyncio.ensure_future(self._restart_node(node, seen[node.name]))
             self._operations.add(step)
             step.add_done_callback(self._operations.discard)
             state = await asyncio.shield(step)
@@ -890,6 +898,7 @@ class Master:
         removed = [self.nodes.pop(s.name) for s in change.removed]
         for node in removed:
             node.wanted = False
+            node.closed = True  # no start of any kind: a queued restart must not revive it
             self.removed[node.name] = node
         changed = [self.nodes[s.name] for s in change.changed]
         # A changed node is restarted only if the operator wants it up and
@@ -1008,6 +1017,14 @@ class Master:
         self.state.remove()  # a clean stop: the next start begins fresh
         if not self._done.done():
             self._done.set_result(0)
+
+
+def _intend(nodes: Iterable[Node], up: bool) -> None:
+    """An operator's command says what it wants of these nodes (their
+    intent, which reload, adoption and the next master honour)."""
+    for node in nodes:
+        node.wanted = up
+        node.intent += 1
 
 
 def _by_priority(nodes: Iterable[Node], reverse: bool = False) -> list[list[Node]]:

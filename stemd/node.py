@@ -99,6 +99,9 @@ class Node:
         # (stop). Reload, adoption and a restarted master read it; only the
         # operator's commands set it.
         self.wanted = True
+        # How many commands have set ``wanted``: a rolling restart checks at
+        # each node's turn whether a later command changed its intent.
+        self.intent = 0
         # Set by the master's shutdown: no start of any kind from then on.
         self.closed = False
         # Serialises commands on this node (start, stop, restart), so each

@@ -509,3 +509,94 @@ def test_a_stop_no_wait_during_a_restart_of_that_node_stands(fleet: Fleet) -> No
     assert restart.returncode == 1 and "stopped meanwhile" in err, err
     assert fleet.status()["a"]["state"] == "STOPPED"
     assert fleet.master_log().count("a: STOPPED -> STARTING") == 1  # the first start only
+
+
+# --- the operator's intent and the state agree once the master is quiet (found by
+# tests/integration/test_stress_intent.py; each failed before the fix)
+
+SLOW_TERM = "#!/bin/sh\ntrap 'sleep 1; exit 0' TERM\nwhile :; do sleep 0.05; done\n"
+
+
+def background(fleet: Fleet, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([STEMCTL, "--config", str(fleet.config), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=fleet.env())
+
+
+def settled(fleet: Fleet, node: str) -> dict[str, Any]:
+    return wait_until(lambda: (i := fleet.status()[node])["state"] in ("RUNNING", "STOPPED")
+                      and i, 20, what=f"{node} settled")
+
+
+def test_a_stop_whose_client_leaves_while_it_waits_is_still_done(fleet: Fleet) -> None:
+    """Regression: `stemctl stop a --timeout 0.3` queued behind a start: the client left, the
+    stop was dropped, and a ran on marked wanted down (not restarted if it crashed)."""
+    fleet.write(nodes="a", command=fleet.script("slow.sh", SLOW_TERM), start_secs=2)
+    fleet.start()
+    assert fleet.ctl("stop", "a").returncode == 0
+    start = background(fleet, "start", "a")
+    wait_until(lambda: fleet.master_log().count("a: STOPPED -> STARTING") == 2, 10,
+               what="a starting again")  # the first one was the master's start
+    assert fleet.ctl("stop", "a", "--timeout", "0.3").returncode != 0  # it did not wait
+    start.communicate(timeout=30)
+    wait_until(lambda: "stop finished (its client had gone)" in fleet.master_log(), 20,
+               what="the stop done without its client")
+    info = settled(fleet, "a")
+    assert (info["state"], info["wanted"]) == ("STOPPED", "down"), info
+
+
+def test_a_start_whose_client_leaves_while_it_waits_is_still_done(fleet: Fleet) -> None:
+    """Regression: `stemctl start a --timeout 0.3` queued behind a stop: dropped with its
+    client, it left a STOPPED but wanted up (the next reload or master would start it)."""
+    fleet.write(nodes="a", command=fleet.script("slow.sh", SLOW_TERM))
+    fleet.start()
+    stop = background(fleet, "stop", "a")
+    wait_until(lambda: "a: RUNNING -> STOPPING" in fleet.master_log(), 10, what="a stopping")
+    assert fleet.ctl("start", "a", "--timeout", "0.3").returncode != 0
+    stop.communicate(timeout=30)
+    wait_until(lambda: "start finished (its client had gone)" in fleet.master_log(), 20,
+               what="the start done without its client")
+    info = settled(fleet, "a")
+    assert (info["state"], info["wanted"]) == ("RUNNING", "up"), info
+
+
+def test_a_halted_restart_leaves_the_nodes_it_did_not_reach_as_they_were(fleet: Fleet
+                                                                        ) -> None:
+    """Regression: a rolling restart halted at a (stopped meanwhile) had marked c, stopped
+    before it began, wanted up: c stayed STOPPED but a later reload or master would start it."""
+    fleet.write(nodes="a b c", command=fleet.script("slow.sh", SLOW_TERM), start_secs=0.3)
+    fleet.start()
+    assert fleet.ctl("stop", "c").returncode == 0
+    restart = background(fleet, "restart")
+    wait_until(lambda: "a: RUNNING -> STOPPING" in fleet.master_log(), 10, what="a stopping")
+    assert fleet.ctl("stop", "a").returncode == 0
+    _, err = restart.communicate(timeout=30)
+    assert restart.returncode == 1 and "stopped meanwhile" in err, err
+    nodes = fleet.status()
+    assert {n: (i["state"], i["wanted"]) for n, i in nodes.items()} == {
+        "a": ("STOPPED", "down"), "b": ("RUNNING", "up"), "c": ("STOPPED", "down")}
+
+
+def test_a_node_a_reload_removed_is_not_started_by_a_restart_queued_for_it(
+        fleet: Fleet) -> None:
+    """Regression (found by test_stress_intent): a restart of b waiting for another restart's
+    turn, then a reload that removed b: the restart's step started b once its turn came, a
+    process of a node the master no longer had."""
+    slow = fleet.script("slow.sh", SLOW_TERM)
+    fleet.write(nodes="a b", command=slow, start_secs=0.3, log_level="debug")
+    fleet.start()
+    first = background(fleet, "restart", "a")
+    wait_until(lambda: "a: RUNNING -> STOPPING" in fleet.master_log(), 10, what="a stopping")
+    second = background(fleet, "restart", "b")
+    wait_until(lambda: "control: uid" in fleet.master_log() and "restart {'names': ['b']}"
+               in fleet.master_log(), 10, what="the restart of b queued")
+    fleet.write(nodes="a", command=slow, start_secs=0.3, log_level="debug")
+    assert fleet.ctl("reload").returncode == 0
+    first.communicate(timeout=30)
+    second.communicate(timeout=30)
+    assert set(fleet.status()) == {"a"}
+    assert fleet.wait_state("RUNNING")["a"]["pid"] is not None
+    b_processes = [p for p in psutil.process_iter(["environ"])
+                   if (p.info["environ"] or {}).get("STEMD_NODE") == "b"
+                   and (p.info["environ"] or {}).get("STEM_TEST_MARK") == fleet.mark]
+    assert b_processes == [], "a removed node was started again"
