@@ -847,7 +847,7 @@ class Master:
                 # command is the later one, and it stands.
                 return node.state
             _intend([node], True)
-            self.state.soon()
+            self.state.save()  # at once, as every command's intent: a next master reads it
             await self._stop_unlocked(node)
             return await self._start_unlocked(node)
 
