@@ -103,7 +103,10 @@ class Client:
                         raise TimeoutError("timed out")
                 sock.settimeout(whole)
             reader = sock.makefile("rb")
-            line = reader.readline(P.MAX_RESPONSE)
+            try:
+                line = reader.readline(P.MAX_RESPONSE)
+            except ConnectionResetError:  # the master died holding our unread request
+                line = b""
             if not line:
                 raise MasterNotRunning(self.path)
             response = P.decode_response(line)
@@ -126,9 +129,10 @@ def _last_word(reader: Any) -> Any:
     last answer it wrote before (``shutdown``: ``{"stop_forced": [...]}``),
     or None. A master older than that answer writes nothing."""
     head = b""
-    while chunk := reader.read(65536):
-        if len(head) < _LAST_WORD_MAX:  # read on to EOF, keep only the start
-            head += chunk
+    with contextlib.suppress(ConnectionResetError):  # the master is gone, as at EOF
+        while chunk := reader.read(65536):
+            if len(head) < _LAST_WORD_MAX:  # read on to EOF, keep only the start
+                head += chunk
     try:
         final = P.decode_response(head.splitlines()[0]) if head.strip() else None
     except (ValueError, P.ProtocolError):

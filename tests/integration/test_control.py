@@ -14,6 +14,7 @@ import os
 import pwd
 import select
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -481,3 +482,31 @@ def test_concurrent_start_and_stop_on_one_node_queue_rather_than_fail(fleet: Fle
                               env=fleet.env(), stdin=subprocess.DEVNULL) for args in argv]
     codes = [p.wait(timeout=60) for p in procs]
     assert codes == [0] * len(codes)
+
+
+def test_a_master_killed_before_reading_a_request_is_not_running_not_a_traceback(
+        fleet: Fleet) -> None:
+    """Regression: a stemctl whose request sat unread when the master was SIGKILLed got
+    ECONNRESET and died with a traceback (exit 1), where an EOF says "master not running"."""
+    import psutil
+
+    fleet.write(nodes="alpha")
+    fleet.start()
+    master = fleet.master_pid()
+    assert master is not None
+    os.kill(master, signal.SIGSTOP)
+    try:
+        client = subprocess.Popen([STEMCTL, "--config", str(fleet.config), "status"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env=fleet.env())
+        # connected (queued in the stopped master's backlog) and waiting for the answer
+        wait_until(lambda: psutil.Process(client.pid).net_connections(kind="unix")
+                   and psutil.Process(client.pid).status() == psutil.STATUS_SLEEPING, 10,
+                   what="the client waiting on the socket")
+    finally:
+        os.kill(master, signal.SIGKILL)
+        os.kill(master, signal.SIGCONT)
+    _, err = client.communicate(timeout=30)
+    assert "Traceback" not in err, err
+    assert client.returncode == 3, err
+    assert "master not running" in err
