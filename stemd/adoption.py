@@ -49,6 +49,10 @@ class Adoption:
     def __init__(self, master: Master) -> None:
         self.master = master
         self.log = master.log
+        # Nodes whose PID file named a process that has exited, by that PID:
+        # what the dead master left of them (its group was never killed if
+        # it died first) is swept once, at the end of take_over.
+        self._dead: dict[int, Node] | None = None
 
     def take_over(self) -> int:
         """Build the node table, taking up what a master that died left: its
@@ -57,6 +61,7 @@ class Adoption:
         adopted too, and stopped. Returns how many nodes were adopted.
         Raises StartupError."""
         m = self.master
+        self._dead = {}
         previous = self._previous_state()
         unclean = previous is not None
         previous = previous or {}
@@ -79,6 +84,8 @@ class Adoption:
         adopted += self._adopt_unrecorded(unclean)
         for record in previous.values():
             self._stop_leftover(record)
+        dead, self._dead = self._dead, None
+        m.sweep_sessions(dead, whole=True)
         return adopted
 
     def recover(self, node: Node) -> bool:
@@ -110,6 +117,13 @@ class Adoption:
         remove_pidfile(spec.pid_file, record.pid)
         self.log.warning("%s: removed stale PID file %s (pid %d: %s)", node.name,
                          spec.pid_file, record.pid, why)
+        # Its master may have died before killing its group: sweep what is
+        # left in its session (only while no live process holds its PID,
+        # only of its user: stemd.reaper.session_leftovers).
+        if self._dead is not None:
+            self._dead[record.pid] = node
+        else:
+            self.master.sweep_sessions({record.pid: node}, whole=True)
         return False
 
     def _adopt_unrecorded(self, unclean: bool) -> int:

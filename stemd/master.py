@@ -743,12 +743,12 @@ class Master:
                 before_wait()
             await asyncio.gather(self._wait_all(mine, _is_down, down),
                                  *(self._stop_node(n) for n in queued))
-            self._sweep_sessions(ended)
+            self.sweep_sessions(ended)
         finally:
             for node in list(held):  # cancelled: what is still locked is let go
                 down(node)
 
-    def _sweep_sessions(self, ended: dict[int, Node]) -> None:
+    def sweep_sessions(self, ended: dict[int, Node], whole: bool = False) -> None:
         """Kill what the stopped nodes left in their sessions outside their
         process groups: the stop's SIGKILL reached the groups only, and SPEC
         §2.1 leaves no grandchild behind. One scan of /proc per stop
@@ -764,7 +764,7 @@ class Master:
         for _ in range(2):
             spare = {n.pid for n in self.nodes.values() if n.pid is not None}
             try:
-                leftovers = session_leftovers(uids, spare)
+                leftovers = session_leftovers(uids, spare, whole)
             except OSError as exc:  # no /proc to read: the stop stands without it
                 self.log.warning("cannot look for what the stopped nodes left: %s", exc)
                 return
@@ -773,9 +773,10 @@ class Master:
                 return
             for sid in sorted({sid for pid, sid in leftovers if pid in killed}):
                 pids = [pid for pid, s in leftovers if s == sid and pid in killed]
-                self.log.warning("%s: killed %d process(es) its pid %d left in its session "
-                                 "outside its process group: %s", ended[sid].name, len(pids),
-                                 sid, ", ".join(map(str, pids)))
+                self.log.warning("%s: killed %d process(es) its pid %d left in its session%s: "
+                                 "%s", ended[sid].name, len(pids), sid,
+                                 "" if whole else " outside its process group",
+                                 ", ".join(map(str, pids)))
 
     def _node_uid(self, node: Node) -> int | None:
         """The uid a node runs as (None: its account cannot be resolved)."""
@@ -792,7 +793,7 @@ class Master:
         if not ended:
             return
         pending = self._wait_all(list(ended.values()), _is_down, lambda n: None)
-        pending.add_done_callback(lambda _: self._sweep_sessions(ended))
+        pending.add_done_callback(lambda _: self.sweep_sessions(ended))
 
     def _wait_all(self, nodes: list[Node], done: Callable[[Node], bool],
                   each: Callable[[Node], None]) -> asyncio.Future[None]:
@@ -835,7 +836,7 @@ class Master:
         ended = {node.pid: node} if node.pid is not None else {}
         node.stop()
         state = await self.wait_for(node, _is_down)
-        self._sweep_sessions(ended)
+        self.sweep_sessions(ended)
         return state
 
     async def _restart_node(self, node: Node, seen: int) -> NodeState:

@@ -196,7 +196,8 @@ def _status(info: os.waitid_result) -> ExitStatus:
     return ExitStatus(signal=info.si_status)
 
 
-def session_leftovers(ended: Mapping[int, int], spare: set[int]) -> list[tuple[int, int]]:
+def session_leftovers(ended: Mapping[int, int], spare: set[int],
+                      whole: bool = False) -> list[tuple[int, int]]:
     """(pid, session) of every live process still in a session in ``ended``
     (the main PIDs of nodes that were stopped, each with its node's uid)
     outside the node's own process group (which the stop SIGKILLed), and
@@ -210,7 +211,9 @@ def session_leftovers(ended: Mapping[int, int], spare: set[int]) -> list[tuple[i
     looked at only while its leader's PID is not a live process (a new
     leader on that PID: not ours), never one in ``spare`` (the sessions of
     the nodes running now), and only processes of the node's own user are
-    returned: nothing the node user could not kill itself. A scan of /proc
+    returned: nothing the node user could not kill itself. With ``whole``,
+    the node's own group too: a node whose master died before its group
+    was killed (found dead at adoption). A scan of /proc
     (~10-20 ms at 1,000 processes): once per stop command, never per exit,
     never periodically."""
     leader_gone: dict[int, bool] = {}
@@ -223,7 +226,7 @@ def session_leftovers(ended: Mapping[int, int], spare: set[int]) -> list[tuple[i
         if fields is None or fields[0] == b"Z":
             continue
         sid, pgid = int(fields[3]), int(fields[2])
-        if sid not in ended or sid in spare or pgid == sid:
+        if sid not in ended or sid in spare or (pgid == sid and not whole):
             continue
         if sid not in leader_gone:
             leader = _stat(str(sid))

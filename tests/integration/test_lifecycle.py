@@ -600,3 +600,37 @@ def test_a_node_a_reload_removed_is_not_started_by_a_restart_queued_for_it(
                    if (p.info["environ"] or {}).get("STEMD_NODE") == "b"
                    and (p.info["environ"] or {}).get("STEM_TEST_MARK") == fleet.mark]
     assert b_processes == [], "a removed node was started again"
+
+
+# a node with a child in its group, that takes half a second to stop on TERM
+CHILD_AND_SLOW_TERM = """\
+#!/bin/sh
+/bin/sleep 100000 &
+trap 'sleep 0.5; exit 0' TERM
+while :; do sleep 0.05; done
+"""
+
+
+def test_a_group_a_dead_master_never_killed_is_killed_by_the_next(fleet: Fleet) -> None:
+    """Regression (found by a storm with master crashes): `stop --no-wait a`, then `kill -9`
+    of the master while a finished its stop: a's child was never killed (the reaper kills the
+    group when the main process exits, and there was none), and the next master only removed
+    the stale PID file: the child ran for ever, under no master."""
+    fleet.write(nodes="a b", command=fleet.script("child.sh", CHILD_AND_SLOW_TERM))
+    fleet.start()
+    main = fleet.wait_state("RUNNING")["a"]["pid"]
+    child = wait_until(lambda: next((c.pid for c in psutil.Process(main).children()), None), 5,
+                       what="a's child")
+    assert fleet.ctl("stop", "--no-wait", "a").returncode == 0
+    master = fleet.master_pid()
+    assert master is not None
+    os.kill(master, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(master) and not pid_alive(main), 10,
+               what="the master and a's main process gone")
+    assert pid_alive(child)  # what the dead master left
+    fleet.start()
+    wait_until(lambda: not pid_alive(child), 10, what="a's child killed by the next master")
+    assert f"a: killed 1 process(es) its pid {main} left in its session: {child}" \
+        in fleet.master_log()
+    assert fleet.status()["a"]["state"] == "STOPPED"
+    assert fleet.status()["b"]["state"] == "RUNNING"
