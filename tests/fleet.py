@@ -176,11 +176,21 @@ class Fleet:
             try:
                 if str(self.config) in " ".join(psutil.Process(pid).cmdline()):
                     os.kill(pid, signal.SIGKILL)
+                    # A master killed while it respawned a node leaves that
+                    # child to finish its exec: look for nodes once it is gone.
+                    with contextlib.suppress(AssertionError):
+                        wait_until(lambda: not pid_alive(pid), 5, what="the master gone")
             except (psutil.Error, ProcessLookupError):
                 pass
-        for pid in self.node_pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+
+        def kill_nodes() -> bool:
+            found = self.node_pids()
+            for node in found:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(node, signal.SIGKILL)
+            return not found
+        with contextlib.suppress(AssertionError):  # until a scan finds none left
+            wait_until(kill_nodes, 5, interval=0.05, what="the fleet's processes gone")
 
 
 @pytest.fixture
