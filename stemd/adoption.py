@@ -53,6 +53,9 @@ class Adoption:
         # what the dead master left of them (its group was never killed if
         # it died first) is swept once, at the end of take_over.
         self._dead: dict[int, Node] | None = None
+        # Unrecorded orphans of nodes the configuration does not have, by name
+        # (take_over: _adopt_unrecorded finds them, _stop_leftover stops them).
+        self._unclaimed: dict[str, FoundNode] = {}
 
     def take_over(self) -> int:
         """Build the node table, taking up what a master that died left: its
@@ -62,6 +65,7 @@ class Adoption:
         Raises StartupError."""
         m = self.master
         self._dead = {}
+        self._unclaimed = {}
         previous = self._previous_state()
         unclean = previous is not None
         previous = previous or {}
@@ -165,6 +169,11 @@ class Adoption:
                     f"directory is gone; stop that master first (kill -TERM {others[0].ppid})")
             node = m.nodes.get(name)
             orphans = [f for f in candidates if f.ppid == 1 or not psutil.pid_exists(f.ppid)]
+            if node is None and unclean and len(orphans) == 1:
+                # not configured (a scaled node, one a reload removed): its
+                # state record has it stopped (_stop_leftover), never doubled
+                self._unclaimed[name] = orphans[0]
+                continue
             if node is None or node.pid is not None or len(orphans) != 1:
                 continue
             if not unclean:
@@ -214,7 +223,7 @@ class Adoption:
         spec = dataclasses.replace(defaults, name=record.name, program=record.program,
                                    pid_file=record.pid_file, argv=("(removed)",))
         node = Node(spec, m.loop, m.ops, self.log)
-        if not self.recover(node):
+        if not self.recover(node) and not self._adopt_unclaimed(node):
             return
         self.log.warning("%s: left running by the previous master but no longer configured: "
                          "stopping it", record.name)
@@ -223,6 +232,32 @@ class Adoption:
         node.on_change = m.node_changed
         self._carry_on_stopping(node, record)
         node.add_waiter(lambda n: n.state not in ALIVE, m.forget_removed)
+
+    def _adopt_unclaimed(self, node: Node) -> bool:
+        """A node the configuration does not have (a scaled one) whose
+        master died before writing its PID file: found by the scan, it is
+        adopted to be stopped; left alone, a later ``scale`` ran it twice.
+        Only a process of its program's user, as any unrecorded orphan."""
+        import psutil
+
+        m = self.master
+        found = self._unclaimed.pop(node.name, None)
+        if found is None or found.program != node.spec.program:
+            return False
+        program = next((p for p in m.config.programs if p.name == found.program), None)
+        run_as = program.run_as if program is not None else node.spec.run_as
+        try:
+            if found.uid != resolve_account(run_as.user, run_as.group).uid:
+                return False
+            created = psutil.Process(found.pid).create_time()
+            write_pidfile(node.spec.pid_file, found.pid)
+            m.reaper.watch(found.pid, None, m.exit_callback(node))
+        except (AccountError, OSError, psutil.Error):
+            return False
+        node.adopt(found.pid, created)
+        self.log.warning("%s: adopted pid %d, which no PID file named (its master died "
+                         "before writing it)", node.name, found.pid)
+        return True
 
     def _carry_on_stopping(self, node: Node, record: NodeRecord) -> None:
         """Stop an adopted node the operator (or a reload) wanted down. If

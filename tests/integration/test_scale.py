@@ -158,3 +158,35 @@ def test_scaling_down_nodes_that_outlive_the_stop_timeout_says_so(fleet: Fleet) 
     assert result.returncode == 0, result.stderr
     assert ("killed with SIGKILL at the stop timeout (work in flight lost): worker2, worker3"
             in result.stdout), result.stdout
+
+
+def test_a_scaled_node_whose_pid_file_was_never_written_is_stopped_not_doubled(
+        fleet: Fleet) -> None:
+    """Regression (found by a storm with master crashes): a master killed between spawning a
+    scaled node and writing its PID file left that node to the next master, which neither
+    adopted it (the file does not configure it) nor stopped it; a later `scale` then ran the
+    node twice."""
+    import os
+    import signal
+
+    import psutil
+
+    fleet.write(nodes="2")  # worker1 worker2
+    fleet.start()
+    assert fleet.ctl("scale", "worker", "3").returncode == 0
+    third = fleet.wait_state("RUNNING")["worker3"]["pid"]
+    master = fleet.master_pid()
+    assert master is not None
+    os.kill(master, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(master), 5, what="the master gone")
+    (fleet.run_dir / "worker3.pid").unlink()  # as if the master died before writing it
+    fleet.start()
+    wait_until(lambda: not pid_alive(third), 10, what="the unrecorded worker3 stopped")
+    assert f"worker3: adopted pid {third}, which no PID file named" in fleet.master_log()
+    assert fleet.ctl("scale", "worker", "3").returncode == 0
+    fleet.wait_state("RUNNING")
+    leaders = [p.pid for p in psutil.process_iter(["environ"])
+               if (p.info["environ"] or {}).get("STEMD_NODE") == "worker3"
+               and (p.info["environ"] or {}).get("STEM_TEST_MARK") == fleet.mark
+               and os.getsid(p.pid) == p.pid]
+    assert leaders == [fleet.status()["worker3"]["pid"]], leaders
