@@ -8,7 +8,10 @@ need escaping, negative and large numbers, and absent samples."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import random
+import signal
 from collections.abc import Iterator
 
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
@@ -190,6 +193,7 @@ def test_sliced_proc_pass_reads_what_the_whole_pass_reads() -> None:
                 assert sliced[pid].rss > 0 and whole[pid].rss > 0
         assert whole[roots[1]].children == 2 and whole[roots[2]].children == 0
     finally:
-        for p in procs:
-            p.kill()
+        for p in procs:  # each is a session and group of its own: its sleeps go with it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
             p.wait()
