@@ -65,10 +65,10 @@ def table(master: Master) -> dict[str, Handler]:
             states = await master.start(nodes)
         except ShuttingDown as exc:
             raise busy(exc) from None
-        # A node a later `stop` took down before this start's turn is not a
-        # failure: the later command stands (its snapshot says STOPPED).
+        # A node a later command took over (None: a stop before this start's
+        # turn) is not a failure: the later command stands (see its snapshot).
         bad = [n.name for n, state in zip(nodes, states, strict=True)
-               if state is not S.RUNNING and n.wanted]
+               if state is not None and state is not S.RUNNING]
         if bad:
             raise _failed(f"not running: {', '.join(bad)}", master.snapshot(nodes),
                           hint="see 'stemctl status' and 'stemctl logs NODE'")

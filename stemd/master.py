@@ -343,7 +343,7 @@ class Master:
             self.state.soon()
 
     async def _await_readiness(self, adopted: int, boot: list[Node],
-                               booting: asyncio.Task[list[NodeState]]) -> None:
+                               booting: asyncio.Task[list[NodeState | None]]) -> None:
         """Ready means running: wait up to STEMD_START_WAIT for every node
         that is wanted up to be RUNNING (or to give up), then tell the
         launcher (and systemd) — which nodes failed and why, if any. The
@@ -526,11 +526,13 @@ class Master:
                  pss: bool = False) -> list[dict[str, Any]]:
         return build_snapshot(nodes, stats, self.cpu, pss)
 
-    async def start(self, nodes: list[Node]) -> list[NodeState]:
+    async def start(self, nodes: list[Node]) -> list[NodeState | None]:
         """Start nodes (the operator wants them up) and wait until each is
-        RUNNING or has given up. Finished even if the client goes away: its
-        intent is recorded at once, and a node left wanted up but STOPPED
-        would be started by the next reload or master, unasked."""
+        RUNNING or has given up; None for a node a later command (a stop)
+        took over meanwhile: the later command stands, and this start did
+        not fail. Finished even if the client goes away: its intent is
+        recorded at once, and a node left wanted up but STOPPED would be
+        started by the next reload or master, unasked."""
         self._refuse_when_stopping()
         _intend(nodes, True)
         self.state.save()
@@ -673,7 +675,7 @@ class Master:
             self.log.warning("%s finished (its client had gone): %s", what, exc)
 
     async def _start_in_order(self, nodes: list[Node], locked: bool = True
-                              ) -> list[NodeState]:
+                              ) -> list[NodeState | None]:
         """Start by priority (lower first): each priority's nodes in parallel,
         every one RUNNING or given up before the next priority starts. The
         states come back in the order of ``nodes``. The start-up sequence
@@ -681,7 +683,7 @@ class Master:
         node still STARTING must not queue behind it; it spawns each group
         before its first ``await`` (STEMD_START_WAIT=0 returns once the
         first group is spawned)."""
-        states: dict[str, NodeState] = {}
+        states: dict[str, NodeState | None] = {}
         for group in _by_priority(nodes):
             if self.shutting_down:
                 break
@@ -814,17 +816,20 @@ class Master:
             future.set_result(None)
         return future
 
-    async def _start_node(self, node: Node) -> NodeState:
+    async def _start_node(self, node: Node) -> NodeState | None:
         async with node.lock:
             return await self._start_unlocked(node)
 
-    async def _start_unlocked(self, node: Node) -> NodeState:
+    async def _start_unlocked(self, node: Node) -> NodeState | None:
+        """The node's state once started and settled; None when a later
+        command (a stop) took the node over before this start's turn: the
+        later command stands, and this start did not fail."""
         if node.state is S.STOPPING:
             await self.wait_for(node, lambda n: n.state not in ALIVE)
         if not node.wanted:
-            # The operator stopped it after this command (a reload, a
-            # restart, a memory restart) began: the later command stands.
-            return node.state
+            # The operator stopped it after this command (a start, a reload,
+            # a restart, a memory restart) began: the later command stands.
+            return None
         node.start()
         return await self.wait_for(node, lambda n: n.state in START_SETTLED or n.closed)
 
@@ -839,7 +844,7 @@ class Master:
         self.sweep_sessions(ended)
         return state
 
-    async def _restart_node(self, node: Node, seen: int) -> NodeState:
+    async def _restart_node(self, node: Node, seen: int) -> NodeState | None:
         async with self._rolling_lock, node.lock:
             if self.nodes.get(node.name) is not node or node.closed:
                 return node.state  # removed meanwhile (a reload, scale), or shutting down
@@ -870,7 +875,7 @@ class Master:
                 raise RestartHalted(f"restart halted: {node.name} was stopped meanwhile "
                                     "(stemctl stop); the rest are not restarted", done)
             if state is not S.RUNNING:
-                raise RestartHalted(f"restart halted: {node.name} is {state}", done)
+                raise RestartHalted(f"restart halted: {node.name} is {node.state}", done)
         return nodes
 
     async def _reload(self) -> dict[str, Any]:
@@ -938,7 +943,7 @@ class Master:
                    # a deploy that had to SIGKILL lost tasks: say which nodes
                    "stop_forced": forced}
         failed = [n.name for n, state in zip(starting, results, strict=True)
-                  if state is not S.RUNNING and n.wanted]  # not: stopped meanwhile
+                  if state is not None and state is not S.RUNNING]  # None: stopped meanwhile
         if failed:
             raise ReloadFailed(f"reload: not running: {abridged(failed)}", summary)
         return summary
@@ -976,7 +981,7 @@ class Master:
         starting = [n for n in added if n.state is not S.RUNNING]
         results = await asyncio.gather(*(self._start_node(n) for n in starting))
         failed = [n.name for n, state in zip(starting, results, strict=True)
-                  if state is not S.RUNNING]
+                  if state is not None and state is not S.RUNNING]
         summary = {"program": program, "nodes": count, "configured": file_count,
                    "added": [s.name for s in change.added],
                    "removed": [s.name for s in change.removed], "not_running": failed,
