@@ -246,20 +246,28 @@ def scan_nodes(instance: str) -> list[FoundNode]:
             node = env.get(b"STEMD_NODE")
             if node is None:
                 continue
+            uids = proc_uids(pid)
+            if uids is None:
+                continue
             found.append(FoundNode(pid, int(fields[1]), os.fsdecode(node),
-                                   os.fsdecode(env.get(b"STEMD_PROGRAM", b"")), _real_uid(pid)))
+                                   os.fsdecode(env.get(b"STEMD_PROGRAM", b"")), uids[0]))
         except (OSError, IndexError, ValueError):
             continue
     return found
 
 
-def _real_uid(pid: int) -> int:
-    """The real uid, from /proc/PID/status (raises OSError, ValueError)."""
-    with open(f"/proc/{pid}/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"Uid:"):
-                return int(line.split()[1])
-    raise ValueError(f"no Uid line for pid {pid}")
+def proc_uids(pid: int | str) -> tuple[int, int] | None:
+    """(real, effective) uid of ``pid`` from /proc/PID/status, or None when
+    it cannot be read (the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    fields = line.split()
+                    return int(fields[1]), int(fields[2])
+    except (OSError, IndexError, ValueError):
+        pass
+    return None
 
 
 def group_has_members(pgid: int) -> bool:

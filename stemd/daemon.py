@@ -48,6 +48,7 @@ from stem_core.pidfile import (
     flock_holders,
     master_lock_path,
     names_its_locker,
+    proc_uids,
     publish_locked,
     read_master_pid,
     read_pid_at,
@@ -210,19 +211,9 @@ def _older_master(found: _Found) -> bool:
     and is stemd? Any other lock on it (a node's) does not stop us."""
     if not found.locked or found.pid is None or found.pid == os.getpid():
         return False
-    return (names_its_locker(found.pid, found.st) and _euid(found.pid) == os.geteuid()
-            and runs_stemd(found.pid))
-
-
-def _euid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Uid:"):
-                    return int(line.split()[2])
-    except (OSError, IndexError, ValueError):
-        pass
-    return None
+    uids = proc_uids(found.pid)
+    return (names_its_locker(found.pid, found.st) and uids is not None
+            and uids[1] == os.geteuid() and runs_stemd(found.pid))
 
 
 def _publish(path: str) -> int:

@@ -44,7 +44,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from stem_core.exits import ExitStatus
-from stem_core.pidfile import group_has_members
+from stem_core.pidfile import group_has_members, proc_uids
 
 ExitCallback = Callable[[int, ExitStatus], None]
 
@@ -270,11 +270,5 @@ def _stat(pid: str) -> list[bytes] | None:
 
 
 def _real_uid(pid: str) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Uid:"):
-                    return int(line.split()[1])
-    except (OSError, IndexError, ValueError):
-        pass
-    return None
+    uids = proc_uids(pid)
+    return None if uids is None else uids[0]

@@ -55,11 +55,16 @@ def test_sighup_then_sigterm_leaves_no_node_behind(fleet: Fleet) -> None:
     assert "stemd stopped" in fleet.master_log()
 
 
+def background(fleet: Fleet, *args: str) -> subprocess.Popen[str]:
+    """``stemctl ARGS`` in the background, its output kept."""
+    return subprocess.Popen([STEMCTL, "--config", str(fleet.config), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=fleet.env())
+
+
 def restart_under_way(fleet: Fleet) -> subprocess.Popen[str]:
     """`stemctl restart` in the background, once it is stopping its first node."""
-    restart = subprocess.Popen([STEMCTL, "--config", str(fleet.config), "restart"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=fleet.env())
+    restart = background(fleet, "restart")
     wait_until(lambda: "a: RUNNING -> STOPPING" in fleet.master_log(), 10,
                what="the restart's first stop")
     return restart
@@ -285,9 +290,7 @@ def test_kill_9_of_the_master_during_shutdown_is_not_reported_as_stopped(fleet: 
     nodes = fleet.node_pids()
     master = fleet.master_pid()
     assert master
-    shutdown = subprocess.Popen([STEMCTL, "--config", str(fleet.config), "shutdown"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=fleet.env())
+    shutdown = background(fleet, "shutdown")
     wait_until(lambda: "shutting down" in fleet.master_log(), 10, what="the shutdown")
     os.kill(master, signal.SIGKILL)
     out, err = shutdown.communicate(timeout=60)
@@ -383,9 +386,7 @@ def test_a_stop_overtaken_by_a_shutdown_still_answers_stopped(fleet: Fleet) -> N
     the shutdown stops a just the same."""
     fleet.write(nodes="a b", command=fleet.script("slow.sh", SLOW_STOP))
     fleet.start()
-    stop = subprocess.Popen([STEMCTL, "--config", str(fleet.config), "stop", "a"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=fleet.env())
+    stop = background(fleet, "stop", "a")
     wait_until(lambda: "a: RUNNING -> STOPPING" in fleet.master_log(), 10, what="a stopping")
     master = fleet.master_pid()
     assert master is not None
@@ -481,9 +482,7 @@ def test_a_stop_during_a_reload_stands(fleet: Fleet) -> None:
     fleet.write(nodes="a b", command=f"{slow} v1")
     fleet.start()
     fleet.write(nodes="a b", command=f"{slow} v2", opts="--x:a=1")  # only a changes
-    reload = subprocess.Popen([STEMCTL, "--config", str(fleet.config), "reload"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=fleet.env())
+    reload = background(fleet, "reload")
     wait_until(lambda: "a: RUNNING -> STOPPING" in fleet.master_log(), 10, what="a stopping")
     stop = fleet.ctl("stop", "a")
     assert stop.returncode == 0 and "a: STOPPED" in stop.stdout, stop
@@ -500,9 +499,7 @@ def test_a_stop_no_wait_during_a_restart_of_that_node_stands(fleet: Fleet) -> No
     restart said "stopped meanwhile" but had spawned a again, which ran on."""
     fleet.write(nodes="a b", command=fleet.script("slow.sh", SLOW_STOP))
     fleet.start()
-    restart = subprocess.Popen([STEMCTL, "--config", str(fleet.config), "restart", "a"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=fleet.env())
+    restart = background(fleet, "restart", "a")
     wait_until(lambda: "a: RUNNING -> STOPPING" in fleet.master_log(), 10, what="a stopping")
     assert fleet.ctl("stop", "--no-wait", "a").returncode == 0
     _, err = restart.communicate(timeout=30)
@@ -515,12 +512,6 @@ def test_a_stop_no_wait_during_a_restart_of_that_node_stands(fleet: Fleet) -> No
 # tests/integration/test_stress_intent.py; each failed before the fix)
 
 SLOW_TERM = "#!/bin/sh\ntrap 'sleep 1; exit 0' TERM\nwhile :; do sleep 0.05; done\n"
-
-
-def background(fleet: Fleet, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([STEMCTL, "--config", str(fleet.config), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=fleet.env())
 
 
 def settled(fleet: Fleet, node: str) -> dict[str, Any]:
