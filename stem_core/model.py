@@ -195,6 +195,33 @@ def runs_the_same(a: NodeSpec, b: NodeSpec) -> bool:
                                     priority=a.priority)
 
 
+#: Bump when NodeSpec, Policy or RunAs change shape: a fingerprint of
+#: another version is "unknown", never "different" (an upgraded master that
+#: adopts the fleet after a crash must not find every node changed).
+SPEC_FINGERPRINT_VERSION = 1
+
+
+def spec_fingerprint(spec: NodeSpec) -> str:
+    """A fingerprint of what :func:`runs_the_same` compares, stable across
+    masters (unlike ``hash``): the state file keeps it for each running node,
+    so that a master that adopts a node after a crash knows whether the
+    process runs what the file says now."""
+    import hashlib  # only when a state file is written or read
+
+    same = dataclasses.replace(spec, index=0, autostart=True, priority=0)
+    digest = hashlib.sha256(repr(same).encode()).hexdigest()[:24]
+    return f"{SPEC_FINGERPRINT_VERSION}:{digest}"
+
+
+def started_from_other(fingerprint: str | None, spec: NodeSpec) -> bool:
+    """Was a process started from ``fingerprint`` known to run something
+    else than ``spec``? False when unknown (none recorded, or another
+    version's)."""
+    if fingerprint is None or not fingerprint.startswith(f"{SPEC_FINGERPRINT_VERSION}:"):
+        return False
+    return fingerprint != spec_fingerprint(spec)
+
+
 def diff(old: Config, new: Config) -> ConfigDiff:
     """What a reload must do: start added nodes, stop removed ones, restart
     changed ones, leave the rest alone."""

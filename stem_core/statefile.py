@@ -4,10 +4,13 @@ PID files say which processes the nodes were; this file says what the
 operator and the restart policy meant for them, so that a master started
 after a ``kill -9`` takes up where the old one left instead of starting
 over: which nodes the operator stopped (they stay stopped), restart
-counters, the last exit and the last error, and nodes that a reload removed
-but that were not yet stopped when the master died (they are stopped, not
-forgotten). It also lets ``stemctl shutdown`` and the init script find the
-nodes of a dead master whose configuration has since changed.
+counters, the last exit and the last error, a fingerprint of the
+configuration each running node was started from (a node adopted after the
+file changed runs an older configuration, which a reload then applies), and
+nodes that a reload removed but that were not yet stopped when the master
+died (they are stopped, not forgotten). It also lets ``stemctl shutdown``
+and the init script find the nodes of a dead master whose configuration has
+since changed.
 
 It lives beside the master PID file (``stemd.pid`` -> ``stemd.state``), in
 the run directory that only the master's user can write. It is written
@@ -49,6 +52,9 @@ class NodeRecord:
     last_error: str | None = None
     removed: bool = False  # dropped by a reload, not yet stopped
     state: str = "STOPPED"  # as the master last saw it (EXITED and FATAL are kept)
+    # What the running process was started from (model.spec_fingerprint),
+    # or None: a master that adopts it after a crash compares it with the file
+    spec: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +131,8 @@ def read_state(path: str, trusted_uids: frozenset[int] | None = None) -> MasterS
                 raise ValueError("bad node record")
             if record.pid is not None and (not isinstance(record.pid, int) or record.pid <= 1):
                 raise ValueError("bad pid")
+            if record.spec is not None and not isinstance(record.spec, str):
+                raise ValueError("bad spec fingerprint")
             nodes[record.name] = record
         return MasterState(int(doc["pid"]), nodes)
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:

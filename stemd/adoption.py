@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from stem_core.accounts import AccountError, resolve_account
 from stem_core.errors import PidFileError, StemError
 from stem_core.exits import ExitStatus
+from stem_core.model import started_from_other
 from stem_core.pidfile import (
     LIVE,
     UNTRUSTED,
@@ -80,6 +81,12 @@ class Adoption:
                     last_error=record.last_error, state=record.state)
             if self.recover(node):
                 adopted += 1
+                if record is not None and started_from_other(record.spec, spec):
+                    node.started_from = record.spec
+                    self.log.warning("%s: pid %d runs an older configuration than %s "
+                                     "(the file changed while no master ran); 'stemctl "
+                                     "reload' or 'restart' applies it", node.name, node.pid,
+                                     m.config.source)
                 if record is None or record.removed:
                     node.wanted = True  # it runs: autostart = false does not stop it
                 elif not node.wanted:

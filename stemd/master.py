@@ -37,7 +37,7 @@ from stem_core.accounts import Account, AccountError, resolve_account
 from stem_core.config import load_config
 from stem_core.errors import ConfigError, StemError
 from stem_core.exits import ExitStatus
-from stem_core.model import Config, NodeSpec, diff
+from stem_core.model import Config, ConfigDiff, NodeSpec, diff, spec_fingerprint
 from stem_core.pidfile import remove_pidfile, write_pidfile
 from stem_core.statefile import state_path
 from stem_core.states import ALIVE, NodeState
@@ -887,7 +887,7 @@ class Master:
             raise
         for warning in new.warnings:
             self.log.warning("reload: warning: %s", warning)
-        change = diff(self.config, new)
+        change = self._outdated_as_changed(diff(self.config, new))
         # The master's own settings (socket, PID file, user, force_root...)
         # take effect when stemd restarts; only the log level applies now.
         pending = [name for name in change.master_changed if name not in RELOADABLE]
@@ -947,6 +947,33 @@ class Master:
         if failed:
             raise ReloadFailed(f"reload: not running: {abridged(failed)}", summary)
         return summary
+
+    def _outdated_as_changed(self, change: ConfigDiff) -> ConfigDiff:
+        """A reload compares the file with what the master loaded, but a node
+        adopted after a crash may run an older configuration than that
+        (Node.started_from): such a node is changed whatever the file did
+        since, and one whose file came back to what it runs is unchanged."""
+        moved = False
+        changed = {s.name for s in change.changed}
+        for spec in change.changed + change.unchanged:
+            node = self.nodes[spec.name]
+            if node.started_from is None or node.pid is None:
+                continue
+            if node.started_from == spec_fingerprint(spec):
+                node.started_from = None  # it runs what the file says again
+                moved |= spec.name in changed
+                changed.discard(spec.name)
+            elif spec.name not in changed:
+                moved = True
+                changed.add(spec.name)
+        if not moved:
+            return change
+        specs = change.changed + change.unchanged
+        order = {s.name: i for i, s in enumerate(self.config.nodes)}
+        specs = tuple(sorted(specs, key=lambda s: order.get(s.name, len(order))))
+        return dataclasses.replace(
+            change, changed=tuple(s for s in specs if s.name in changed),
+            unchanged=tuple(s for s in specs if s.name not in changed))
 
     async def _scale(self, program: str, count: int) -> dict[str, Any]:
         from stem_core.config import scaled

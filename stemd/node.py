@@ -110,6 +110,11 @@ class Node:
         self.last_error: str | None = None  # why it is not running, for status
         self.pid: int | None = None
         self.adopted = False
+        # An adopted process started from another configuration than the
+        # node's spec (the file changed while no master ran): that
+        # configuration's fingerprint (model.spec_fingerprint), else None.
+        # A reload restarts such a node even if the file did not change since.
+        self.started_from: str | None = None
         self.started_at: float | None = None  # monotonic, when the process started
         self.exit_status: ExitStatus | None = None
         # Why the last stop had to SIGKILL (the process outlived the stop
@@ -214,6 +219,7 @@ class Node:
         pid = self.pid
         self.pid = None
         self.adopted = False
+        self.started_from = None
         self.exit_status = status
         self._cancel_timer()
         self.ops.forget(self, pid)

@@ -88,8 +88,19 @@ def scaled_notes(nodes: Sequence[dict[str, Any]]) -> list[str]:
             "the next reload or restart" for program, (configured, _) in sorted(counts.items())]
 
 
+def outdated_note(nodes: Sequence[dict[str, Any]]) -> list[str]:
+    """Nodes adopted after a crash that run an older configuration."""
+    names = [n["node"] for n in nodes if n.get("outdated")]
+    if not names:
+        return []
+    from stem_core.wording import abridged
+
+    return [f"{abridged(names)}: runs an older configuration than the file (it changed "
+            "while no master ran); 'stemctl reload' applies it"]
+
+
 def print_status(nodes: Sequence[dict[str, Any]], tty: bool) -> None:
-    notes = scaled_notes(nodes)
+    notes = scaled_notes(nodes) + outdated_note(nodes)
     if notes:
         sys.stderr.write("".join(f"note: {line}\n" for line in notes))
     rows = status_rows(nodes)

@@ -33,6 +33,9 @@ def node_info(node: Node, stats: bool, uptime: float = 0.0,
         # the last stop had to SIGKILL (tasks in flight lost), or None
         "stop_forced": node.stop_forced,
         "adopted": node.adopted,
+        # adopted after a crash, it runs an older configuration than the
+        # file's (the file changed while no master ran): a reload applies it
+        "outdated": node.started_from is not None,
     }
     if stats:
         # the whole process tree (stemd.usage): main process and descendants

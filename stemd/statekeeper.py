@@ -19,6 +19,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 
+from stem_core.model import NodeSpec, spec_fingerprint
 from stem_core.statefile import NodeRecord, encode_record, remove_state, write_encoded
 from stem_core.states import NodeState
 from stemd.node import Node
@@ -49,6 +50,9 @@ class StateKeeper:
         self._persisted: dict[str, tuple[object, ...]] = {}
         # Each node's record as last encoded, with what it was encoded from.
         self._encoded: dict[str, tuple[tuple[object, ...], str]] = {}
+        # Each node's spec with its fingerprint (~12 us to compute): a
+        # node's spec changes only at a reload.
+        self._fingerprints: dict[str, tuple[NodeSpec, str]] = {}
 
     def changed(self, node: Node) -> None:
         """``node`` went through a transition: write soon if the file
@@ -77,17 +81,29 @@ class StateKeeper:
         for node, removed in self.fleet():
             if not removed:
                 persisted[node.name] = durable(node)
-            key = (node.spec.program, node.spec.pid_file, node.pid, node.wanted,
+            key = (node.spec, node.pid, node.started_from, node.wanted,
                    node.restarts, node.exit_status, node.last_error, node.state, removed)
             known = self._encoded.get(node.name)
             encoded[node.name] = known if known is not None and known[0] == key else (
-                key, encode_record(record(node, removed)))
+                key, encode_record(record(node, removed, self.started_from(node))))
         self._persisted = persisted
         self._encoded = encoded
         try:
             write_encoded(self.path, os.getpid(), (text for _, text in encoded.values()))
         except OSError as exc:
             self.log.error("cannot write the state file %s: %s", self.path, exc.strerror)
+
+    def started_from(self, node: Node) -> str | None:
+        """The fingerprint of what the node's process was started from; None
+        when no process runs."""
+        if node.pid is None:
+            return None
+        if node.started_from is not None:
+            return node.started_from  # adopted from an older configuration
+        known = self._fingerprints.get(node.name)
+        if known is None or known[0] is not node.spec:
+            known = self._fingerprints[node.name] = (node.spec, spec_fingerprint(node.spec))
+        return known[1]
 
     def remove(self) -> None:
         """A clean stop: the next master begins fresh."""
@@ -102,10 +118,10 @@ def durable(node: Node) -> tuple[object, ...]:
     return (node.wanted, node.restarts, node.exit_status, node.last_error, verdict)
 
 
-def record(node: Node, removed: bool = False) -> NodeRecord:
+def record(node: Node, removed: bool = False, spec: str | None = None) -> NodeRecord:
     return NodeRecord(
         name=node.name, program=node.spec.program, pid_file=node.spec.pid_file,
         pid=node.pid, wanted=node.wanted, restarts=node.restarts,
         exit_status=node.exit_status.as_int if node.exit_status else None,
         last_exit=str(node.exit_status) if node.exit_status else None,
-        last_error=node.last_error, removed=removed, state=str(node.state))
+        last_error=node.last_error, removed=removed, state=str(node.state), spec=spec)

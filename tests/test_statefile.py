@@ -3,12 +3,21 @@ refused when it is not ours."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import pytest
 
 from stem_core.errors import PidFileError
+from stem_core.model import (
+    SPEC_FINGERPRINT_VERSION,
+    NodeSpec,
+    Policy,
+    RunAs,
+    spec_fingerprint,
+    started_from_other,
+)
 from stem_core.statefile import (
     MasterState,
     NodeRecord,
@@ -95,3 +104,50 @@ def test_a_fifo_does_not_block_the_reader(tmp_path: Path) -> None:
     os.mkfifo(path)
     with pytest.raises(PidFileError, match="not a regular file"):
         read_state(str(path))
+
+
+def _spec(**changes: object) -> NodeSpec:
+    policy = Policy(stop_signal="TERM", stop_timeout=10.0, kill_mode="mixed", restart="always",
+                    start_secs=1.0, start_retries=5, backoff_max=30.0, restart_burst=5,
+                    restart_window=60.0)
+    spec = NodeSpec(name="w1", program="worker", index=1, argv=("/bin/celery", "worker"),
+                    directory="/srv", environment=(("A", "1"),), pid_file="/run/w1.pid",
+                    log_file="/var/log/w1.log", policy=policy,
+                    run_as=RunAs(user="celery", group=None, umask=0o022))
+    return dataclasses.replace(spec, **changes)  # type: ignore[arg-type]
+
+
+def test_spec_fingerprint_follows_what_runs() -> None:
+    """The fingerprint another master reads: what ``runs_the_same`` compares,
+    stable across processes (no ``hash()`` salt)."""
+    base = spec_fingerprint(_spec())
+    # where it stands and when it starts change nothing that runs
+    assert spec_fingerprint(_spec(index=3, autostart=False, priority=5)) == base
+    assert spec_fingerprint(_spec(argv=("/bin/celery", "worker", "-c", "4"))) != base
+    assert spec_fingerprint(_spec(environment=(("A", "2"),))) != base
+    assert not started_from_other(base, _spec(index=2))
+    assert started_from_other(base, _spec(directory="/opt"))
+    # none recorded, or another version's: unknown, never "different"
+    assert not started_from_other(None, _spec(directory="/opt"))
+    assert not started_from_other("0:" + base.partition(":")[2], _spec(directory="/opt"))
+
+
+def test_spec_fingerprint_is_pinned() -> None:
+    """A master adopting after a crash compares the fingerprint an older
+    master wrote: if this value moves (NodeSpec, Policy or RunAs changed
+    shape), bump SPEC_FINGERPRINT_VERSION, or an upgraded master would find
+    every adopted node changed and a reload would restart the whole fleet."""
+    assert SPEC_FINGERPRINT_VERSION == 1
+    assert spec_fingerprint(_spec()) == "1:f0f8c4f9fda29ea3d2d33227"
+
+
+def test_spec_fingerprint_round_trips(tmp_path: Path) -> None:
+    path = str(tmp_path / "stemd.state")
+    state = MasterState(1, {"w1": NodeRecord("w1", "worker", "/run/w1.pid", pid=9,
+                                             spec=spec_fingerprint(_spec()))})
+    write_state(path, state)
+    assert read_state(path, frozenset({os.geteuid()})) == state
+    Path(path).write_text('{"version":1,"pid":1,"nodes":[{"name":"w1","program":"worker",'
+                          '"pid_file":"/run/w1.pid","spec":7}]}')
+    with pytest.raises(PidFileError, match="bad spec fingerprint"):
+        read_state(path, frozenset({os.geteuid()}))

@@ -185,3 +185,61 @@ def test_shutdown_after_a_master_crash_stops_what_it_left(fleet: Fleet, kill_mod
     assert not list(fleet.run_dir.glob("*.pid"))
     result = fleet.ctl("shutdown")
     assert result.returncode == 3  # nothing left: "not running"
+
+
+#: a node that takes any arguments, and shows them in its command line
+ARGS_NODE = "#!/bin/sh\ntrap 'exit 0' TERM\nwhile :; do sleep 1000 & wait $!; done\n"
+
+
+def test_adopted_node_started_from_an_older_file_is_changed_for_reload(fleet: Fleet) -> None:
+    """The file changed while no master ran (a deploy after a crash): the
+    adopted process still runs the old command line. The new master cannot
+    compare it with a configuration it never loaded, so the state file keeps
+    a fingerprint of what each node was started from; ``reload`` then
+    restarts the node that runs something else than the file, and leaves
+    alone the one that runs what the file says."""
+    fleet.write(nodes="alpha beta", command=fleet.script("node.sh", ARGS_NODE),
+                opts="--version:alpha=1 --version:beta=1")
+    fleet.start()
+    before = {n: i["pid"] for n, i in fleet.wait_state("RUNNING").items()}
+    kill_master(fleet)
+    fleet.write(opts="--version:alpha=2 --version:beta=1")
+    fleet.start()
+    adopted = fleet.status()
+    assert {n: i["pid"] for n, i in adopted.items()} == before
+    assert adopted["alpha"]["outdated"] and not adopted["beta"]["outdated"]
+    log = fleet.master_log()
+    assert f"alpha: pid {before['alpha']} runs an older configuration" in log
+    assert "beta: pid" not in log
+    shown = fleet.ctl("status")
+    assert "alpha: runs an older configuration than the file" in shown.stderr
+
+    answer = fleet.ctl("reload", "--json")
+    assert answer.returncode == 0, answer.stdout + answer.stderr
+    summary = json.loads(answer.stdout)
+    assert summary["changed"] == ["alpha"] and summary["unchanged"] == ["beta"]
+    after = fleet.wait_state("RUNNING")
+    assert after["alpha"]["pid"] != before["alpha"] and not after["alpha"]["outdated"]
+    assert psutil.Process(after["alpha"]["pid"]).cmdline()[-1] == "--version=2"
+    assert after["beta"]["pid"] == before["beta"]  # it runs what the file says
+
+
+def test_adopted_node_whose_file_came_back_is_not_restarted(fleet: Fleet) -> None:
+    """A crash, the file changed, the master adopts; the change is then
+    undone before any reload. The node runs what the file says again: a
+    reload restarts nothing, though the file differs from what the master
+    loaded."""
+    fleet.write(nodes="alpha", command=fleet.script("node.sh", ARGS_NODE), opts="--version=1")
+    fleet.start()
+    pid = fleet.wait_state("RUNNING")["alpha"]["pid"]
+    kill_master(fleet)
+    fleet.write(opts="--version=2")
+    fleet.start()
+    assert fleet.status()["alpha"]["outdated"]
+    fleet.write(opts="--version=1")
+    answer = fleet.ctl("reload", "--json")
+    assert answer.returncode == 0, answer.stdout + answer.stderr
+    summary = json.loads(answer.stdout)
+    assert summary["changed"] == [] and summary["unchanged"] == ["alpha"]
+    info = fleet.status()["alpha"]
+    assert info["pid"] == pid and info["state"] == "RUNNING" and not info["outdated"]
