@@ -40,8 +40,13 @@ REFRESH_INTERVAL = 2.0  # following every node: ask the master for new ones this
 #: line has none), DEL, and any non-ASCII byte (a C1 control once decoded, or
 #: invalid UTF-8); checked first so that a plain ASCII line costs one search
 _SUSPECT = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f-\xff]")
-#: what a terminal acts on, once decoded: C0 but TAB, DEL, C1 (U+0080-U+009F)
-_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+#: what a terminal acts on, once decoded: C0 but TAB, DEL, C1 (U+0080-U+009F);
+#: and what makes a line read otherwise than it is: bidi marks, embeddings,
+#: overrides and isolates (U+061C, U+200E-F, U+202A-E, U+2066-9), zero-width
+#: and invisible characters (U+200B-D, U+2060-4, U+FEFF), line and paragraph
+#: separators (U+2028-9)
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e"
+                      "\u2060-\u2064\u2066-\u2069\ufeff]")
 
 
 class NotAFile(OSError):
@@ -83,7 +88,9 @@ def visible(line: bytes) -> bytes:
     control, DEL, and the C1 controls U+0080-U+009F (which some terminals
     act on as ESC sequences) become ``\\x1b``, ``\\x0d``, ``\\x7f``,
     ``\\x9b``; bytes that are not UTF-8 become ``\\xNN`` too, so a lone
-    0x9b byte cannot pass for a CSI either. A backslash is left as it is (a
+    0x9b byte cannot pass for a CSI either. Bidi overrides and isolates
+    (which reorder the rest of the line, "Trojan Source") and zero-width
+    characters become ``\\u202e`` and the like. A backslash is left as it is (a
     ``\\x1b`` on the screen may be text the node wrote; either way, nothing
     reached the terminal as a control). Piped output never comes through
     here: it stays byte for byte what the node wrote."""
@@ -96,7 +103,8 @@ def visible(line: bytes) -> bytes:
 
 
 def _escape(match: re.Match[str]) -> str:
-    return f"\\x{ord(match.group()):02x}"
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
 
 
 def block(lines: Sequence[bytes], prefix: bytes, terminal: bool) -> bytes:

@@ -104,6 +104,11 @@ def test_prefixes_are_padded_and_coloured_only_when_asked() -> None:
     (b"\x9b2J \xff\xfe", b"\\x9b2J \\xff\\xfe"),  # not UTF-8: escaped, no crash
     (b"\xc2", b"\\xc2"),  # a character cut in half (cut() at MAX_LINE)
     (b"back\\slash", b"back\\slash"),
+    # bidi overrides and isolates reorder what follows them ("Trojan
+    # Source"); zero-width characters hide text in plain sight
+    ("ok \u202eevil\u202c".encode(), b"ok \\u202eevil\\u202c"),
+    ("a\u2066b\u2069 \u200fc\u061c".encode(), b"a\\u2066b\\u2069 \\u200fc\\u061c"),
+    ("zero\u200bwidth\u2060 \ufeffbom".encode(), b"zero\\u200bwidth\\u2060 \\ufeffbom"),
 ])
 def test_visible_escapes_every_control_a_terminal_acts_on(raw: bytes, shown: bytes) -> None:
     assert logtail.visible(raw) == shown
