@@ -87,3 +87,49 @@ def test_sampling_only_when_a_limit_is_set(fleet: Fleet) -> None:
     first = wakeups(master)
     time.sleep(3.0)
     assert 4 <= wakeups(master) - first <= 12, "one wake-up per check (0.5 s)"
+
+
+BIG = textwrap.dedent("""\
+    import time
+    block = bytearray(90 * 1024 * 1024)  # its normal size: over any 60M limit
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    time.sleep(1000)
+""")
+
+
+def log_times(log: str, needle: str) -> list[float]:
+    """Seconds of the day of the master log lines that contain ``needle``."""
+    times = []
+    for line in log.splitlines():
+        if needle in line:
+            clock = line.split()[1]  # 2026-11-30 08:24:26,609 INFO ...
+            h, m, s = clock.replace(",", ".").split(":")
+            times.append(int(h) * 3600 + int(m) * 60 + float(s))
+    return times
+
+
+@pytest.mark.slow
+def test_node_whose_normal_size_exceeds_the_limit_is_not_restarted_in_a_loop(
+        fleet: Fleet, tmp_path: Path) -> None:
+    """A worker that is over max_rss as soon as it starts (a limit set too
+    low) was restarted at every check, for ever: a fleet that never serves.
+    Memory restarts follow the crash-loop policy: restart_burst of them
+    within restart_window, then they are held (the node keeps running, and
+    says why) until the window has passed."""
+    script = tmp_path / "big.py"
+    script.write_text(BIG)
+    fleet.write(nodes="big", command=f"{sys.executable} {script}", start_secs=0.2,
+                max_rss="60M", memory_check_interval=0.3, restart_burst=2, restart_window=4)
+    fleet.start()
+    restarting = "big: memory: the process tree's RSS"
+    held = "big: memory restarts held"
+    wait_until(lambda: len(log_times(fleet.master_log(), restarting)) >= 3, 30,
+               what="the third memory restart, once the window has passed")
+    log = fleet.master_log()
+    restarts, holds = log_times(log, restarting), log_times(log, held)
+    assert holds, log
+    # two restarts, then held: the third comes a whole window after the first
+    assert restarts[1] < holds[0] < restarts[2], log
+    assert restarts[2] - restarts[0] >= 4 - 0.05, log
+    assert log.count(held) <= len(restarts) // 2, "the hold is said once a window, not at every check"
