@@ -887,7 +887,7 @@ class Master:
             raise
         for warning in new.warnings:
             self.log.warning("reload: warning: %s", warning)
-        change = self._outdated_as_changed(diff(self.config, new))
+        change = self._outdated_as_changed(diff(self.config, new), new)
         # The master's own settings (socket, PID file, user, force_root...)
         # take effect when stemd restarts; only the log level applies now.
         pending = [name for name in change.master_changed if name not in RELOADABLE]
@@ -948,7 +948,7 @@ class Master:
             raise ReloadFailed(f"reload: not running: {abridged(failed)}", summary)
         return summary
 
-    def _outdated_as_changed(self, change: ConfigDiff) -> ConfigDiff:
+    def _outdated_as_changed(self, change: ConfigDiff, new: Config) -> ConfigDiff:
         """A reload compares the file with what the master loaded, but a node
         adopted after a crash may run an older configuration than that
         (Node.started_from): such a node is changed whatever the file did
@@ -968,9 +968,8 @@ class Master:
                 changed.add(spec.name)
         if not moved:
             return change
-        specs = change.changed + change.unchanged
-        order = {s.name: i for i, s in enumerate(self.config.nodes)}
-        specs = tuple(sorted(specs, key=lambda s: order.get(s.name, len(order))))
+        kept = {s.name for s in change.changed + change.unchanged}
+        specs = [s for s in new.nodes if s.name in kept]  # in the file's order
         return dataclasses.replace(
             change, changed=tuple(s for s in specs if s.name in changed),
             unchanged=tuple(s for s in specs if s.name not in changed))
