@@ -208,9 +208,13 @@ def spec_fingerprint(spec: NodeSpec) -> str:
     process runs what the file says now."""
     import hashlib  # only when a state file is written or read
 
-    same = dataclasses.replace(spec, index=0, autostart=True, priority=0)
-    digest = hashlib.sha256(repr(same).encode()).hexdigest()[:24]
-    return f"{SPEC_FINGERPRINT_VERSION}:{digest}"
+    what = repr(tuple(getattr(spec, name) for name in _FINGERPRINTED))
+    return f"{SPEC_FINGERPRINT_VERSION}:{hashlib.sha256(what.encode()).hexdigest()[:24]}"
+
+
+#: the fields runs_the_same compares (not where a node stands or when it starts)
+_FINGERPRINTED = tuple(f.name for f in dataclasses.fields(NodeSpec)
+                       if f.name not in ("index", "autostart", "priority"))
 
 
 def started_from_other(fingerprint: str | None, spec: NodeSpec) -> bool:

@@ -93,11 +93,10 @@ class StateKeeper:
         except OSError as exc:
             self.log.error("cannot write the state file %s: %s", self.path, exc.strerror)
 
-    def started_from(self, node: Node) -> str | None:
-        """The fingerprint of what the node's process was started from; None
-        when no process runs."""
-        if node.pid is None:
-            return None
+    def started_from(self, node: Node) -> str:
+        """The fingerprint of what the node's process was started from, or
+        will be (its spec changes only while it is not running, or at its
+        respawn after a reload: see durable)."""
         if node.started_from is not None:
             return node.started_from  # adopted from an older configuration
         known = self._fingerprints.get(node.name)
@@ -111,11 +110,15 @@ class StateKeeper:
 
 
 def durable(node: Node) -> tuple[object, ...]:
-    """What of a node the state file is read for (Node.restore): intent,
-    counters, last exit and error, and an EXITED or FATAL verdict. Its PID
-    and its other states are not: PID files and adoption answer those."""
+    """What of a node the state file is read for (Node.restore, adoption):
+    intent, counters, last exit and error, an EXITED or FATAL verdict, and
+    what its process runs. Its PID and its other states are not: PID files
+    and adoption answer those."""
     verdict = node.state if node.state in (NodeState.EXITED, NodeState.FATAL) else None
-    return (node.wanted, node.restarts, node.exit_status, node.last_error, verdict)
+    # node.spec: what its process runs (model.spec_fingerprint); it changes
+    # at a reload, or at the respawn that applies a reload's next_spec
+    return (node.wanted, node.restarts, node.exit_status, node.last_error, verdict,
+            node.spec, node.started_from)
 
 
 def record(node: Node, removed: bool = False, spec: str | None = None) -> NodeRecord:

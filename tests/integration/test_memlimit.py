@@ -132,4 +132,4 @@ def test_node_whose_normal_size_exceeds_the_limit_is_not_restarted_in_a_loop(
     # two restarts, then held: the third comes a whole window after the first
     assert restarts[1] < holds[0] < restarts[2], log
     assert restarts[2] - restarts[0] >= 4 - 0.05, log
-    assert log.count(held) <= len(restarts) // 2, "the hold is said once a window, not at every check"
+    assert log.count(held) <= len(restarts) // 2, "the hold is said once a window, not each check"
