@@ -920,7 +920,7 @@ class Master:
             self.nodes[spec.name].spec = spec  # equal but for the index
         added = [self.add_node(spec) for spec in change.added]
         for node in added:
-            if self.adoption.recover(node):
+            if node.name not in self.removed and self.adoption.recover(node):
                 node.wanted = True  # it runs: autostart = false does not stop it
         self.nodes = {s.name: self.nodes[s.name] for s in new.nodes}
         self.state.save()
@@ -934,6 +934,7 @@ class Master:
                 node.spec, node.next_spec = new.node(node.name), None
         # An added node with autostart = false stays STOPPED.
         starting = restart + [n for n in added if n.state is not S.RUNNING and n.wanted]
+        await self._leftovers_gone(added)
         results = await self._start_in_order(starting)
         summary = {"added": [s.name for s in change.added],
                    "removed": [s.name for s in change.removed],
@@ -974,6 +975,22 @@ class Master:
             change, changed=tuple(s for s in specs if s.name in changed),
             unchanged=tuple(s for s in specs if s.name not in changed))
 
+    async def _leftovers_gone(self, added: list[Node]) -> None:
+        """Wait until no earlier node of an added node's name is still being
+        stopped: one removed by an earlier reload or scale, or left over by a
+        master that died (stopped warm, so for up to its stop timeout). Its
+        process is not the added node's to adopt (two nodes of one process:
+        the stopping one never gone, and its "stopping" record made the next
+        master wait out a stop never sent, then SIGKILL); the added node
+        starts afresh once it is gone."""
+        stopping = [old for node in added if (old := self.removed.get(node.name)) is not None
+                    and old.state in ALIVE]
+        if stopping:
+            self.log.info("waiting for %s to finish stopping before starting %s again",
+                          abridged([n.name for n in stopping]),
+                          "it" if len(stopping) == 1 else "them")
+            await self._wait_all(stopping, lambda n: n.state not in ALIVE, lambda n: None)
+
     async def _scale(self, program: str, count: int) -> dict[str, Any]:
         from stem_core.config import scaled
 
@@ -992,7 +1009,8 @@ class Master:
             self.removed[node.name] = node
         added = [self.add_node(spec) for spec in change.added]
         for node in added:
-            self.adoption.recover(node)
+            if node.name not in self.removed:
+                self.adoption.recover(node)
         self.nodes = {s.name: self.nodes[s.name] for s in new.nodes}
         self.state.save()
         self.memory.update()
@@ -1005,6 +1023,7 @@ class Master:
         for node in removed:
             self.forget_removed(node)
         starting = [n for n in added if n.state is not S.RUNNING]
+        await self._leftovers_gone(added)
         results = await asyncio.gather(*(self._start_node(n) for n in starting))
         failed = [n.name for n, state in zip(starting, results, strict=True)
                   if state is not None and state is not S.RUNNING]
@@ -1071,3 +1090,4 @@ def _by_priority(nodes: Iterable[Node], reverse: bool = False) -> list[list[Node
 def _is_down(node: Node) -> bool:
     """Stopped for good: no process, and no retry pending."""
     return node.state not in ALIVE and node.state is not S.BACKOFF
+

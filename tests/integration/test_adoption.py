@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 from collections import Counter
+from pathlib import Path
 
 import psutil
 import pytest
@@ -251,3 +252,68 @@ def test_adopted_node_whose_file_came_back_is_not_restarted(fleet: Fleet) -> Non
     assert summary["changed"] == [] and summary["unchanged"] == ["alpha"]
     info = fleet.status()["alpha"]
     assert info["pid"] == pid and info["state"] == "RUNNING" and not info["outdated"]
+
+
+#: takes 1 s to stop on TERM, and says when it got one
+SLOW_STOP_NODE = """#!/bin/sh
+trap 'echo "$STEMD_NODE $$ TERM" >> "$TERMS"; sleep 1; exit 0' TERM
+while :; do sleep 1000 & wait $!; done
+"""
+
+
+@pytest.mark.parametrize("how", ["reload", "scale"])
+def test_node_added_back_while_its_leftover_is_stopping(fleet: Fleet, tmp_path: Path,
+                                                        how: str) -> None:
+    """A master that starts after a crash stops the nodes the file no longer
+    has (warm: they take 1 s here). Adding one back meanwhile (reload, scale)
+    adopted the process being stopped as the new node: two nodes of one
+    process, the stopping one never gone, and its "stopping" record in the
+    state file then made the next master treat the new process as being
+    stopped: no SIGTERM, the stop timeout waited out, then SIGKILL (a
+    worker's tasks lost). Found by the crash storm. The added node now waits
+    for its leftover to be gone, then starts afresh."""
+    terms = tmp_path / "terms.log"
+    terms.touch()
+    fleet.exports["TERMS"] = str(terms)
+    script = fleet.script("node.sh", SLOW_STOP_NODE)
+    if how == "reload":
+        fleet.write(nodes="alpha beta", command=script, stop_timeout=8)
+    else:
+        fleet.write(nodes="2", command=script, stop_timeout=8)
+    fleet.start()
+    if how == "scale":
+        program = next(iter(fleet.status().values()))["program"]
+        assert fleet.ctl("scale", program, "3").returncode == 0
+    names = sorted(fleet.wait_state("RUNNING"))
+    extra = names[-1]
+    first = fleet.status()[extra]["pid"]
+    kill_master(fleet)
+    if how == "reload":
+        fleet.write(nodes="alpha")
+    fleet.start()  # the file lacks the extra node: the new master stops it
+    wait_until(lambda: f"{first} TERM" in terms.read_text(), 5, what="the leftover's SIGTERM")
+    if how == "reload":
+        fleet.write(nodes="alpha beta")
+        answer = fleet.ctl("reload", "--json")
+    else:
+        answer = fleet.ctl("scale", program, "3", "--json")
+    assert answer.returncode == 0, answer.stdout + answer.stderr
+    assert not pid_alive(first)  # the answer came once the leftover was gone
+    info = fleet.wait_state("RUNNING", extra)[extra]
+    second = info["pid"]
+    assert second != first and not info["adopted"] and info["restarts"] == 0
+    assert terms.read_text().count(f"{first} TERM") == 1
+    assert "SIGKILL" not in fleet.master_log()
+
+    # the state file says the new process runs: a next master stops it warm
+    state = json.loads((fleet.run_dir / "stemd.state").read_text())
+    records = [r for r in state["nodes"] if r["name"] == extra]
+    assert len(records) == 1 and not records[0]["removed"], records
+    kill_master(fleet)
+    if how == "reload":
+        fleet.write(nodes="alpha")
+    fleet.start()
+    wait_until(lambda: f"{second} TERM" in terms.read_text(), 5,
+               what="SIGTERM to the new process, not a wait for a stop never sent")
+    wait_until(lambda: not pid_alive(second), 5, what="the new process stopped")
+    assert "SIGKILL" not in fleet.master_log()
