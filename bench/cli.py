@@ -371,17 +371,20 @@ class Runner:
         entry) when it failed, so that it is not tried again at this size."""
         python = self.opts.stemd_bin / "python"
         log_dir = self.work_dir / f"{name}-n{size}-t{trial}" / "logs"
+        run_dir = self.runtime_dir / f"{name}-n{size}-t{trial}"
         try:
-            alive = run_floor(python, sleep_workload(size), FLOORS[name], log_dir,
-                              self.opts.plan.timeout)
+            measured = run_floor(python, sleep_workload(size), FLOORS[name], log_dir,
+                                 self.opts.plan.timeout, run_dir)
         except BenchError as exc:
             self.skip(name, size, f"trial {trial + 1}", exc)
             return False
         finally:
             if not self.opts.keep:
                 shutil.rmtree(log_dir.parent, ignore_errors=True)
-        merge(samples, {"alive_after_launch": [alive]})
-        log(f"{name} n={size} trial {trial + 1}: alive_after_launch {alive * 1000:.1f} ms")
+                shutil.rmtree(run_dir, ignore_errors=True)
+        merge(samples, {key: [value] for key, value in measured.items()})
+        log(f"{name} n={size} trial {trial + 1}: " + ", ".join(
+            f"{key} {value * 1000:.1f} ms" for key, value in measured.items()))
         return True
 
     def storms(self, names: list[str]) -> dict[str, Any]:
@@ -518,8 +521,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             else "n/a",
             "met": mine / peer <= limit if both else None,
         }
-        if key == "alive_after_launch":
-            add_floor(entry, results["floor"].get(str(size), {}), peer)
+        if key in ("alive_after_launch", "stop_all"):
+            add_floor(entry, key, results["floor"].get(str(size), {}), peer)
         out.append(entry)
     ours, theirs = median(100, "stemd", "status_wall"), median(100, "supervisord", "status_wall")
     if 100 not in measured:
@@ -537,13 +540,16 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def add_floor(entry: dict[str, Any], floor: dict[str, Any], peer: float | None) -> None:
-    """What the spawn floor itself scores against supervisord on the launch
-    target: a target below the floor's own ratio is out of reach of any
-    serial Python spawner on this machine, however little it does."""
+def add_floor(entry: dict[str, Any], key: str, floor: dict[str, Any],
+              peer: float | None) -> None:
+    """What the floors themselves score against supervisord on the launch
+    and stop targets: a target below a floor's own ratio is out of reach of
+    a serial Python spawner, or of a Python supervisor that logs each
+    transition and keeps PID files, on this machine, however little else it
+    does."""
     scores: dict[str, dict[str, float | None]] = {}
     for name, procs_ in FLOORS.items():
-        summary = floor.get(name, {}).get("alive_after_launch")
+        summary = floor.get(name, {}).get(key)
         if summary is None:
             continue
         value = summary["median"]
@@ -554,10 +560,12 @@ def add_floor(entry: dict[str, Any], floor: dict[str, Any], peer: float | None) 
     entry["floor"] = scores
     parts = []
     for s in scores.values():
-        label = f"{s['procs']:.0f} proc{'s' if s['procs'] != 1 else ''}"
+        label = f"{s['procs']:.0f} proc{'s' if s['procs'] != 1 else ''}: " \
+            if key == "alive_after_launch" else ""
         ratio = "n/a" if s["ratio"] is None else f"{s['ratio']:.2f}x"
-        parts.append(f"{label} {ratio} ({(s['median'] or 0) * 1000:.0f} ms)")
-    entry["value"] += "; floor (bare Popen loop): " + ", ".join(parts)
+        parts.append(f"{label}{ratio} ({(s['median'] or 0) * 1000:.0f} ms)")
+    what = "bare Popen loop" if key == "alive_after_launch" else "bare stop and client"
+    entry["value"] += f"; floor ({what}): " + ", ".join(parts)
 
 
 def log(message: str) -> None:

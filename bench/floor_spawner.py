@@ -13,6 +13,18 @@ from just before it starts this script until every node is alive in
 With ``--procs 2`` the script forks once at start and each process spawns
 half the nodes: the most a 2-core machine gets out of spawning in parallel.
 
+The stop floor (``--stop-socket PATH --run-dir DIR``, one process): the
+script also writes each node's PID file when it spawns it, opens a pidfd on
+it, and listens on a Unix socket. A client (``bench/floor_client.py PATH``,
+what a supervisor's control command is at the least: an interpreter, a
+socket, a line) asks it to stop; it then does, with no state machine, no
+asyncio and no protocol, what a supervisor that logs every transition and
+keeps honest PID files must do for each node: a log line and ``SIGTERM``;
+and once the node has exited, reap it through its pidfd, ``SIGKILL`` what is
+left of its process group (``mixed`` kill mode), remove its PID file and log
+a line. It answers once every node is reaped. The benchmark times it like a
+stop command: from just before the client starts until no node is left.
+
 Each spawning process writes ``spawned`` on stdout when its loop is done.
 It stays alive, the parent of its nodes, until SIGTERM; then it TERMs its
 nodes (and its forked sibling, which does the same), reaps them and exits.
@@ -20,6 +32,7 @@ nodes (and its forked sibling, which does the same), reaps them and exits.
 Usage::
 
     python floor_spawner.py --log-dir DIR --cwd DIR --nodes N [--procs P] \\
+        [--stop-socket PATH --run-dir DIR] \\
         -- ARGV...   # ARGV with @INDEX@ standing for the node's 1-based index
 """
 
@@ -78,6 +91,72 @@ def stop(children: list[subprocess.Popen[bytes]], sibling: int | None) -> None:
         os.waitpid(sibling, 0)
 
 
+def write_pid_files(children: list[subprocess.Popen[bytes]], run_dir: str) -> list[str]:
+    """Each node's PID file, as a supervisor writes it after the spawn (not
+    timed: the stop floor is measured, not this)."""
+    paths = []
+    for i, child in enumerate(children, 1):
+        path = os.path.join(run_dir, f"worker{i}.pid")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        try:
+            os.write(fd, b"%d\n" % child.pid)
+        finally:
+            os.close(fd)
+        paths.append(path)
+    return paths
+
+
+def serve_stop(children: list[subprocess.Popen[bytes]], pid_files: list[str],
+               socket_path: str, log_dir: str) -> None:
+    """Wait for the client's "stop", then stop every node honestly (module
+    docstring) and answer once all are reaped."""
+    import logging
+    import select
+    import socket
+
+    # the logging HOWTO's "Optimization" knobs, as stemd sets them
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    log = logging.getLogger("floor")
+    handler = logging.FileHandler(os.path.join(log_dir, "floor-master.log"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    epoll = select.epoll()
+    pidfds: dict[int, int] = {}
+    for i, child in enumerate(children):
+        fd = os.pidfd_open(child.pid)
+        pidfds[fd] = i
+        epoll.register(fd, select.EPOLLIN)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(socket_path)
+    server.listen()
+    os.write(sys.stdout.fileno(), b"listening\n")
+    conn, _ = server.accept()
+    if not conn.recv(64).startswith(b"stop"):
+        return
+    for i, child in enumerate(children, 1):
+        log.info("worker%d: RUNNING -> STOPPING (sending SIGTERM to pid %d)", i, child.pid)
+        os.kill(child.pid, signal.SIGTERM)
+    while pidfds:
+        for fd, _events in epoll.poll():
+            i = pidfds.pop(fd)
+            epoll.unregister(fd)
+            child = children[i]
+            os.waitid(os.P_PIDFD, fd, os.WEXITED)
+            os.close(fd)
+            child.returncode = 0  # reaped: Popen must not wait for it again
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)  # what is left of its group
+            os.unlink(pid_files[i])
+            log.info("worker%d: STOPPING -> STOPPED (pid %d exited)", i + 1, child.pid)
+    conn.sendall(b"stopped\n")
+    conn.close()
+
+
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _on_term)
     p = argparse.ArgumentParser(description=__doc__)
@@ -85,6 +164,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--cwd", default="/")
     p.add_argument("--nodes", type=int, required=True)
     p.add_argument("--procs", type=int, default=1, choices=(1, 2))
+    p.add_argument("--stop-socket")
+    p.add_argument("--run-dir")
     p.add_argument("argv", nargs="+")
     a = p.parse_args(argv)
     children: list[subprocess.Popen[bytes]] = []
@@ -103,6 +184,9 @@ def main(argv: list[str]) -> int:
         # spawned: the benchmark polls /proc only after this (one line per
         # spawning process), so the poller does not compete with the loop.
         os.write(sys.stdout.fileno(), b"spawned\n")
+        if a.stop_socket and a.run_dir and a.procs == 1:
+            serve_stop(children, write_pid_files(children, a.run_dir), a.stop_socket,
+                       a.log_dir)
         while True:
             signal.pause()
     except Stop:

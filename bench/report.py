@@ -132,12 +132,16 @@ def ratio_cell(ours: dict[str, Any] | None, theirs: dict[str, Any] | None) -> st
     return "n/a" if value is None else f"{value:.2f}x"
 
 
-#: the spawn floor's rows: result name -> row label (launch metric only)
-FLOOR_ROWS = {
-    "floor_1proc": "floor: bare Popen loop, 1 process",
-    "floor_2procs": "floor: bare Popen loop, 2 processes",
-}
-FLOOR_METRIC = next(m for m in SIZE_METRICS if m.key == "alive_after_launch")
+#: the floors' rows: (result name, metric key, row label)
+FLOOR_ROWS = (
+    ("floor_1proc", "alive_after_launch",
+     "floor: bare Popen loop, 1 process (start → all nodes alive, ms)"),
+    ("floor_2procs", "alive_after_launch",
+     "floor: bare Popen loop, 2 processes (start → all nodes alive, ms)"),
+    ("floor_1proc", "stop_all",
+     "floor: bare stop (TERM, reap, log, PID files) and a bare client (stop → no node "
+     "left, ms)"),
+)
 
 
 def render_size(
@@ -156,16 +160,17 @@ def render_size(
             theirs = by_sup.get(peer, {}).get(metric.key)
             row += [cell(theirs, metric), ratio_cell(ours.get(metric.key), theirs)]
         rows.append(table_row(row))
-    floor_rows = [name for name in FLOOR_ROWS if (floor or {}).get(name)]
-    for name in floor_rows:
+    floor_rows = [(name, key, label) for name, key, label in FLOOR_ROWS
+                  if (floor or {}).get(name, {}).get(key)]
+    for name, key, label in floor_rows:
         # the floor's own figure sits in the stemd column; the ratio columns
         # are floor / peer, what the floor itself would score
-        mine = (floor or {})[name].get(FLOOR_METRIC.key)
-        row = [f"{FLOOR_ROWS[name]} (start → all nodes alive, {FLOOR_METRIC.unit})",
-               cell(mine, FLOOR_METRIC)]
+        metric = next(m for m in SIZE_METRICS if m.key == key)
+        mine = (floor or {})[name][key]
+        row = [label, cell(mine, metric)]
         for peer in peers:
-            theirs = by_sup.get(peer, {}).get(FLOOR_METRIC.key)
-            row += [cell(theirs, FLOOR_METRIC), ratio_cell(mine, theirs)]
+            theirs = by_sup.get(peer, {}).get(key)
+            row += [cell(theirs, metric), ratio_cell(mine, theirs)]
         rows.append(table_row(row))
     if floor_rows:
         ratios = ", and the ratios are floor / peer" if peers else ""
@@ -310,6 +315,15 @@ def floor_note(meta: dict[str, Any]) -> list[str]:
         "process has said its loop is done (as it starts once a launcher has returned: "
         "polling during the loop took a core from it). A launch target below the "
         "floor's own ratio is out of reach of any serial Python spawner on this machine.",
+        "- Stop floor (the same script, 1 process, `--stop-socket`): it also writes each "
+        "node's PID file (not timed) and holds a pidfd on each; once the nodes have been up "
+        "for 1 s, a bare client (`bench/floor_client.py`: an interpreter, a Unix socket, "
+        "one line each way) asks it to stop, and it does, with no state machine, asyncio or "
+        "protocol, what a supervisor that logs every transition and keeps honest PID files "
+        "must: per node a log line (stdlib `logging`, the master's format) and SIGTERM; per "
+        "exit, waitid on the pidfd, SIGKILL to what is left of the group, the PID file "
+        "removed and a log line. Timed like a stop command: from just before the client "
+        "starts until no node is left, with the same poller.",
     ]
 
 

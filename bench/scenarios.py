@@ -380,10 +380,12 @@ def log_complete(path: Path, total: int) -> bool:
 
 
 FLOOR_SCRIPT = Path(__file__).with_name("floor_spawner.py")
+FLOOR_CLIENT = Path(__file__).with_name("floor_client.py")
 
 
 def run_floor(python: Path, workload: Workload, procs_: int, log_dir: Path,
-              timeout: float = LAUNCH_TIMEOUT) -> float:
+              timeout: float = LAUNCH_TIMEOUT, run_dir: Path | None = None
+              ) -> dict[str, float]:
     """The spawn floor (:mod:`bench.floor_spawner`): seconds from just
     before the bare Popen loop is started until all its nodes are alive,
     timed like a supervisor's launcher start → all alive (same clock start,
@@ -391,11 +393,23 @@ def run_floor(python: Path, workload: Workload, procs_: int, log_dir: Path,
     launcher is waited for before the poller starts, so is the spawner's
     "spawned" line (each process's): polling /proc during the loop took a
     core from it, and the floor came out slower than stemd's launch (1.3 s
-    against 0.55 s for the same loop unwatched)."""
+    against 0.55 s for the same loop unwatched).
+
+    With ``run_dir`` (for its PID files and socket, where the supervisors
+    keep theirs; one process only), the stop floor too, once the nodes have
+    been up for a second (as the supervisors' fleets have, and more, when
+    their stop is timed): from just before the floor's client is started
+    until no node is left, as :func:`stop_all` times a stop command."""
     log_dir.mkdir(parents=True, exist_ok=True)
+    stop = run_dir is not None and procs_ == 1
     argv = [str(python), str(FLOOR_SCRIPT), "--log-dir", str(log_dir),
             "--cwd", str(log_dir), "--nodes", str(workload.nodes),
-            "--procs", str(procs_), "--", *workload.argv]
+            "--procs", str(procs_)]
+    socket_path = run_dir / "floor.sock" if run_dir is not None else None
+    if stop and run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        argv += ["--stop-socket", str(socket_path), "--run-dir", str(run_dir)]
+    argv += ["--", *workload.argv]
     try:
         start = time.monotonic()
         # In its own session, as every supervisor's daemonized master is:
@@ -405,9 +419,22 @@ def run_floor(python: Path, workload: Workload, procs_: int, log_dir: Path,
         spawner = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, start_new_session=True)
         try:
-            _wait_spawned(spawner, procs_, start + timeout)
-            return wait_alive(workload.nodes, start, timeout,
-                              gave_up=lambda: spawner.poll() is not None)
+            seen = _wait_spawned(spawner, procs_, start + timeout)
+            alive = wait_alive(workload.nodes, start, timeout,
+                               gave_up=lambda: spawner.poll() is not None)
+            if not stop:
+                return {"alive_after_launch": alive}
+            _wait_spawned(spawner, 2, time.monotonic() + timeout, seen)  # "listening"
+            nodes = sleep_nodes()
+            wait_uptime(nodes[max(nodes)], 1.0)  # the last one spawned
+            began = time.monotonic()
+            client = subprocess.run([str(python), str(FLOOR_CLIENT), str(socket_path)],
+                                    timeout=timeout, check=False)
+            if client.returncode != 0:
+                raise BenchError(f"the floor's stop client exited {client.returncode}")
+            if procs.poll_until(lambda: not sleep_nodes(), timeout, 0.005) is None:
+                raise BenchError("the floor's nodes still alive after its stop")
+            return {"alive_after_launch": alive, "stop_all": time.monotonic() - began}
         except BenchError:
             if spawner.poll() is not None:
                 err = spawner.stderr.read().decode(errors="replace") if spawner.stderr else ""
@@ -427,17 +454,20 @@ def run_floor(python: Path, workload: Workload, procs_: int, log_dir: Path,
         procs.kill_descendants()
 
 
-def _wait_spawned(spawner: subprocess.Popen[bytes], lines: int, deadline: float) -> None:
-    """Until the spawner's processes have each written "spawned" (or it
-    died: wait_alive then says why), blocking on its stdout, not polling."""
+def _wait_spawned(spawner: subprocess.Popen[bytes], lines: int, deadline: float,
+                  seen: bytes = b"") -> bytes:
+    """Until the spawner has written ``lines`` lines in all, counting those
+    already ``seen`` ("spawned" from each process, then "listening" for the
+    stop floor), or died (wait_alive then says why), blocking on its stdout,
+    not polling. Returns what it has written so far."""
     assert spawner.stdout is not None
     fd = spawner.stdout.fileno()
-    seen = b""
     while seen.count(b"\n") < lines:
         left = deadline - time.monotonic()
         if left <= 0 or not select.select([fd], [], [], left)[0]:
             raise BenchError("the floor spawner did not finish spawning in time")
         chunk = os.read(fd, 256)
         if not chunk:
-            return  # it exited: wait_alive reports it
+            return seen  # it exited: wait_alive reports it
         seen += chunk
+    return seen

@@ -161,6 +161,22 @@ def test_smoke_run_measures_the_spawn_floor(smoke: dict) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(90)
+def test_smoke_run_measures_the_stop_floor(smoke: dict) -> None:
+    """The 1-process floor also stops its nodes as a Python supervisor must
+    at the least (log lines, pidfds, group kill, PID files), asked by a bare
+    client; the 2-process one does not."""
+    floor = smoke["results"]["floor"]["10"]
+    stop = floor["floor_1proc"]["stop_all"]
+    assert stop["n"] == 2 and 0 < stop["median"] < 5, stop
+    assert "stop_all" not in floor["floor_2procs"]
+    markdown = smoke["markdown"]
+    assert ("| floor: bare stop (TERM, reap, log, PID files) and a bare client "
+            "(stop → no node left, ms) |") in markdown
+    assert "Stop floor (the same script, 1 process" in markdown
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
 def test_smoke_run_puts_run_time_files_on_tmpfs_and_removes_them(smoke: dict) -> None:
     run_files = smoke["results"]["meta"]["run_files"]
     assert run_files["kind"] == expected_run_files_kind(), run_files
