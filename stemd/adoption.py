@@ -52,8 +52,11 @@ class Adoption:
         self.log = master.log
         # Nodes whose PID file named a process that has exited, by that PID:
         # what the dead master left of them (its group was never killed if
-        # it died first) is swept once, at the end of take_over.
+        # it died first) is swept once, at the end of take_over; their stale
+        # PID files (path, why) are removed only after it, since they are the
+        # only record of those sessions should this master die before.
         self._dead: dict[int, Node] | None = None
+        self._stale: dict[int, tuple[str, str | None]] = {}
         # Unrecorded orphans of nodes the configuration does not have, by name
         # (take_over: _adopt_unrecorded finds them, _stop_leftover stops them).
         self._unclaimed: dict[str, FoundNode] = {}
@@ -97,6 +100,9 @@ class Adoption:
             self._stop_leftover(record)
         dead, self._dead = self._dead, None
         m.sweep_sessions(dead, whole=True)
+        stale, self._stale = self._stale, {}
+        for pid, (path, why) in stale.items():
+            self._remove_stale(dead[pid], path, pid, why)
         return adopted
 
     def recover(self, node: Node) -> bool:
@@ -125,17 +131,21 @@ class Adoption:
             else:
                 node.adopt(record.pid, created)
                 return True
-        remove_pidfile(spec.pid_file, record.pid)
-        self.log.warning("%s: removed stale PID file %s (pid %d: %s)", node.name,
-                         spec.pid_file, record.pid, why)
         # Its master may have died before killing its group: sweep what is
         # left in its session (only while no live process holds its PID,
-        # only of its user: stemd.reaper.session_leftovers).
+        # only of its user: stemd.reaper.session_leftovers), then remove the
+        # file, the only record of that session.
         if self._dead is not None:
             self._dead[record.pid] = node
+            self._stale[record.pid] = (spec.pid_file, why)
         else:
             self.master.sweep_sessions({record.pid: node}, whole=True)
+            self._remove_stale(node, spec.pid_file, record.pid, why)
         return False
+
+    def _remove_stale(self, node: Node, path: str, pid: int, why: str | None) -> None:
+        remove_pidfile(path, pid)
+        self.log.warning("%s: removed stale PID file %s (pid %d: %s)", node.name, path, pid, why)
 
     def _adopt_unrecorded(self, unclean: bool) -> int:
         """Find this instance's nodes that no PID file names (see

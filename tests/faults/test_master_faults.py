@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -238,3 +239,64 @@ def test_idle_clients_under_a_tight_fd_limit_never_make_a_node_fatal(fleet: Flee
     info = fleet.wait_state("RUNNING", "a", timeout=20)["a"]
     assert info["pid"] != before
     assert "FATAL" not in fleet.master_log()
+
+
+#: loaded by a master started with it on PYTHONPATH: the master SIGKILLs
+#: itself right after it unlinks a file named STEM_TEST_DIE_AFTER_UNLINK (a
+#: crash at exactly that point of its start-up)
+DIE_AFTER_UNLINK = """\
+import os, signal
+_target = os.environ.get("STEM_TEST_DIE_AFTER_UNLINK")
+if _target:
+    _unlink = os.unlink
+    def unlink(path, *args, **kwargs):
+        _unlink(path, *args, **kwargs)
+        if os.path.basename(os.fsdecode(path)) == _target:
+            os.kill(os.getpid(), signal.SIGKILL)
+    os.unlink = unlink
+"""
+
+#: keeps a child in its session (and group)
+NODE_WITH_CHILD = """\
+#!/bin/sh
+trap 'exit 0' TERM
+while :; do sleep 1000 & wait $!; done
+"""
+
+
+def test_a_crash_during_take_over_does_not_lose_a_dead_nodes_leftovers(
+        fleet: Fleet, tmp_path: Path) -> None:
+    """A node's main process exited while no master ran: its child is left
+    in its session. The next master finds the node's PID file stale and
+    kills the session's leftovers; it removed the PID file first, so a crash
+    of that master in between lost the only record of the dead session, and
+    the child ran for ever. The PID file is now removed once the sweep is
+    done (found by the crash storm)."""
+    import psutil
+
+    fleet.write(nodes="alpha", command=fleet.script("node.sh", NODE_WITH_CHILD))
+    fleet.start()
+    main = fleet.wait_state("RUNNING")["alpha"]["pid"]
+    child = wait_until(lambda: [p.pid for p in psutil.Process(main).children()], 5,
+                       what="the node's child")[0]
+    master = fleet.master_pid()
+    assert master is not None
+    os.kill(master, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(master), 5, what="the master gone")
+    os.kill(main, signal.SIGTERM)  # the node ends with no master to sweep its session
+    wait_until(lambda: not pid_alive(main), 5, what="the node's main process gone")
+    assert pid_alive(child)
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(DIE_AFTER_UNLINK)
+    env = fleet.env()
+    env["PYTHONPATH"] = f"{hook}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    env["STEM_TEST_DIE_AFTER_UNLINK"] = "alpha.pid"
+    crashed = fleet.stemd(env=env)
+    assert crashed.returncode != 0  # killed right after it removed alpha.pid
+    assert not (fleet.run_dir / "alpha.pid").exists()
+
+    fleet.start()  # an ordinary master
+    wait_until(lambda: not pid_alive(child), 5, what=f"the leftover {child} killed")
+    assert f"pid {main} left in its session" in fleet.master_log()
