@@ -19,10 +19,14 @@ end state must be the one the commands asked for:
    a RUNNING node of its own name; no process or PID file for any other node,
    nor for a node the configuration no longer has;
 3. after a final `stemctl reload` (exit 0; no change to apply if a reload
-   launched after the last rewrite answered 0), every RUNNING node's argv is
-   the config file's for it;
-4. the master is the one started, alive and answering; it has no zombie child;
-   its log has no traceback or illegal transition; no client crashed.
+   launched after the last rewrite answered 0, but a restart of the nodes
+   that `status` shows ``outdated``), every RUNNING node's argv is the config
+   file's for it, and none is outdated;
+4. the master is the one started (the last one), alive and answering, and no
+   earlier one is; it has no zombie child; its log has no traceback or
+   illegal transition; no client crashed;
+5. the state file names the master and each node's intent as the master has
+   it, and no node a reload or scale removed.
 
 A failure prints the seed, the command log (times, exit codes, output) and the
 master log's tail. Reproduce one with::
@@ -32,6 +36,9 @@ master log's tail. Reproduce one with::
 
 (``STRESS_INTENT_SEEDS=1-20`` runs seeds 1 to 20.) The seed fixes the commands
 and the jitter between them; the master's timing still varies from run to run.
+
+The storm's machinery here is shared with test_stress_crash.py, the same storm
+with master crashes, clean restarts and ``stemctl scale`` among the commands.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ from typing import Any
 import psutil
 import pytest
 
+from stem_core.errors import PidFileError
+from stem_core.statefile import read_state
 from tests.fleet import STEMCTL, Fleet, pid_alive
 
 # Stops in 0.1-0.3 s (by its pid) on TERM; keeps a child in its process group.
@@ -67,10 +76,11 @@ TRANSITIONAL = {"STARTING", "STOPPING", "BACKOFF"}
 QUIET = 1.2  # seconds without a change in status or master log: the master is idle
 
 
-def _seeds() -> list[int]:
-    given = os.environ.get("STRESS_INTENT_SEEDS", "").strip()
+def seeds(variable: str, default: list[int]) -> list[int]:
+    """The seeds an environment variable names (``17``, ``1-20``, ``3,5``)."""
+    given = os.environ.get(variable, "").strip()
     if not given:
-        return [1, 2, 3]
+        return default
     seeds: list[int] = []
     for part in given.replace(",", " ").split():
         low, _, high = part.partition("-")
@@ -98,6 +108,10 @@ class Client:
 
 
 class Storm:
+    #: how a failure report says to run the seed again
+    REPRODUCE = ("STRESS_INTENT_SEEDS={seed} .venv/bin/python -m pytest -m slow "
+                 "tests/integration/test_stress_intent.py")
+
     def __init__(self, fleet: Fleet, seed: int) -> None:
         self.fleet = fleet
         self.seed = seed
@@ -110,7 +124,30 @@ class Storm:
         self.clients: list[Client] = []
         self.events: list[str] = []  # config rewrites, node kills: the test's own moves
         self.last_write = 0.0  # when the config was last rewritten
+        self.masters: list[int] = []  # every master started, the killed ones too
+        self.master: int | None = None  # the current, ready master
+        self.windows: list[list[float]] = []  # [from, to]: no ready master (to: inf, open)
+        self.applies: list[float] = []  # stemd launches that answered 0: the file applied
+        self.problems: list[str] = []  # found while the storm ran
         self.write_config()
+
+    def begin(self) -> None:
+        """Start the master; the storm's clock starts once it is ready."""
+        self.fleet.start()
+        self.found_master("the first start")
+        self.t0 = time.monotonic()
+        self.last_write = 0.0
+
+    def found_master(self, why: str) -> None:
+        """The master stemd said ready: the one its PID file names."""
+        pid = self.fleet.master_pid()
+        if pid is None or not pid_alive(pid):
+            self.problems.append(f"{why}: no live master once stemd answered (PID file: {pid})")
+            self.master = None
+            return
+        self.master = pid
+        if pid not in self.masters:
+            self.masters.append(pid)
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -166,6 +203,10 @@ class Storm:
         return self.rng.sample(self.nodes, self.rng.randint(1, 2))
 
     def step(self) -> None:
+        self.command()
+
+    def command(self) -> None:
+        """One of the plain storm's moves: a client, a rewrite, a kill."""
         roll = self.rng.random()
         if roll < 0.18:
             self.launch("start", *self.names())
@@ -192,11 +233,23 @@ class Storm:
             deadline = time.monotonic() + 60
             while len(self.live()) >= MAX_CLIENTS:
                 self.note_endings()
+                self.poll()
                 assert time.monotonic() < deadline, "no client ended in 60 s"
                 time.sleep(0.02)
             self.note_endings()
+            self.poll()
             self.step()
             time.sleep(self.rng.uniform(0, JITTER))  # the jitter between launches
+        self.settle()
+
+    def poll(self) -> None:
+        """Between two moves: what the storm started besides clients (none here)."""
+
+    def settle(self) -> None:
+        """After the last move: wait for what poll() watches (nothing here)."""
+
+    def cleanup(self) -> None:
+        """Kill what the storm started beside the fleet (nothing here)."""
 
     def finish_clients(self, timeout: float = 60) -> list[str]:
         """Wait for every client; what went wrong with them (a hang, a crash)."""
@@ -216,9 +269,16 @@ class Storm:
                 continue
             if "Traceback" in err:
                 problems.append(f"stemctl {' '.join(client.args)} crashed: {err[-400:]}")
+            if client.rc == 3 and self.master_was_down(client):
+                continue  # "master not running": it was not, during the client's life
             if client.rc in (3, 4) or client.rc is None or client.rc < 0:
                 problems.append(f"stemctl {' '.join(client.args)} exited {client.rc}")
         return problems
+
+    def master_was_down(self, client: Client) -> bool:
+        """Did no ready master run at some time of the client's life?"""
+        end = client.ended if client.ended is not None else float("inf")
+        return any(client.launched <= w[1] and end >= w[0] for w in self.windows)
 
     def note_endings(self) -> None:
         """Record when each client ended (polled while the storm goes on)."""
@@ -227,17 +287,23 @@ class Storm:
                 client.ended = self.now()
 
     def reload_applied_last_write(self) -> bool:
-        """A reload launched after the last rewrite answered 0: the master runs
-        the file's configuration, and a further reload has nothing to change."""
-        return any(c.args == ["reload"] and c.killed_at is None and c.rc == 0
-                   and c.launched >= self.last_write for c in self.clients)
+        """A reload or a stemd launched after the last rewrite (and after
+        every scale had ended) answered 0: the master runs the file's
+        configuration, and a further reload has nothing to change but the
+        nodes it adopted from an older file (``outdated``)."""
+        times = [c.launched for c in self.clients if c.args == ["reload"]
+                 and c.killed_at is None and c.rc == 0] + self.applies
+        scales = [c for c in self.clients if c.args[:1] == ["scale"]]
+        return any(t >= self.last_write and all(
+            c.killed_at is None and c.ended is not None and c.ended < t for c in scales)
+            for t in times)
 
     def report(self, problems: list[str], status: Any = None) -> str:
         log_tail = "\n".join(self.fleet.master_log().splitlines()[-80:])
         lines = [f"seed {self.seed}: {len(problems)} invariant violation(s)",
                  *(f"  - {p}" for p in problems),
-                 f"reproduce: STRESS_INTENT_SEEDS={self.seed} .venv/bin/python -m pytest -m slow "
-                 "tests/integration/test_stress_intent.py",
+                 "reproduce: " + self.REPRODUCE.format(seed=self.seed),
+                 f"masters started: {self.masters}",
                  f"config now: {' '.join(f'{n}=v{self.versions[n]}' for n in self.nodes)}",
                  "commands (launched-ended, seconds from the storm's start):",
                  *sorted([*(f"  {c.line()}" for c in self.clients),
@@ -308,15 +374,20 @@ def fleet_processes(fleet: Fleet) -> list[dict[str, Any]]:
 
 
 def check_processes(fleet: Fleet, nodes: dict[str, dict[str, Any]], master: int) -> list[str]:
-    """Invariant 2."""
+    """Invariant 2. A node's main process leads its session; it is the
+    master's child unless the master adopted it (its parent died)."""
     problems = []
     running = {n: i["pid"] for n, i in nodes.items() if i["state"] == "RUNNING"}
     procs = fleet_processes(fleet)
-    mains = [p for p in procs if p["ppid"] == master]
+    mains = [p for p in procs if p["pid"] == p["sid"]]
     for name, pid in running.items():
-        own = [p["pid"] for p in mains if p["node"] == name]
-        if own != [pid]:
-            problems.append(f"{name} is RUNNING with pid {pid}, its main processes are {own}")
+        own = [p for p in mains if p["node"] == name]
+        if [p["pid"] for p in own] != [pid]:
+            problems.append(f"{name} is RUNNING with pid {pid}, its main processes are "
+                            f"{[p['pid'] for p in own]}")
+        elif not nodes[name]["adopted"] and own[0]["ppid"] != master:
+            problems.append(f"{name} (pid {pid}, not adopted) is a child of {own[0]['ppid']}, "
+                            f"not of the master {master}")
         try:
             content = (fleet.run_dir / f"{name}.pid").read_text().strip()
         except FileNotFoundError:
@@ -355,6 +426,8 @@ def check_argv(storm: Storm, nodes: dict[str, dict[str, Any]]) -> list[str]:
             argv = ["(gone)"]
         if argv != want:
             problems.append(f"{name} (pid {info['pid']}) runs {argv}, the file says {want}")
+        if info["outdated"]:
+            problems.append(f"{name} (pid {info['pid']}) is still outdated")
     return problems
 
 
@@ -362,7 +435,8 @@ def check_master(fleet: Fleet, storm: Storm, master: int) -> list[str]:
     """Invariant 4."""
     if not pid_alive(master):
         return [f"the master (pid {master}) is gone"]
-    problems = []
+    problems = [f"an earlier master (pid {old}) is alive"
+                for old in storm.masters if old != master and pid_alive(old)]
     if fleet.master_pid() != master:
         problems.append(f"the master PID file says {fleet.master_pid()}, not {master}")
     version = fleet.ctl("version", "--json")
@@ -380,18 +454,47 @@ def check_master(fleet: Fleet, storm: Storm, master: int) -> list[str]:
     return problems
 
 
+def check_statefile(fleet: Fleet, nodes: dict[str, dict[str, Any]], master: int) -> list[str]:
+    """Invariant 5: what a master started after a crash would take up is
+    what this one has."""
+    try:
+        state = read_state(str(fleet.run_dir / "stemd.state"))
+    except (OSError, PidFileError) as exc:
+        return [f"the state file cannot be read: {exc}"]
+    if state is None:
+        return ["no state file"]
+    problems = []
+    if state.pid != master:
+        problems.append(f"the state file was written by pid {state.pid}, not by the master")
+    records = {name: r for name, r in state.nodes.items() if not r.removed}
+    for name, info in nodes.items():
+        if name not in records:
+            problems.append(f"the state file has no record of {name}")
+        elif records[name].wanted != (info["wanted"] == "up"):
+            problems.append(f"the state file has {name} wanted {records[name].wanted}, the "
+                            f"master has it {info['wanted']} ({info['state']})")
+    extra = sorted(set(records) - set(nodes))
+    removed = sorted(set(state.nodes) - set(records))
+    if extra or removed:
+        problems.append(f"the state file has records of nodes the master does not have: "
+                        f"{extra}, removed ones: {removed}")
+    return problems
+
+
 def settled_checks(fleet: Fleet, storm: Storm, master: int, argv: bool
                    ) -> tuple[list[str], Any]:
-    """Invariants 1, 2 and 4 (and 3 with ``argv``) on a quiet master. What a
-    stop SIGKILLed may take a moment to die: the process checks get a short
-    grace, while the status stays the same."""
+    """Invariants 1, 2, 4 and 5 (and 3 with ``argv``) on a quiet master. What
+    a stop SIGKILLed may take a moment to die, and the state file is written
+    soon, not at once, after a node's exit: the process and file checks get
+    a short grace, while the status stays the same."""
     nodes, why = quiet_status(fleet)
     if nodes is None:
         return [why], None
     problems = check_intent(nodes)
     grace = time.monotonic() + 3
     while True:
-        found = check_processes(fleet, nodes, master) + check_master(fleet, storm, master)
+        found = (check_processes(fleet, nodes, master) + check_master(fleet, storm, master)
+                 + check_statefile(fleet, nodes, master))
         if not found or time.monotonic() > grace:
             break
         time.sleep(0.1)
@@ -406,32 +509,55 @@ def settled_checks(fleet: Fleet, storm: Storm, master: int, argv: bool
 # -------------------------------------------------------------------- test
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", _seeds())
+@pytest.mark.parametrize("seed", seeds("STRESS_INTENT_SEEDS", [1, 2, 3]))
 def test_a_storm_of_commands_leaves_what_the_operator_asked_for(fleet: Fleet, seed: int
                                                                ) -> None:
-    storm = Storm(fleet, seed)
-    fleet.start()
-    master = fleet.master_pid()
-    assert master is not None
-    storm.t0 = time.monotonic()
-    storm.last_write = 0.0
+    storm_then_check(Storm(fleet, seed))
+
+
+def storm_then_check(storm: Storm) -> None:
+    """Run the storm, then check the invariants on the quiet master, before
+    and after a final reload and a final start. Fails with the report."""
     try:
-        storm.run()
+        storm.begin()
+        try:
+            storm.run()
+        finally:
+            problems = storm.finish_clients() + storm.problems
+        status = None
+        if storm.master is None:
+            problems.append("no master runs after the storm")
+        else:
+            found, status = final_checks(storm, storm.master)
+            problems += found
+        assert not problems, storm.report(problems, status)
     finally:
-        problems = storm.finish_clients()
+        storm.cleanup()
+
+
+def final_checks(storm: Storm, master: int) -> tuple[list[str], Any]:
+    """Invariants 1-5 on the quiet master; a final reload (after which
+    invariant 3 too), a final start, and again. Returns (problems, status)."""
+    fleet = storm.fleet
     problems_before, status = settled_checks(fleet, storm, master, argv=False)
-    problems += [f"before the final reload: {p}" for p in problems_before]
+    problems = [f"before the final reload: {p}" for p in problems_before]
     if not problems:
         expect_no_change = storm.reload_applied_last_write()
+        outdated = sorted(n for n, i in status.items() if i["outdated"])
         final = fleet.ctl("reload", "--json")
         storm.events.append(f"{storm.now():7.3f} final reload: rc={final.returncode} "
                             f"{' '.join((final.stdout + final.stderr).split())[:300]}")
         if final.returncode != 0:
             problems.append(f"the final reload exited {final.returncode}")
-        elif expect_no_change:
+        else:
             summary = json.loads(final.stdout)
-            if summary["added"] or summary["removed"] or summary["changed"]:
-                problems.append("the final reload had changes to apply after a reload of the "
+            if not set(outdated) <= set(summary["changed"]):
+                problems.append(f"the final reload did not change every outdated node "
+                                f"{outdated}: {summary}")
+            if expect_no_change and (summary["added"] or summary["removed"]
+                                     or sorted(summary["changed"]) != outdated):
+                problems.append("the final reload had changes to apply (other than the "
+                                f"outdated nodes {outdated}) after a reload or start of the "
                                 f"same file had answered 0: {summary}")
         after, status = settled_checks(fleet, storm, master, argv=True)
         problems += [f"after the final reload: {p}" for p in after]
@@ -444,4 +570,4 @@ def test_a_storm_of_commands_leaves_what_the_operator_asked_for(fleet: Fleet, se
                             f"{everything.stdout} {everything.stderr}")
         after, status = settled_checks(fleet, storm, master, argv=True)
         problems += [f"after the final start: {p}" for p in after]
-    assert not problems, storm.report(problems, status)
+    return problems, status
