@@ -137,8 +137,8 @@ def test_spec_fingerprint_is_pinned() -> None:
     master wrote: if this value moves (NodeSpec, Policy or RunAs changed
     shape), bump SPEC_FINGERPRINT_VERSION, or an upgraded master would find
     every adopted node changed and a reload would restart the whole fleet."""
-    assert SPEC_FINGERPRINT_VERSION == 1
-    assert spec_fingerprint(_spec()) == "1:70dd2accc5da792703f9f7bc"
+    assert SPEC_FINGERPRINT_VERSION == 2
+    assert spec_fingerprint(_spec()) == "2:28c150fe84c370d1"
 
 
 def test_spec_fingerprint_round_trips(tmp_path: Path) -> None:
