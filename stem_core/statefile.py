@@ -52,8 +52,9 @@ class NodeRecord:
     last_error: str | None = None
     removed: bool = False  # dropped by a reload, not yet stopped
     state: str = "STOPPED"  # as the master last saw it (EXITED and FATAL are kept)
-    # What the running process was started from (model.spec_fingerprint),
-    # or None: a master that adopts it after a crash compares it with the file
+    # What the node's process was started from, or will be
+    # (model.spec_fingerprint); None from an older stemd. A master that
+    # adopts the process after a crash compares it with the file's spec.
     spec: str | None = None
 
 

@@ -1090,4 +1090,3 @@ def _by_priority(nodes: Iterable[Node], reverse: bool = False) -> list[list[Node
 def _is_down(node: Node) -> bool:
     """Stopped for good: no process, and no retry pending."""
     return node.state not in ALIVE and node.state is not S.BACKOFF
-
