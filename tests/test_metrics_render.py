@@ -176,9 +176,23 @@ def test_sliced_proc_pass_reads_what_the_whole_pass_reads() -> None:
              for script in ("sleep 60", "sleep 60 & sleep 60 & wait", "exec sleep 60")]
     try:
         roots = [p.pid for p in procs]
+
+        def settled() -> bool:
+            """Every session has exec'd what it runs (a process caught in
+            its exec had no resident page at all) and the second has both
+            its children."""
+            trees = sample(roots)
+            if trees.get(roots[1], TreeUsage(0, 0, 0, 0)).children < 2:
+                return False
+            for pid in (roots[0], roots[2]):  # sh -c "sleep 60" may exec sleep, or fork it
+                with open(f"/proc/{pid}/comm") as f:
+                    if f.read().strip() != "sleep" and trees[pid].children == 0:
+                        return False
+            return all(trees[pid].rss > 0 for pid in roots)
+
         deadline = time.monotonic() + 10
-        while sample(roots).get(roots[1], TreeUsage(0, 0, 0, 0)).children < 2:
-            assert time.monotonic() < deadline, "the children of the second session"
+        while not settled():
+            assert time.monotonic() < deadline, "the three sessions running their sleeps"
             time.sleep(0.01)
         wanted = [*roots, 1]  # init leads no session of ours: absent from both
         for size in (1, 7, 50, 100_000):

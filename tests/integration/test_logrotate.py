@@ -134,9 +134,14 @@ def test_shipped_logrotate_rotates_node_logs_and_the_master_log(sysv_fleet: Flee
 
     # a second run compresses the first rotation (delaycompress), and works as well for the
     # master log as for the nodes'. Rotated names carry the epoch second (dateformat %s):
-    # the second run must not fall in the first one's second.
-    first = int(time.time())
-    wait_until(lambda: int(time.time()) > first, 5, interval=0.05, what="the next second")
+    # the second run must not fall in the first one's second. logrotate reads the clock with
+    # time(2), which glibc serves from the coarse clock, up to a tick behind time.time(): a run
+    # started just after the next second began by Python's clock could still name its files
+    # with the first run's second ("destination ... already exists"). So wait past the
+    # second the first run named its files with, by more than a tick.
+    first = int(old_master[0].name.rsplit("-", 1)[1])
+    wait_until(lambda: time.time() >= first + 1.05, 5, interval=0.02,
+               what="the second after the first run's")
     result = subprocess.run([LOGROTATE, "-f", "-s", str(fleet.root / "logrotate.state"),
                              str(conf)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
