@@ -60,6 +60,9 @@ class Adoption:
         # Unrecorded orphans of nodes the configuration does not have, by name
         # (take_over: _adopt_unrecorded finds them, _stop_leftover stops them).
         self._unclaimed: dict[str, FoundNode] = {}
+        # The previous master's record of each configured node (take_over),
+        # for an orphan adopted without its PID file (_adopt_unrecorded).
+        self._records: dict[str, NodeRecord] = {}
 
     def take_over(self) -> int:
         """Build the node table, taking up what a master that died left: its
@@ -77,6 +80,8 @@ class Adoption:
         for spec in m.config.nodes:
             node = m.add_node(spec)
             record = previous.pop(spec.name, None)
+            if record is not None:
+                self._records[spec.name] = record
             if record is not None and not record.removed:
                 node.restore(
                     wanted=record.wanted, restarts=record.restarts,
@@ -84,12 +89,7 @@ class Adoption:
                     last_error=record.last_error, state=record.state)
             if self.recover(node):
                 adopted += 1
-                if record is not None and started_from_other(record.spec, spec):
-                    node.started_from = record.spec
-                    self.log.warning("%s: pid %d runs an older configuration than %s "
-                                     "(the file changed while no master ran); 'stemctl "
-                                     "reload' or 'restart' applies it", node.name, node.pid,
-                                     m.config.source)
+                self._outdated(node, record)
                 if record is None or record.removed:
                     node.wanted = True  # it runs: autostart = false does not stop it
                 elif not node.wanted:
@@ -98,12 +98,23 @@ class Adoption:
         adopted += self._adopt_unrecorded(unclean)
         for record in previous.values():
             self._stop_leftover(record)
+        self._records = {}
         dead, self._dead = self._dead, None
         m.sweep_sessions(dead, whole=True)
         stale, self._stale = self._stale, {}
         for pid, (path, why) in stale.items():
             self._remove_stale(dead[pid], path, pid, why)
         return adopted
+
+    def _outdated(self, node: Node, record: NodeRecord | None) -> None:
+        """An adopted node whose process was started from another spec than
+        the file's (the previous master's record says from which): the next
+        reload restarts it (Node.started_from)."""
+        if record is not None and started_from_other(record.spec, node.spec):
+            node.started_from = record.spec
+            self.log.warning("%s: pid %d runs an older configuration than %s (the file "
+                             "changed while no master ran); 'stemctl reload' or 'restart' "
+                             "applies it", node.name, node.pid, self.master.config.source)
 
     def recover(self, node: Node) -> bool:
         """Adopt the node if its PID file names it alive; remove the file if
@@ -212,6 +223,7 @@ class Adoption:
             node.adopt(found.pid, created)
             self.log.warning("%s: adopted pid %d, which no PID file named (its master died "
                              "before writing it)", name, found.pid)
+            self._outdated(node, self._records.get(name))
             adopted += 1
         return adopted
 

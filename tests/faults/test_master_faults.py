@@ -4,6 +4,7 @@ the master before the fix."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -300,3 +301,55 @@ def test_a_crash_during_take_over_does_not_lose_a_dead_nodes_leftovers(
     fleet.start()  # an ordinary master
     wait_until(lambda: not pid_alive(child), 5, what=f"the leftover {child} killed")
     assert f"pid {main} left in its session" in fleet.master_log()
+
+
+#: as DIE_AFTER_UNLINK: the master SIGKILLs itself just before it renames a
+#: file into place under the name STEM_TEST_DIE_BEFORE_RENAME (a crash
+#: between spawning a node and publishing its PID file)
+DIE_BEFORE_RENAME = """\
+import os, signal
+_target = os.environ.get("STEM_TEST_DIE_BEFORE_RENAME")
+if _target:
+    _rename = os.rename
+    def rename(src, dst, *args, **kwargs):
+        if os.path.basename(os.fsdecode(dst)) == _target:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return _rename(src, dst, *args, **kwargs)
+    os.rename = rename
+"""
+
+#: takes any arguments, and shows them in its command line
+ARGS_NODE = "#!/bin/sh\ntrap 'exit 0' TERM\nwhile :; do sleep 1000 & wait $!; done\n"
+
+
+def test_an_orphan_no_pid_file_names_is_outdated_too(fleet: Fleet, tmp_path: Path) -> None:
+    """A master died between spawning a node and writing its PID file; the
+    file then changed. The next master adopts the orphan it finds by its
+    environment, and must know, as for a node its PID file names, that it
+    runs an older configuration: the final reload of the crash storm found
+    it running the old command line (seed 24)."""
+    import psutil
+
+    script = fleet.script("node.sh", ARGS_NODE)
+    fleet.write(nodes="alpha", command=script, opts="--version=1")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(DIE_BEFORE_RENAME)
+    env = fleet.env()
+    env["PYTHONPATH"] = f"{hook}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    env["STEM_TEST_DIE_BEFORE_RENAME"] = "alpha.pid"
+    crashed = fleet.stemd(env=env)
+    assert crashed.returncode != 0  # killed before it published alpha.pid
+    assert not (fleet.run_dir / "alpha.pid").exists()
+    orphan = [pid for pid in fleet.node_pids() if os.getsid(pid) == pid]  # the node, not its sleep
+    assert len(orphan) == 1 and psutil.Process(orphan[0]).cmdline()[-1] == "--version=1"
+
+    fleet.write(opts="--version=2")
+    fleet.start()
+    info = fleet.status()["alpha"]
+    assert info["pid"] == orphan[0] and info["adopted"] and info["outdated"], info
+    answer = fleet.ctl("reload", "--json")
+    assert answer.returncode == 0, answer.stdout + answer.stderr
+    assert json.loads(answer.stdout)["changed"] == ["alpha"]
+    info = fleet.wait_state("RUNNING")["alpha"]
+    assert psutil.Process(info["pid"]).cmdline()[-1] == "--version=2"
