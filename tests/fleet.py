@@ -28,6 +28,11 @@ BIN = Path(sys.executable).parent
 STEMD = str(BIN / "stemd")
 STEMCTL = str(BIN / "stemctl")
 
+#: a node script (Fleet.script): exits 0 on TERM, keeps a ``sleep`` child in
+#: its session and group, and shows whatever arguments it is given in its
+#: command line (``--version=2``: which configuration it was started from)
+CHILD_NODE = "#!/bin/sh\ntrap 'exit 0' TERM\nwhile :; do sleep 1000 & wait $!; done\n"
+
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01,
                what: str = "condition") -> Any:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fleet import STEMCTL, STEMD, Fleet, pid_alive, wait_until
+from tests.fleet import CHILD_NODE, STEMCTL, STEMD, Fleet, pid_alive, wait_until
 
 SLOW_STOP = """\
 #!/bin/sh
@@ -242,6 +242,18 @@ def test_idle_clients_under_a_tight_fd_limit_never_make_a_node_fatal(fleet: Flee
     assert "FATAL" not in fleet.master_log()
 
 
+def crashing(fleet: Fleet, tmp_path: Path, hook: str, **target: str) -> dict[str, str]:
+    """The environment of a stemd that loads ``hook`` as its sitecustomize
+    (on PYTHONPATH), with ``target`` (the hook's variable: which file)."""
+    directory = tmp_path / "hook"
+    directory.mkdir()
+    (directory / "sitecustomize.py").write_text(hook)
+    env = fleet.env()
+    env["PYTHONPATH"] = f"{directory}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    env.update(target)
+    return env
+
+
 #: loaded by a master started with it on PYTHONPATH: the master SIGKILLs
 #: itself right after it unlinks a file named STEM_TEST_DIE_AFTER_UNLINK (a
 #: crash at exactly that point of its start-up)
@@ -257,14 +269,6 @@ if _target:
     os.unlink = unlink
 """
 
-#: keeps a child in its session (and group)
-NODE_WITH_CHILD = """\
-#!/bin/sh
-trap 'exit 0' TERM
-while :; do sleep 1000 & wait $!; done
-"""
-
-
 def test_a_crash_during_take_over_does_not_lose_a_dead_nodes_leftovers(
         fleet: Fleet, tmp_path: Path) -> None:
     """A node's main process exited while no master ran: its child is left
@@ -275,7 +279,7 @@ def test_a_crash_during_take_over_does_not_lose_a_dead_nodes_leftovers(
     done (found by the crash storm)."""
     import psutil
 
-    fleet.write(nodes="alpha", command=fleet.script("node.sh", NODE_WITH_CHILD))
+    fleet.write(nodes="alpha", command=fleet.script("node.sh", CHILD_NODE))
     fleet.start()
     main = fleet.wait_state("RUNNING")["alpha"]["pid"]
     child = wait_until(lambda: [p.pid for p in psutil.Process(main).children()], 5,
@@ -288,13 +292,8 @@ def test_a_crash_during_take_over_does_not_lose_a_dead_nodes_leftovers(
     wait_until(lambda: not pid_alive(main), 5, what="the node's main process gone")
     assert pid_alive(child)
 
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(DIE_AFTER_UNLINK)
-    env = fleet.env()
-    env["PYTHONPATH"] = f"{hook}{os.pathsep}{env.get('PYTHONPATH', '')}"
-    env["STEM_TEST_DIE_AFTER_UNLINK"] = "alpha.pid"
-    crashed = fleet.stemd(env=env)
+    crashed = fleet.stemd(env=crashing(fleet, tmp_path, DIE_AFTER_UNLINK,
+                                       STEM_TEST_DIE_AFTER_UNLINK="alpha.pid"))
     assert crashed.returncode != 0  # killed right after it removed alpha.pid
     assert not (fleet.run_dir / "alpha.pid").exists()
 
@@ -318,10 +317,6 @@ if _target:
     os.rename = rename
 """
 
-#: takes any arguments, and shows them in its command line
-ARGS_NODE = "#!/bin/sh\ntrap 'exit 0' TERM\nwhile :; do sleep 1000 & wait $!; done\n"
-
-
 def test_an_orphan_no_pid_file_names_is_outdated_too(fleet: Fleet, tmp_path: Path) -> None:
     """A master died between spawning a node and writing its PID file; the
     file then changed. The next master adopts the orphan it finds by its
@@ -330,15 +325,10 @@ def test_an_orphan_no_pid_file_names_is_outdated_too(fleet: Fleet, tmp_path: Pat
     it running the old command line (seed 24)."""
     import psutil
 
-    script = fleet.script("node.sh", ARGS_NODE)
+    script = fleet.script("node.sh", CHILD_NODE)
     fleet.write(nodes="alpha", command=script, opts="--version=1")
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(DIE_BEFORE_RENAME)
-    env = fleet.env()
-    env["PYTHONPATH"] = f"{hook}{os.pathsep}{env.get('PYTHONPATH', '')}"
-    env["STEM_TEST_DIE_BEFORE_RENAME"] = "alpha.pid"
-    crashed = fleet.stemd(env=env)
+    crashed = fleet.stemd(env=crashing(fleet, tmp_path, DIE_BEFORE_RENAME,
+                                       STEM_TEST_DIE_BEFORE_RENAME="alpha.pid"))
     assert crashed.returncode != 0  # killed before it published alpha.pid
     assert not (fleet.run_dir / "alpha.pid").exists()
     orphan = [pid for pid in fleet.node_pids() if os.getsid(pid) == pid]  # the node, not its sleep

@@ -19,6 +19,8 @@ import psutil
 import pytest
 from conftest import Fleet, pid_alive, wait_until
 
+from tests.fleet import CHILD_NODE
+
 
 def node_names(fleet: Fleet) -> Counter[str]:
     """How many live processes claim to be each node (duplicates show)."""
@@ -188,10 +190,6 @@ def test_shutdown_after_a_master_crash_stops_what_it_left(fleet: Fleet, kill_mod
     assert result.returncode == 3  # nothing left: "not running"
 
 
-#: a node that takes any arguments, and shows them in its command line
-ARGS_NODE = "#!/bin/sh\ntrap 'exit 0' TERM\nwhile :; do sleep 1000 & wait $!; done\n"
-
-
 @pytest.mark.parametrize("started_by", ["stemd", "stop and start", "restart"])
 def test_adopted_node_started_from_an_older_file_is_changed_for_reload(
         fleet: Fleet, started_by: str) -> None:
@@ -202,7 +200,7 @@ def test_adopted_node_started_from_an_older_file_is_changed_for_reload(
     restarts the node that runs something else than the file, and leaves
     alone the one that runs what the file says. However the process was
     started: a start by command wrote no fingerprint in a first version."""
-    fleet.write(nodes="alpha beta", command=fleet.script("node.sh", ARGS_NODE),
+    fleet.write(nodes="alpha beta", command=fleet.script("node.sh", CHILD_NODE),
                 opts="--version:alpha=1 --version:beta=1")
     fleet.start()
     if started_by == "stop and start":
@@ -238,7 +236,7 @@ def test_adopted_node_whose_file_came_back_is_not_restarted(fleet: Fleet) -> Non
     undone before any reload. The node runs what the file says again: a
     reload restarts nothing, though the file differs from what the master
     loaded."""
-    fleet.write(nodes="alpha", command=fleet.script("node.sh", ARGS_NODE), opts="--version=1")
+    fleet.write(nodes="alpha", command=fleet.script("node.sh", CHILD_NODE), opts="--version=1")
     fleet.start()
     pid = fleet.wait_state("RUNNING")["alpha"]["pid"]
     kill_master(fleet)
