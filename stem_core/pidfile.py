@@ -275,14 +275,23 @@ def group_has_members(pgid: int) -> bool:
     node that is not our child dies (rare), never periodically: its group id
     is pinned only by members that are left, so killing an empty group's id
     could hit an unrelated group that reused it."""
+    return bool(group_members(pgid, first=True))
+
+
+def group_members(pgid: int, first: bool = False) -> list[int]:
+    """The PIDs in process group ``pgid`` (zombies included: they pin the
+    id too); with ``first``, only the first found. A scan of /proc."""
+    found = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
                 if os.getpgid(int(entry.name)) == pgid:
-                    return True
+                    found.append(int(entry.name))
+                    if first:
+                        break
             except ProcessLookupError:
                 continue
-    return False
+    return found
 
 
 # --------------------------------------------------- one verdict per file

@@ -45,7 +45,7 @@ from stem_core.pidfile import (
     UNTRUSTED,
     classify,
     flock_holders,
-    group_has_members,
+    group_members,
     master_alive,
     master_lock_held,
     master_lock_path,
@@ -199,6 +199,7 @@ def stop_targets(targets: list[_Target]) -> tuple[list[Stopped], list[str]]:
     now = time.monotonic()
     deadline: dict[int, float] = {}
     killed: set[int] = set()
+    dying: dict[int, Stopped] = {}  # group members SIGKILLed once their main process exited
     by_fd = {t.pidfd: t for t in targets}
     poller = select.poll()
     for t in targets:
@@ -227,9 +228,11 @@ def stop_targets(targets: list[_Target]) -> tuple[list[Stopped], list[str]]:
             t = by_fd[fd]
             if fd in ready:
                 # The main process is gone; kill what is left of its group.
-                if group_has_members(t.pid):
+                members = group_members(t.pid)
+                if members:
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(t.pid, signal.SIGKILL)
+                    dying.update((pid, Stopped(t.candidate.name, t.pid)) for pid in members)
                 stopped.append(Stopped(t.candidate.name, t.pid))
             elif now >= deadline[fd] and fd not in killed:
                 # Stop timeout: the leader still runs and pins the group id.
@@ -246,9 +249,47 @@ def stop_targets(targets: list[_Target]) -> tuple[list[Stopped], list[str]]:
             del deadline[fd]
     for t in by_fd.values():
         os.close(t.pidfd)
+    for pid, s in _still_alive(dying, _KILL_GRACE).items():
+        failed.append(f"{s.name} (pid {s.pid}): pid {pid} of its group still running "
+                      "after SIGKILL")
+        with contextlib.suppress(ValueError):
+            stopped.remove(s)
     for s in stopped:
         remove_pidfile(next(t.candidate.pid_file for t in targets if t.pid == s.pid), s.pid)
     return stopped, failed
+
+
+def _still_alive(dying: dict[int, Stopped], grace: float) -> dict[int, Stopped]:
+    """Wait until each SIGKILLed process in ``dying`` has exited, on pidfds
+    (a kill is delivered, not done: a stop that said "stopped" at once could
+    be followed by a start while the old pool children still run); those
+    still alive after ``grace`` seconds."""
+    poller = select.poll()
+    fds: dict[int, int] = {}
+    for pid in dying:
+        try:
+            fd = os.pidfd_open(pid)
+            if os.getpgid(pid) != dying[pid].pid:  # reused since the scan: not ours
+                os.close(fd)
+                continue
+        except OSError:
+            continue
+        fds[fd] = pid
+        poller.register(fd, select.POLLIN)
+    deadline = time.monotonic() + grace
+    try:
+        while fds:
+            wait = deadline - time.monotonic()
+            if wait <= 0:
+                break
+            for fd, _ in poller.poll(int(wait * 1000) + 1):
+                poller.unregister(fd)
+                os.close(fd)
+                del fds[fd]
+        return {pid: dying[pid] for pid in fds.values()}
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def still_running(config: Config | None, master_pid_file: str) -> list[tuple[str, int]]:

@@ -52,7 +52,7 @@ from stemd.memlimit import MemoryLimits
 from stemd.node import Node, SpawnError
 from stemd.notify import Notifier
 from stemd.observe import ReloadRecord, Transitions
-from stemd.reaper import Reaper, kill_leftovers, session_leftovers
+from stemd.reaper import KILL_GRACE, Reaper, kill_leftovers, session_leftovers, wait_gone
 from stemd.runwatch import RunDirWatch
 from stemd.signals import SignalPipe
 from stemd.snapshot import snapshot as build_snapshot
@@ -745,40 +745,62 @@ class Master:
                 before_wait()
             await asyncio.gather(self._wait_all(mine, _is_down, down),
                                  *(self._stop_node(n) for n in queued))
-            self.sweep_sessions(ended)
+            await self.sweep_and_wait(ended)
         finally:
             for node in list(held):  # cancelled: what is still locked is let go
                 down(node)
 
-    def sweep_sessions(self, ended: dict[int, Node], whole: bool = False) -> None:
+    def sweep_sessions(self, ended: dict[int, Node], whole: bool = False
+                       ) -> list[tuple[int, int]]:
         """Kill what the stopped nodes left in their sessions outside their
         process groups: the stop's SIGKILL reached the groups only, and SPEC
         §2.1 leaves no grandchild behind. One scan of /proc per stop
-        command, and a second if the first found any (a leftover may have
+        command, and a second if the first killed any (a leftover may have
         forked meanwhile); only processes of each node's own user, in a
         session whose leader is gone (stemd.reaper.session_leftovers). A
         descendant that left the session (setsid) is beyond it: the
-        documented limit."""
+        documented limit. Returns (pid, session) of every process killed
+        or still dying of its group's SIGKILL, for :meth:`sweep_and_wait`."""
         uids = {pid: uid for pid, node in ended.items()
                 if (uid := self._node_uid(node)) is not None}
         if not uids:
-            return
+            return []
+        signalled: dict[int, int] = {}
         for _ in range(2):
             spare = {n.pid for n in self.nodes.values() if n.pid is not None}
             try:
-                leftovers = session_leftovers(uids, spare, whole)
+                leftovers, dying = session_leftovers(uids, spare, whole)
             except OSError as exc:  # no /proc to read: the stop stands without it
                 self.log.warning("cannot look for what the stopped nodes left: %s", exc)
-                return
+                break
+            signalled.update(dying)
             killed = set(kill_leftovers(leftovers, uids))
             if not killed:
-                return
+                break
+            signalled.update((pid, sid) for pid, sid in leftovers if pid in killed)
             for sid in sorted({sid for pid, sid in leftovers if pid in killed}):
                 pids = [pid for pid, s in leftovers if s == sid and pid in killed]
                 self.log.warning("%s: killed %d process(es) its pid %d left in its session%s: "
                                  "%s", ended[sid].name, len(pids), sid,
                                  "" if whole else " outside its process group",
                                  ", ".join(map(str, pids)))
+        return list(signalled.items())
+
+    async def sweep_and_wait(self, ended: dict[int, Node]) -> None:
+        """Sweep the stopped nodes' sessions and wait until every process
+        killed is gone: a stop reports "stopped" only once nothing of the
+        node runs (SIGKILL is delivered, not done; on a loaded machine a
+        pool child can outlive the reply). A process still there after
+        :data:`KILL_GRACE` (uninterruptible sleep) is logged, not waited on
+        for ever."""
+        signalled = self.sweep_sessions(ended)
+        if not signalled:
+            return
+        left = set(await wait_gone(self.loop, signalled))
+        for sid in sorted({sid for pid, sid in signalled if pid in left}):
+            pids = sorted(pid for pid, s in signalled if s == sid and pid in left)
+            self.log.warning("%s: still alive %gs after SIGKILL (uninterruptible sleep?): "
+                             "pid %s", ended[sid].name, KILL_GRACE, ", ".join(map(str, pids)))
 
     def _node_uid(self, node: Node) -> int | None:
         """The uid a node runs as (None: its account cannot be resolved)."""
@@ -841,7 +863,7 @@ class Master:
         ended = {node.pid: node} if node.pid is not None else {}
         node.stop()
         state = await self.wait_for(node, _is_down)
-        self.sweep_sessions(ended)
+        await self.sweep_and_wait(ended)
         return state
 
     async def _restart_node(self, node: Node, seen: int) -> NodeState | None:

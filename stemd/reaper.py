@@ -196,12 +196,15 @@ def _status(info: os.waitid_result) -> ExitStatus:
     return ExitStatus(signal=info.si_status)
 
 
-def session_leftovers(ended: Mapping[int, int], spare: set[int],
-                      whole: bool = False) -> list[tuple[int, int]]:
-    """(pid, session) of every live process still in a session in ``ended``
-    (the main PIDs of nodes that were stopped, each with its node's uid)
-    outside the node's own process group (which the stop SIGKILLed), and
-    running as that node's user.
+def session_leftovers(ended: Mapping[int, int], spare: set[int], whole: bool = False
+                      ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """What the nodes whose main PIDs are in ``ended`` (each with its node's
+    uid) left alive in their sessions, as two lists of (pid, session): the
+    processes to kill, and those of the node's own process group, which the
+    stop has SIGKILLed already and which are still dying (the stop is over
+    only once they are gone). With ``whole``, the node's own group is in the
+    first list: a node whose master died before its group was killed
+    (found dead at adoption).
 
     A node's process that moved to a process group of its own (``setpgid``,
     a shell with job control) escapes the stop's group kill but stays in the
@@ -211,13 +214,12 @@ def session_leftovers(ended: Mapping[int, int], spare: set[int],
     looked at only while its leader's PID is not a live process (a new
     leader on that PID: not ours), never one in ``spare`` (the sessions of
     the nodes running now), and only processes of the node's own user are
-    returned: nothing the node user could not kill itself. With ``whole``,
-    the node's own group too: a node whose master died before its group
-    was killed (found dead at adoption). A scan of /proc
+    returned: nothing the node user could not kill itself. A scan of /proc
     (~10-20 ms at 1,000 processes): once per stop command, never per exit,
     never periodically."""
     leader_gone: dict[int, bool] = {}
-    found = []
+    escaped: list[tuple[int, int]] = []
+    dying: list[tuple[int, int]] = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -226,14 +228,14 @@ def session_leftovers(ended: Mapping[int, int], spare: set[int],
         if fields is None or fields[0] == b"Z":
             continue
         sid, pgid = int(fields[3]), int(fields[2])
-        if sid not in ended or sid in spare or (pgid == sid and not whole):
+        if sid not in ended or sid in spare:
             continue
         if sid not in leader_gone:
             leader = _stat(str(sid))
             leader_gone[sid] = leader is None or leader[0] == b"Z"
         if leader_gone[sid] and _real_uid(entry.name) == ended[sid]:
-            found.append((int(entry.name), sid))
-    return found
+            (dying if pgid == sid and not whole else escaped).append((int(entry.name), sid))
+    return escaped, dying
 
 
 def kill_leftovers(leftovers: list[tuple[int, int]], ended: Mapping[int, int]) -> list[int]:
@@ -257,6 +259,58 @@ def kill_leftovers(leftovers: list[tuple[int, int]], ended: Mapping[int, int]) -
         finally:
             os.close(fd)
     return killed
+
+
+#: seconds a SIGKILLed process gets to be gone before a stop stops waiting
+#: for it (one in uninterruptible sleep, on a hung NFS mount, takes longer)
+KILL_GRACE = 5.0
+
+
+async def wait_gone(loop: asyncio.AbstractEventLoop, procs: list[tuple[int, int]],
+                    grace: float = KILL_GRACE) -> list[int]:
+    """Wait until each process (pid, its session) has exited; return those
+    still alive after ``grace`` seconds.
+
+    SIGKILL is delivered, not done: the process exits when it next runs,
+    which on a loaded machine can be after the master has replied. A stop
+    that answered then would say "stopped" while a pool child still shows
+    in ``ps`` (and holds its memory, its sockets). Each process is pinned
+    with a pidfd and checked to be still in its session (a PID reused since
+    the scan is not waited on); the wait wakes on the pidfds, not on a poll."""
+    fds: dict[int, int] = {}  # pidfd -> pid
+    for pid, sid in procs:
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            continue  # gone already
+        fields = _stat(str(pid))
+        if fields is None or fields[0] == b"Z" or int(fields[3]) != sid:
+            os.close(fd)
+            continue
+        fds[fd] = pid
+    if not fds:
+        return []
+    done: asyncio.Future[None] = loop.create_future()
+
+    def exited(fd: int) -> None:
+        loop.remove_reader(fd)
+        os.close(fd)
+        del fds[fd]
+        if not fds and not done.done():
+            done.set_result(None)
+    for fd in fds:
+        loop.add_reader(fd, exited, fd)
+    try:
+        await asyncio.wait_for(done, grace)
+    except TimeoutError:
+        pass
+    finally:
+        left = sorted(fds.values())
+        for fd in list(fds):
+            loop.remove_reader(fd)
+            os.close(fd)
+        fds.clear()
+    return left
 
 
 def _stat(pid: str) -> list[bytes] | None:

@@ -33,6 +33,19 @@ STEMCTL = str(BIN / "stemctl")
 #: command line (``--version=2``: which configuration it was started from)
 CHILD_NODE = "#!/bin/sh\ntrap 'exit 0' TERM\nwhile :; do sleep 1000 & wait $!; done\n"
 
+#: the child of Fleet.heavy_child_node
+HEAVY_CHILD = r"""
+import mmap, os, sys, time
+held = mmap.mmap(-1, 512 << 20)
+for page in range(0, len(held), mmap.PAGESIZE):
+    held[page] = 1
+with open(sys.argv[1] + ".tmp", "w") as f:
+    f.write(str(os.getpid()))
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+while True:
+    time.sleep(3600)
+"""
+
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01,
                what: str = "condition") -> Any:
@@ -125,6 +138,16 @@ class Fleet:
     def deaf_script(self) -> str:
         """A node that ignores SIGTERM: only the stop timeout's SIGKILL ends it."""
         return self.script("deaf.sh", "#!/bin/sh\ntrap '' TERM\nwhile :; do sleep 0.05; done\n")
+
+    def heavy_child_node(self) -> tuple[str, Path]:
+        """A node command whose shell dies on SIGTERM and leaves a child
+        holding 512 MiB in its group, and the file where that child writes
+        its PID once they are touched. SIGKILL is delivered, not done: the
+        child then takes tens of ms to free them, a window in which a stop
+        that answers at once still has a node process running."""
+        script = self.script("heavy.py", HEAVY_CHILD)
+        ready = self.root / "heavy-child.pid"
+        return f"/bin/sh -c '{sys.executable} {script} {ready} & wait'", ready
 
     def start_failing(self, *args: str) -> str:
         """Start the daemon on a fleet that cannot run: ready means running,

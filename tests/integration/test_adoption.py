@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import select
 import signal
 import subprocess
 from collections import Counter
@@ -188,6 +189,26 @@ def test_shutdown_after_a_master_crash_stops_what_it_left(fleet: Fleet, kill_mod
     assert not list(fleet.run_dir.glob("*.pid"))
     result = fleet.ctl("shutdown")
     assert result.returncode == 3  # nothing left: "not running"
+
+
+def test_shutdown_after_a_master_crash_answers_once_the_group_is_gone(fleet: Fleet) -> None:
+    """As the master's stop: `stemctl shutdown` SIGKILLs what the dead master's node left in
+    its group, and answers only once that has exited (SIGKILL is delivered, not done: freeing
+    512 MiB takes the child tens of ms), not while an init script's `restart` could start a
+    new fleet beside it."""
+    command, ready = fleet.heavy_child_node()
+    fleet.write(nodes="alpha", command=command)
+    fleet.start()
+    wait_until(ready.exists, 30, what="the child ready")
+    pidfd = os.pidfd_open(int(ready.read_text()))
+    try:
+        kill_master(fleet)
+        result = fleet.ctl("shutdown")
+        exited = select.select([pidfd], [], [], 0)[0] == [pidfd]
+    finally:
+        os.close(pidfd)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert exited, "stemctl shutdown answered while the node's child still ran"
 
 
 @pytest.mark.parametrize("started_by", ["stemd", "stop and start", "restart"])

@@ -457,13 +457,13 @@ def test_the_session_sweep_spares_a_session_that_is_not_a_dead_nodes() -> None:
                          what="the job in its own group")
         assert os.getsid(job) == leader.pid
         uid = os.getuid()
-        assert session_leftovers({leader.pid: uid}, set()) == []  # its leader lives
+        assert session_leftovers({leader.pid: uid}, set()) == ([], [])  # its leader lives
         leader.kill()
         leader.wait()  # the leader is gone: now the job looks like a node's leftover...
-        assert session_leftovers({leader.pid: uid + 1}, set()) == []  # ...of another user
-        assert session_leftovers({leader.pid: uid}, {leader.pid}) == []  # a running node's
-        found = session_leftovers({leader.pid: uid}, set())
-        assert found == [(job, leader.pid)]
+        assert session_leftovers({leader.pid: uid + 1}, set()) == ([], [])  # ...of another user
+        assert session_leftovers({leader.pid: uid}, {leader.pid}) == ([], [])  # a running node's
+        found, dying = session_leftovers({leader.pid: uid}, set())
+        assert (found, dying) == ([(job, leader.pid)], [])  # not in the leader's group
         assert kill_leftovers(found, {leader.pid: uid}) == [job]
         wait_until(lambda: not pid_alive(job), 5, what="the job killed")
     finally:

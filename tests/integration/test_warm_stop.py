@@ -9,6 +9,10 @@ so a TERM that reaches it is a task killed midway, the marker never written.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import select
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -123,6 +127,55 @@ def test_leftover_child_is_killed_once_the_main_process_exits(fleet: Fleet) -> N
     assert fleet.node_pids() == [], f"child {child} outlived the stop"
     # SIGKILL follows the main process's exit, not the 20 s stop timeout
     assert took < 8, f"stop took {took:.1f}s"
+
+
+def test_a_stop_answers_once_the_killed_child_has_exited(fleet: Fleet) -> None:
+    """SIGKILL is delivered, not done: the child exits when it next runs, and
+    freeing 512 MiB takes it tens of ms. The stop must not say "stopped"
+    before then (regression: CI saw the stubborn child above still alive
+    after the stop returned, on a loaded machine)."""
+    command, ready = fleet.heavy_child_node()
+    fleet.write(nodes="alpha", command=command)
+    fleet.start()
+    wait_until(ready.exists, 30, what="the child ready")
+    child = int(ready.read_text())
+    pidfd = os.pidfd_open(child)  # readable once it has exited
+    try:
+        result = fleet.ctl("stop")
+        exited = select.select([pidfd], [], [], 0)[0] == [pidfd]
+    finally:
+        os.close(pidfd)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert exited, f"the stop answered while child {child} still ran\n" + fleet.master_log()
+
+
+def test_wait_gone_wakes_on_the_exit_not_before() -> None:
+    """The master's wait for what a stop killed (stemd.reaper.wait_gone), on
+    real processes: it returns when the process exits, gives up after its
+    grace, and never waits on a PID that has left the session it was found
+    in (reused)."""
+    from stemd.reaper import wait_gone
+
+    loop = asyncio.new_event_loop()
+    procs = [subprocess.Popen(["/bin/sleep", "1000"], start_new_session=True)
+             for _ in range(3)]
+    try:
+        late, stuck, other = procs
+        loop.call_later(0.3, late.kill)
+        t0 = time.monotonic()
+        assert loop.run_until_complete(wait_gone(loop, [(late.pid, late.pid)], 10)) == []
+        assert 0.3 <= time.monotonic() - t0 < 5
+        assert late.poll() is not None or late.wait(5) is not None
+        assert loop.run_until_complete(wait_gone(loop, [(stuck.pid, stuck.pid)], 0.2)) \
+            == [stuck.pid]
+        t0 = time.monotonic()
+        assert loop.run_until_complete(wait_gone(loop, [(other.pid, other.pid + 1)], 10)) == []
+        assert time.monotonic() - t0 < 1
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        loop.close()
 
 
 @pytest.mark.parametrize("group", [False, True], ids=["main", "group"])
