@@ -270,6 +270,12 @@ def proc_uids(pid: int | str) -> tuple[int, int] | None:
     return None
 
 
+#: seconds a SIGKILLed process gets to be gone before a stop stops waiting
+#: for it (one in uninterruptible sleep, on a hung NFS mount, takes longer):
+#: the master's stops and stemctl's stop of a dead master's nodes
+KILL_GRACE = 5.0
+
+
 def group_has_members(pgid: int) -> bool:
     """Any live process in group ``pgid``? A scan of /proc, done only when a
     node that is not our child dies (rare), never periodically: its group id

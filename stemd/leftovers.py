@@ -40,6 +40,7 @@ from stem_core.errors import PidFileError
 from stem_core.keys import signal_number
 from stem_core.pidfile import (
     ENVIRON_UNREADABLE,
+    KILL_GRACE,
     LIVE,
     STALE,
     UNTRUSTED,
@@ -63,7 +64,6 @@ if TYPE_CHECKING:
     from stem_core.model import Config
 
 _DEFAULT_STOP = ("TERM", 10.0, "mixed")  # STEMD_STOP_SIGNAL, _TIMEOUT, KILL_MODE defaults
-_KILL_GRACE = 5.0  # seconds for a SIGKILLed process to be gone
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +239,7 @@ def stop_targets(targets: list[_Target]) -> tuple[list[Stopped], list[str]]:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(t.pid, signal.SIGKILL)
                 killed.add(fd)
-                deadline[fd] = now + _KILL_GRACE
+                deadline[fd] = now + KILL_GRACE
                 continue
             elif now >= deadline[fd]:
                 failed.append(f"{t.candidate.name} (pid {t.pid}): still running after SIGKILL")
@@ -249,7 +249,7 @@ def stop_targets(targets: list[_Target]) -> tuple[list[Stopped], list[str]]:
             del deadline[fd]
     for t in by_fd.values():
         os.close(t.pidfd)
-    for pid, s in _still_alive(dying, _KILL_GRACE).items():
+    for pid, s in _still_alive(dying, KILL_GRACE).items():
         failed.append(f"{s.name} (pid {s.pid}): pid {pid} of its group still running "
                       "after SIGKILL")
         with contextlib.suppress(ValueError):
@@ -431,7 +431,7 @@ def terminate_master(pid: int, grace: float) -> bool:
             return True
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(fd, signal.SIGKILL)
-        return _wait_readable(fd, _KILL_GRACE)
+        return _wait_readable(fd, KILL_GRACE)
     finally:
         os.close(fd)
 

@@ -38,7 +38,7 @@ from stem_core.config import load_config
 from stem_core.errors import ConfigError, StemError
 from stem_core.exits import ExitStatus
 from stem_core.model import Config, ConfigDiff, NodeSpec, diff, spec_fingerprint
-from stem_core.pidfile import remove_pidfile, write_pidfile
+from stem_core.pidfile import KILL_GRACE, remove_pidfile, write_pidfile
 from stem_core.statefile import state_path
 from stem_core.states import ALIVE, NodeState
 from stem_core.wording import LISTED_IN_FULL, abridged
@@ -52,7 +52,7 @@ from stemd.memlimit import MemoryLimits
 from stemd.node import Node, SpawnError
 from stemd.notify import Notifier
 from stemd.observe import ReloadRecord, Transitions
-from stemd.reaper import KILL_GRACE, Reaper, kill_leftovers, session_leftovers, wait_gone
+from stemd.reaper import Reaper, kill_leftovers, session_leftovers, wait_gone
 from stemd.runwatch import RunDirWatch
 from stemd.signals import SignalPipe
 from stemd.snapshot import snapshot as build_snapshot

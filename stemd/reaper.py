@@ -44,7 +44,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from stem_core.exits import ExitStatus
-from stem_core.pidfile import group_has_members, proc_uids
+from stem_core.pidfile import KILL_GRACE, group_has_members, proc_uids
 
 ExitCallback = Callable[[int, ExitStatus], None]
 
@@ -259,11 +259,6 @@ def kill_leftovers(leftovers: list[tuple[int, int]], ended: Mapping[int, int]) -
         finally:
             os.close(fd)
     return killed
-
-
-#: seconds a SIGKILLed process gets to be gone before a stop stops waiting
-#: for it (one in uninterruptible sleep, on a hung NFS mount, takes longer)
-KILL_GRACE = 5.0
 
 
 async def wait_gone(loop: asyncio.AbstractEventLoop, procs: list[tuple[int, int]],
