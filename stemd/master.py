@@ -773,7 +773,10 @@ class Master:
             except OSError as exc:  # no /proc to read: the stop stands without it
                 self.log.warning("cannot look for what the stopped nodes left: %s", exc)
                 break
-            signalled.update(dying)
+            # the group's own members had the group's SIGKILL; once more is
+            # harmless, and reaches one that joined the group since
+            again = set(kill_leftovers(dying, uids))
+            signalled.update((pid, sid) for pid, sid in dying if pid in again)
             killed = set(kill_leftovers(leftovers, uids))
             if not killed:
                 break
